@@ -1,0 +1,248 @@
+"""Typed, validated configuration.
+
+The committed defaults live in ``homefeed/defaults/default.yaml``. Overlays are applied in order:
+files given with ``--config`` or listed in ``HOMEFEED_CONFIG`` (``:``-separated), then single keys
+from the environment (``HOMEFEED__TRAIN__EPOCHS=3``; values are parsed as YAML). Unknown keys and
+bad values fail fast with the key's dotted path in the message.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from homefeed import schema
+
+ENV_PREFIX = "HOMEFEED__"
+CONFIG_FILES_ENV = "HOMEFEED_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_heads(value: dict[str, Any], what: str) -> dict[str, Any]:
+    unknown = set(value) - set(schema.HEADS)
+    if unknown:
+        raise ValueError(f"{what} names unknown heads {sorted(unknown)}; heads are {list(schema.HEADS)}")
+    return value
+
+
+class StorageConfig(_Section):
+    root: str = ".homefeed"
+
+
+class SimulatorConfig(_Section):
+    start_date: date = date(2026, 1, 5)
+    days: int = Field(7, ge=3, le=365)
+    impressions: int = Field(200_000, ge=1_000)
+    seed: int = 7
+    candidates_min: int = Field(20, ge=3)
+    candidates_max: int = Field(50, ge=3)
+
+    @model_validator(mode="after")
+    def _candidates_ordered(self) -> "SimulatorConfig":
+        if self.candidates_min > self.candidates_max:
+            raise ValueError("candidates_min must be <= candidates_max")
+        return self
+
+
+class InstancesConfig(_Section):
+    delay_ms: int = Field(30_000, ge=0)
+    attribution_window_ms: int = Field(3_600_000, gt=0)
+    seq_len: int = Field(schema.SEQ_LEN, ge=1, le=1000)
+    positive_rate: float = Field(1.0, gt=0.0, le=1.0)
+    negative_rate: float = Field(0.5, gt=0.0, le=1.0)
+    seed: int = 17
+    validation_days: int = Field(1, ge=1)
+    test_days: int = Field(1, ge=1)
+    shuffle_partitions: int = Field(8, ge=1)
+
+
+class SparkConfig(_Section):
+    master: str = "local[2]"
+    driver_memory: str = "4g"
+
+
+class ValidationConfig(_Section):
+    label_rate_bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    max_seq_len: int = schema.SEQ_LEN
+
+    @field_validator("label_rate_bounds")
+    @classmethod
+    def _bounds(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        _check_heads(value, "label_rate_bounds")
+        for head, (low, high) in value.items():
+            if not 0.0 <= low <= high <= 1.0:
+                raise ValueError(f"bounds for {head} must satisfy 0 <= low <= high <= 1, got {[low, high]}")
+        return value
+
+
+class TrainConfig(_Section):
+    model: str = "transact_v10"
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(512, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    patience: int = Field(2, ge=1)
+    num_processes: int = Field(1, ge=1)
+    use_gpu: Literal["auto", True, False] = "auto"
+    seed: int = 11
+    d_model: int = Field(32, ge=1)
+    num_layers: int = Field(1, ge=1)
+    num_heads: int = Field(2, ge=1)
+    dim_feedforward: int = Field(32, ge=1)
+    embedding_dim: int = Field(16, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    time_window_ms: int = Field(86_400_000, ge=0)
+    time_window_mask_prob: float = Field(0.5, ge=0, le=1)
+    head_weights: dict[str, float] = Field(default_factory=lambda: {h: 1.0 for h in schema.HEADS})
+    num_threads: int = Field(2, ge=1)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from models import MODEL_NAMES  # local import: models pulls in torch
+
+        if value not in MODEL_NAMES:
+            raise ValueError(f"unknown model {value!r}; choose one of {list(MODEL_NAMES)}")
+        return value
+
+    @field_validator("head_weights")
+    @classmethod
+    def _heads(cls, value: dict[str, float]) -> dict[str, float]:
+        return _check_heads(value, "head_weights")
+
+
+class RankingConfig(_Section):
+    utility: dict[str, float] = Field(default_factory=lambda: {"repin": 1.0, "hide": -2.0})
+
+    @field_validator("utility")
+    @classmethod
+    def _heads(cls, value: dict[str, float]) -> dict[str, float]:
+        return _check_heads(value, "utility")
+
+
+class EvaluationConfig(_Section):
+    hit_k: int = Field(3, ge=1)
+    bootstrap_samples: int = Field(200, ge=0)
+    seed: int = 5
+
+
+class GatesConfig(_Section):
+    min_auc: dict[str, float] = Field(default_factory=dict)
+    max_auc_drop: dict[str, float] = Field(default_factory=dict)
+    max_hit_drop: dict[str, float] = Field(default_factory=dict)
+    max_hide_hit_rise: float | None = None
+
+    @field_validator("min_auc", "max_auc_drop", "max_hit_drop")
+    @classmethod
+    def _heads(cls, value: dict[str, float]) -> dict[str, float]:
+        return _check_heads(value, "gate thresholds")
+
+
+class RegistryConfig(_Section):
+    model_name: str = "homefeed-ranker"
+    experiment: str = "homefeed"
+
+
+class HoldoutConfig(_Section):
+    fraction: float = Field(0.01, ge=0.0, lt=1.0)
+    salt: str = Field("homefeed-holdout-v1", min_length=1)
+
+
+class Config(_Section):
+    storage: StorageConfig = StorageConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    instances: InstancesConfig = InstancesConfig()
+    spark: SparkConfig = SparkConfig()
+    validation: ValidationConfig = ValidationConfig()
+    train: TrainConfig = TrainConfig()
+    ranking: RankingConfig = RankingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    gates: GatesConfig = GatesConfig()
+    registry: RegistryConfig = RegistryConfig()
+    holdout: HoldoutConfig = HoldoutConfig()
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """A copy with a nested dict of overrides applied and validated again."""
+        return parse_config(_deep_merge(self.model_dump(mode="json"), overrides))
+
+
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw)
+    return overrides
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "<root>"
+            problems.append(f"{key}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def default_config_dict() -> dict[str, Any]:
+    text = resources.files("homefeed").joinpath("defaults/default.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def load_config(
+    files: list[str | Path] | None = None,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults, then overlay files, then environment keys, then explicit overrides."""
+    environ = dict(os.environ if environ is None else environ)
+    data = default_config_dict()
+    overlay_files = [Path(f) for f in environ.get(CONFIG_FILES_ENV, "").split(":") if f]
+    overlay_files += [Path(f) for f in files or []]
+    for path in overlay_files:
+        data = _deep_merge(data, _read_yaml(path))
+    data = _deep_merge(data, _env_overrides(environ))
+    data = _deep_merge(data, overrides or {})
+    return parse_config(data)

@@ -1,0 +1,173 @@
+"""The one source of truth for table names, column names, the action vocabulary and features.
+
+Every other module (the simulator, the KuaiRand importer, the Spark instance job, the GX suites,
+the torch loader, serving) imports names from here instead of spelling them again.
+
+Raw contract (Parquet, partitioned by ``dt`` = YYYY-MM-DD of the row's timestamp in UTC):
+
+- ``impressions``: one pin shown to a user in one home-feed request.
+- ``actions``: what a user did to a pin (repin, click, ...), with its own timestamp.
+- ``pins`` / ``users``: attribute snapshots taken at the start of the log window (``dt`` is the
+  snapshot date), so no attribute carries information from after an impression.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import types as T
+
+# --------------------------------------------------------------------------- tables
+IMPRESSIONS = "impressions"
+ACTIONS = "actions"
+PINS = "pins"
+USERS = "users"
+RAW_TABLES = (IMPRESSIONS, ACTIONS, PINS, USERS)
+
+DT = "dt"
+SUCCESS_MARKER = "_SUCCESS"
+MANIFEST = "manifest.json"
+
+# --------------------------------------------------------------------------- sources
+SOURCES = ("follow", "pfy")
+
+
+# --------------------------------------------------------------------------- actions
+@dataclass(frozen=True)
+class Action:
+    name: str
+    code: int  # 0 is reserved for sequence padding
+    positive: bool
+
+
+ACTION_VOCAB: tuple[Action, ...] = (
+    Action("repin", 1, True),
+    Action("click", 2, True),
+    Action("closeup", 3, True),
+    Action("like", 4, True),
+    Action("comment", 5, True),
+    Action("hide", 6, False),
+)
+ACTIONS_BY_NAME = {a.name: a for a in ACTION_VOCAB}
+ACTION_NAMES = tuple(a.name for a in ACTION_VOCAB)
+ACTION_CODES = {a.name: a.code for a in ACTION_VOCAB}
+POSITIVE_ACTIONS = tuple(a.name for a in ACTION_VOCAB if a.positive)
+NEGATIVE_ACTIONS = tuple(a.name for a in ACTION_VOCAB if not a.positive)
+NUM_ACTION_CODES = max(a.code for a in ACTION_VOCAB) + 1  # including padding 0
+PADDING_ID = 0
+
+# The heads a model predicts; each becomes a `label_<head>` column of the instances.
+HEADS = ("repin", "click", "closeup", "hide")
+PRIMARY_HEAD = "repin"
+NEGATIVE_HEAD = "hide"
+
+
+def label_column(head: str) -> str:
+    return f"label_{head}"
+
+
+LABEL_COLUMNS = tuple(label_column(h) for h in HEADS)
+
+# --------------------------------------------------------------------------- segments
+SEGMENTS = ("core", "casual", "new", "resurrected")
+CORE_SEGMENT = "core"
+
+# --------------------------------------------------------------------------- raw schemas
+EMBEDDING_DIM = 16
+
+IMPRESSIONS_SCHEMA = T.StructType(
+    [
+        T.StructField("request_id", T.StringType(), False),
+        T.StructField("user_id", T.LongType(), False),
+        T.StructField("pin_id", T.LongType(), False),
+        T.StructField("ts", T.LongType(), False),
+        T.StructField("source", T.StringType(), False),
+        T.StructField("position", T.IntegerType(), False),
+    ]
+)
+ACTIONS_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.LongType(), False),
+        T.StructField("pin_id", T.LongType(), False),
+        T.StructField("ts", T.LongType(), False),
+        T.StructField("action", T.StringType(), False),
+    ]
+)
+PIN_COUNT_COLUMNS = ("repin_count", "click_count", "impression_count")
+PINS_SCHEMA = T.StructType(
+    [
+        T.StructField("pin_id", T.LongType(), False),
+        T.StructField("embedding", T.ArrayType(T.FloatType(), False), False),
+        T.StructField("created_ts", T.LongType(), False),
+        T.StructField("category", T.IntegerType(), False),
+        T.StructField("owner_id", T.LongType(), False),
+        *[T.StructField(c, T.LongType(), False) for c in PIN_COUNT_COLUMNS],
+        T.StructField("spam_score", T.DoubleType(), False),
+    ]
+)
+USER_COUNT_COLUMNS = ("board_count", "follower_count", "pin_count", "actions_28d")
+GENDERS = ("unknown", "female", "male")
+USERS_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.LongType(), False),
+        T.StructField("signup_ts", T.LongType(), False),
+        T.StructField("last_active_ts", T.LongType(), False),
+        *[T.StructField(c, T.LongType(), False) for c in USER_COUNT_COLUMNS],
+        T.StructField("gender", T.StringType(), False),
+        T.StructField("country", T.StringType(), False),
+    ]
+)
+RAW_SCHEMAS: dict[str, T.StructType] = {
+    IMPRESSIONS: IMPRESSIONS_SCHEMA,
+    ACTIONS: ACTIONS_SCHEMA,
+    PINS: PINS_SCHEMA,
+    USERS: USERS_SCHEMA,
+}
+RAW_KEYS: dict[str, tuple[str, ...]] = {
+    IMPRESSIONS: ("request_id", "pin_id"),
+    ACTIONS: ("user_id", "pin_id", "ts", "action"),
+    PINS: ("pin_id",),
+    USERS: ("user_id",),
+}
+
+# --------------------------------------------------------------------------- instances
+SEQ_LEN = 100
+SEQ_PIN_ID = "seq_pin_id"
+SEQ_ACTION = "seq_action"
+SEQ_TS = "seq_ts"
+SEQUENCE_COLUMNS = (SEQ_PIN_ID, SEQ_ACTION, SEQ_TS)
+
+SPLIT = "split"
+SPLITS = ("train", "validation", "test")
+FOLD = "fold"
+NUM_FOLDS = 10
+SAMPLE_WEIGHT = "sample_weight"
+SEGMENT = "segment"
+
+METADATA_COLUMNS = ("request_id", "user_id", "pin_id", "ts", "source", "position", DT, SEGMENT)
+
+# Count features get log1p, then every dense feature is standardised with train-window stats.
+DENSE_FEATURES = (
+    "pin_repin_count",
+    "pin_click_count",
+    "pin_impression_count",
+    "pin_age_hours",
+    "pin_spam_score",
+    "user_board_count",
+    "user_follower_count",
+    "user_pin_count",
+    "user_account_age_days",
+    "user_category_engagements",
+    "user_owner_engagements",
+    "user_prior_actions",
+    "feed_position",
+)
+LOG1P_FEATURES = tuple(f for f in DENSE_FEATURES if f not in ("pin_spam_score", "feed_position"))
+# Categorical features with their cardinality (index 0 is "unknown").
+NUM_CATEGORIES = 32
+CATEGORICAL_FEATURES: dict[str, int] = {
+    "pin_category": NUM_CATEGORIES,
+    "source_id": len(SOURCES) + 1,
+    "user_gender": len(GENDERS) + 1,
+}
+PIN_EMBEDDING = "pin_embedding"

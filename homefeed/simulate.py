@@ -1,0 +1,309 @@
+"""A seeded, vectorised home-feed simulator that writes the raw contract.
+
+Ground truth, chosen so the architectures the seeds compare are distinguishable:
+
+- every user has a **long-term interest** (a distribution over pin categories) and a **disliked
+  category**;
+- within a **session** the user has a short-term interest category; a request more than
+  ``SESSION_GAP_MS`` after the previous one starts a new session, and within a session the
+  interest jumps with probability ``INTEREST_JUMP``. The session interest is hidden: only the
+  user's recent actions reveal it, so a model that reads the realtime action sequence can beat one
+  that does not;
+- hides concentrate on the disliked category and on spammy pins, and are rarer on the session's
+  interest;
+- users belong to segments (core / casual / new / resurrected) with different activity, and
+  their snapshot attributes agree with :mod:`homefeed.segments`' rule.
+
+The simulator draws one pass over all users' requests in time order; only the per-user session
+state needs a sequential scan, done with a vectorised forward fill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from homefeed import schema, segments, storage
+from homefeed.config import SimulatorConfig
+
+DAY_MS = segments.DAY_MS
+SESSION_GAP_MS = 30 * 60 * 1000
+INTEREST_JUMP = 0.25
+NUM_SIM_CATEGORIES = 24
+COUNTRIES = ("US", "BR", "DE", "JP", "IN", "FR")
+SEGMENT_SHARES = {"core": 0.55, "casual": 0.2, "new": 0.15, "resurrected": 0.1}
+SEGMENT_ACTIVITY = {"core": 3.0, "casual": 0.6, "new": 1.0, "resurrected": 1.0}
+
+# Per-action logit offsets and how strongly each follows the user's affinity for the pin.
+ACTION_BASE = {"click": -1.3, "closeup": -2.2, "repin": -3.4, "like": -4.5, "comment": -6.0}
+ACTION_AFFINITY = {"click": 1.0, "closeup": 1.0, "repin": 1.3, "like": 1.0, "comment": 0.8}
+HIDE_BASE = -5.5
+
+
+@dataclass(frozen=True)
+class SimulatedLog:
+    impressions: pd.DataFrame
+    actions: pd.DataFrame
+    pins: pd.DataFrame
+    users: pd.DataFrame
+
+
+def _epoch_ms(day: date) -> int:
+    return int(datetime.combine(day, time(), tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _simulate_pins(rng: np.random.Generator, n_pins: int, start_ms: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    centroids = rng.normal(size=(NUM_SIM_CATEGORIES + 1, schema.EMBEDDING_DIM))
+    category = rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n_pins)
+    embedding = centroids[category] + 0.5 * rng.normal(size=(n_pins, schema.EMBEDDING_DIM))
+    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)
+    quality = rng.normal(0.0, 0.5, size=n_pins)
+    spam = rng.beta(1.0, 12.0, size=n_pins)
+    impressions = np.floor(np.exp(rng.normal(6.0, 1.5, size=n_pins))).astype(np.int64)
+    clicks = rng.binomial(impressions, _sigmoid(quality - 1.0))
+    repins = rng.binomial(impressions, _sigmoid(quality - 3.5))
+    pins = pd.DataFrame(
+        {
+            "pin_id": np.arange(1, n_pins + 1, dtype=np.int64),
+            "embedding": list(embedding.astype(np.float32)),
+            "created_ts": start_ms - rng.integers(DAY_MS, 120 * DAY_MS, size=n_pins),
+            "category": category.astype(np.int32),
+            "owner_id": rng.integers(1, max(2, n_pins // 5), size=n_pins).astype(np.int64),
+            "repin_count": repins.astype(np.int64),
+            "click_count": clicks.astype(np.int64),
+            "impression_count": impressions,
+            "spam_score": spam,
+        }
+    )
+    return pins, quality, spam
+
+
+def _simulate_users(rng: np.random.Generator, n_users: int, start_ms: int) -> tuple[pd.DataFrame, np.ndarray]:
+    names = list(SEGMENT_SHARES)
+    segment = rng.choice(len(names), size=n_users, p=list(SEGMENT_SHARES.values()))
+    seg = np.array(names)[segment]
+    activity = np.array([SEGMENT_ACTIVITY[s] for s in seg]) * np.exp(rng.normal(0, 0.5, size=n_users))
+    is_new = seg == "new"
+    signup_ts = np.where(
+        is_new,
+        start_ms - rng.integers(0, 10 * DAY_MS, size=n_users),
+        start_ms - rng.integers(60 * DAY_MS, 1500 * DAY_MS, size=n_users),
+    )
+    dormant = seg == "resurrected"
+    last_active = np.where(
+        dormant,
+        start_ms - rng.integers((segments.DORMANT_DAYS + 5) * DAY_MS, 150 * DAY_MS, size=n_users),
+        start_ms - rng.integers(0, 3 * DAY_MS, size=n_users),
+    )
+    actions_28d = np.select(
+        [seg == "core", seg == "casual", seg == "new"],
+        [
+            rng.integers(segments.CASUAL_MAX_ACTIONS_28D, 400, size=n_users),
+            rng.integers(0, segments.CASUAL_MAX_ACTIONS_28D, size=n_users),
+            rng.integers(0, 40, size=n_users),
+        ],
+        default=0,
+    )
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(1, n_users + 1, dtype=np.int64),
+            "signup_ts": signup_ts.astype(np.int64),
+            "last_active_ts": last_active.astype(np.int64),
+            "board_count": rng.poisson(3 * activity).astype(np.int64),
+            "follower_count": np.floor(np.exp(rng.normal(2.0, 1.5, size=n_users))).astype(np.int64),
+            "pin_count": rng.poisson(20 * activity).astype(np.int64),
+            "actions_28d": actions_28d.astype(np.int64),
+            "gender": np.array(schema.GENDERS)[rng.integers(0, len(schema.GENDERS), size=n_users)],
+            "country": np.array(COUNTRIES)[rng.integers(0, len(COUNTRIES), size=n_users)],
+        }
+    )
+    return users, activity
+
+
+def _forward_fill_sessions(rng: np.random.Generator, user: np.ndarray, ts: np.ndarray, interests: np.ndarray) -> np.ndarray:
+    """Session interest category per request; requests are sorted by (user, ts)."""
+    n = len(user)
+    first = np.ones(n, dtype=bool)
+    first[1:] = user[1:] != user[:-1]
+    gap = np.zeros(n, dtype=np.int64)
+    gap[1:] = ts[1:] - ts[:-1]
+    restart = first | (gap > SESSION_GAP_MS) | (rng.random(n) < INTEREST_JUMP)
+    # A fresh interest: mostly from the long-term distribution, sometimes anything.
+    cum = interests[user].cumsum(axis=1)
+    draw = (cum < rng.random((n, 1))).sum(axis=1) + 1
+    draw = np.where(rng.random(n) < 0.15, rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n), draw)
+    last_restart = np.maximum.accumulate(np.where(restart, np.arange(n), 0))
+    return draw[last_restart]
+
+
+def simulate(cfg: SimulatorConfig, heavy_users: int = 0, heavy_factor: float = 100.0) -> SimulatedLog:
+    """Draw a whole log. ``heavy_users`` users get ``heavy_factor`` × the median activity (skew)."""
+    rng = np.random.default_rng(cfg.seed)
+    start_ms = _epoch_ms(cfg.start_date)
+    span_ms = cfg.days * DAY_MS
+    mean_candidates = (cfg.candidates_min + cfg.candidates_max) / 2
+    n_requests = max(1, int(round(cfg.impressions / mean_candidates)))
+    n_users = max(50, cfg.impressions // 40)
+    n_pins = max(200, min(200_000, cfg.impressions // 20))
+
+    pins, quality, spam = _simulate_pins(rng, n_pins, start_ms)
+    users, activity = _simulate_users(rng, n_users, start_ms)
+    if heavy_users:
+        activity[:heavy_users] = np.median(activity) * heavy_factor
+    interests = rng.dirichlet(np.full(NUM_SIM_CATEGORIES, 0.3), size=n_users + 1)
+    disliked = rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n_users + 1)
+
+    # Requests: users by activity, times uniform over the window, sorted per user.
+    req_user = rng.choice(np.arange(1, n_users + 1), size=n_requests, p=activity / activity.sum())
+    req_ts = start_ms + rng.integers(0, span_ms, size=n_requests)
+    order = np.lexsort((req_ts, req_user))
+    req_user, req_ts = req_user[order], req_ts[order]
+    req_session = _forward_fill_sessions(rng, req_user, req_ts, interests)
+    req_k = rng.integers(cfg.candidates_min, cfg.candidates_max + 1, size=n_requests)
+
+    # Candidates: explode requests, then draw each candidate's category and a pin of it.
+    req_index = np.repeat(np.arange(n_requests), req_k)
+    n_imp = len(req_index)
+    user = req_user[req_index]
+    is_follow = rng.random(n_imp) < 0.4
+    cum = interests[user].cumsum(axis=1)
+    from_interest = (cum < rng.random((n_imp, 1))).sum(axis=1) + 1
+    explore = rng.random(n_imp) < np.where(is_follow, 0.2, 0.5)
+    cand_cat = np.where(explore, rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n_imp), from_interest)
+    by_cat = np.argsort(pins["category"].to_numpy(), kind="stable")
+    cat_start = np.searchsorted(pins["category"].to_numpy()[by_cat], np.arange(NUM_SIM_CATEGORIES + 2))
+    cat_size = np.maximum(cat_start[cand_cat + 1] - cat_start[cand_cat], 1)
+    pick = cat_start[cand_cat] + (rng.random(n_imp) * cat_size).astype(np.int64)
+    pin_index = by_cat[np.minimum(pick, n_pins - 1)]
+    # A request shows a pin at most once.
+    _, first = np.unique(req_index * n_pins + pin_index, return_index=True)
+    keep = np.zeros(n_imp, dtype=bool)
+    keep[first] = True
+    req_index, user, is_follow, pin_index = req_index[keep], user[keep], is_follow[keep], pin_index[keep]
+    n_imp = len(req_index)
+    shown = np.bincount(req_index, minlength=n_requests)
+    position = (np.arange(n_imp) - np.repeat(np.cumsum(shown) - shown, shown)).astype(np.int32)
+    pin_cat = pins["category"].to_numpy()[pin_index]
+
+    # Ground-truth engagement.
+    session = req_session[req_index]
+    longterm = np.log(interests[user, pin_cat - 1] * NUM_SIM_CATEGORIES + 1e-3)
+    affinity = (
+        1.8 * (pin_cat == session)
+        + 0.25 * np.clip(longterm, -3.0, 3.0)
+        + quality[pin_index]
+        + 0.3 * is_follow
+        - 0.03 * position
+    )
+    imp_ts = req_ts[req_index]
+    action_frames = []
+    for name, base in ACTION_BASE.items():
+        fired = rng.random(n_imp) < _sigmoid(base + ACTION_AFFINITY[name] * affinity)
+        action_frames.append((name, fired))
+    hide_logit = HIDE_BASE + 3.0 * (pin_cat == disliked[user]) + 8.0 * spam[pin_index] - 1.5 * (pin_cat == session)
+    action_frames.append(("hide", rng.random(n_imp) < _sigmoid(hide_logit)))
+
+    impressions = pd.DataFrame(
+        {
+            "request_id": pd.Series(req_user[req_index]).astype(str).to_numpy()
+            + np.char.add("-", np.arange(n_requests).astype(str))[req_index],
+            "user_id": user.astype(np.int64),
+            "pin_id": (pin_index + 1).astype(np.int64),
+            "ts": imp_ts.astype(np.int64),
+            "source": np.where(is_follow, "follow", "pfy"),
+            "position": position,
+        }
+    )
+    delay_scale = {"click": 15_000, "closeup": 20_000, "repin": 40_000, "like": 30_000, "comment": 90_000, "hide": 10_000}
+    actions = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "user_id": user[fired].astype(np.int64),
+                    "pin_id": (pin_index[fired] + 1).astype(np.int64),
+                    "ts": (imp_ts[fired] + 1_000 + rng.exponential(delay_scale[name], size=int(fired.sum()))).astype(np.int64),
+                    "action": name,
+                }
+            )
+            for name, fired in action_frames
+        ],
+        ignore_index=True,
+    )
+    # Several actions on the same impression at the same millisecond would collide on the key.
+    actions = actions.drop_duplicates(list(schema.RAW_KEYS[schema.ACTIONS])).sort_values(["user_id", "ts"], kind="stable")
+    return SimulatedLog(impressions, actions.reset_index(drop=True), pins, users)
+
+
+# --------------------------------------------------------------------------- writing
+def _arrow_schema(table: str) -> pa.Schema:
+    from pyspark.sql import types as T
+
+    def arrow_type(dtype: T.DataType) -> pa.DataType:
+        if isinstance(dtype, T.ArrayType):
+            return pa.list_(arrow_type(dtype.elementType))
+        return {
+            T.LongType: pa.int64(),
+            T.IntegerType: pa.int32(),
+            T.StringType: pa.string(),
+            T.DoubleType: pa.float64(),
+            T.FloatType: pa.float32(),
+        }[type(dtype)]
+
+    fields = [pa.field(f.name, arrow_type(f.dataType), nullable=f.nullable) for f in schema.RAW_SCHEMAS[table].fields]
+    return pa.schema(fields + [pa.field(schema.DT, pa.string(), nullable=False)])
+
+
+def _day(ts_ms: np.ndarray | pd.Series) -> np.ndarray:
+    return pd.to_datetime(np.asarray(ts_ms), unit="ms", utc=True).strftime("%Y-%m-%d").to_numpy()
+
+
+def _with_dt(frame: pd.DataFrame, ts_ms: np.ndarray | pd.Series) -> pd.DataFrame:
+    return frame.assign(**{schema.DT: _day(ts_ms)})
+
+
+def write_raw(log: SimulatedLog, out: str | Path, snapshot_ts: int, manifest_extra: dict | None = None) -> Path:
+    """Write the four raw tables as dt-partitioned Parquet under ``out`` and publish atomically."""
+    frames = {
+        schema.IMPRESSIONS: _with_dt(log.impressions, log.impressions["ts"]),
+        schema.ACTIONS: _with_dt(log.actions, log.actions["ts"]),
+        schema.PINS: _with_dt(log.pins, np.full(len(log.pins), snapshot_ts)),
+        schema.USERS: _with_dt(log.users, np.full(len(log.users), snapshot_ts)),
+    }
+    with storage.publish_dataset(out) as staging:
+        counts = {}
+        for table, frame in frames.items():
+            arrow = pa.Table.from_pandas(frame, schema=_arrow_schema(table), preserve_index=False)
+            pads.write_dataset(
+                arrow,
+                staging / table,
+                format="parquet",
+                partitioning=[schema.DT],
+                partitioning_flavor="hive",
+                basename_template="part-{i}.parquet",
+                existing_data_behavior="overwrite_or_ignore",
+            )
+            counts[table] = arrow.num_rows
+        storage.write_json(staging / schema.MANIFEST, {"row_counts": counts, **(manifest_extra or {})})
+    return storage.local_path(out)
+
+
+def generate(cfg: SimulatorConfig, out: str | Path, heavy_users: int = 0) -> dict[str, int]:
+    """Simulate and write; returns row counts per table."""
+    log = simulate(cfg, heavy_users=heavy_users)
+    write_raw(
+        log,
+        out,
+        snapshot_ts=_epoch_ms(cfg.start_date),
+        manifest_extra={"source": "simulator", "config": cfg.model_dump(mode="json"), "heavy_users": heavy_users},
+    )
+    return {"impressions": len(log.impressions), "actions": len(log.actions), "pins": len(log.pins), "users": len(log.users)}

@@ -1,0 +1,33 @@
+"""The one place a SparkSession is built."""
+
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import SparkSession
+
+from homefeed.config import SparkConfig
+
+
+def get_spark(cfg: SparkConfig, app_name: str = "homefeed", shuffle_partitions: int = 8) -> SparkSession:
+    """A session bound to loopback (the default binds to a non-loopback address)."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON", "python3"))
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .master(os.environ.get("HOMEFEED_SPARK_MASTER", cfg.master))
+        .config("spark.driver.memory", cfg.driver_memory)
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        .config("spark.sql.session.timeZone", "UTC")
+        # dt partitions stay strings ("2026-01-05"), as the contract says.
+        .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
+        .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

@@ -1,0 +1,97 @@
+"""Where datasets live, and how they are published atomically.
+
+A dataset is a directory. It is written under a temporary sibling, finished with a
+``manifest.json`` and a ``_SUCCESS`` marker, then renamed into place, so a reader never sees a
+half-written dataset and a failed writer leaves the previous version untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from homefeed.schema import MANIFEST, SUCCESS_MARKER
+
+
+class StorageError(RuntimeError):
+    """A dataset is missing, unpublished or unreadable."""
+
+
+def local_path(uri: str | Path) -> Path:
+    """The local path of a storage URI (plain paths and ``file://`` URIs)."""
+    text = str(uri)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    if "://" in text:
+        raise StorageError(f"{uri!r} is not a local path; remote storage goes through homefeed.storage S3 helpers")
+    return Path(text)
+
+
+def is_published(path: str | Path) -> bool:
+    return (local_path(path) / SUCCESS_MARKER).exists()
+
+
+def require_published(path: str | Path, what: str) -> Path:
+    directory = local_path(path)
+    if not directory.exists():
+        raise StorageError(f"{what} not found at {directory}")
+    if not is_published(directory):
+        raise StorageError(f"{what} at {directory} has no {SUCCESS_MARKER} marker: it was never fully written")
+    return directory
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    manifest = local_path(path) / MANIFEST
+    if not manifest.exists():
+        raise StorageError(f"no {MANIFEST} in {local_path(path)}")
+    return json.loads(manifest.read_text())
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def fingerprint(payload: Any) -> str:
+    """A stable short hash of a JSON-able value (config, input listing)."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def publish_dataset(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory; on success publish it at ``target`` with a ``_SUCCESS`` marker.
+
+    The caller writes its files (and ``manifest.json``) into the yielded directory. An existing
+    dataset at ``target`` is replaced only after the new one is complete.
+    """
+    final = local_path(target)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        yield staging
+        (staging / SUCCESS_MARKER).write_text("")
+        retired = None
+        if final.exists():
+            retired = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            final.rename(retired)
+        staging.rename(final)
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def list_files(root: Path, pattern: str = "*.parquet") -> list[Path]:
+    return sorted(p for p in root.rglob(pattern) if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts))

@@ -1,0 +1,447 @@
+"""Build labelled training instances with realtime action sequences from the raw contract.
+
+Extract (read and check the four raw tables) → transform (pure DataFrame functions below) →
+load (atomic publish with ``manifest.json`` and ``_SUCCESS``).
+
+Locally: ``homefeed build-instances --raw RAW --out OUT [--start YYYY-MM-DD --end YYYY-MM-DD]``.
+On a cluster (the deployment image carries hadoop-aws for s3a:// URIs)::
+
+    spark-submit --master spark://HOST:7077 --py-files homefeed.zip \\
+        jobs/build_instances.py --raw s3a://bucket/raw --out s3a://bucket/instances/2026-01-12
+
+The sequence plan is linear under skew: every event (impression cut-off or action) of a user is
+ranked once by a running count (a growing ``ROWS`` frame, not a per-row range frame), actions are
+grouped into blocks of ``seq_len`` consecutive ranks, and each impression joins the at most two
+blocks that hold its latest ``seq_len`` actions before ``ts - delay``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from homefeed import schema, segments, storage
+from homefeed.config import Config, InstancesConfig
+
+IMPRESSION_KEY = ("request_id", "pin_id")
+_RANK = "_rank"
+_KIND = "_kind"  # 0: an impression's cut-off, 1: an action; cut-offs sort first on ties
+_T = "_t"
+
+
+class InputDataError(ValueError):
+    """Raw input that breaks the contract; the message names the table and column."""
+
+
+@dataclass(frozen=True)
+class RawTables:
+    impressions: DataFrame
+    actions: DataFrame
+    pins: DataFrame
+    users: DataFrame
+
+
+# =========================================================================== extract
+def _table_path(raw_root: str, table: str) -> str:
+    return f"{raw_root.rstrip('/')}/{table}"
+
+
+def read_table(spark: SparkSession, raw_root: str, table: str) -> DataFrame:
+    """Read one raw table and check it against the contract (columns and types)."""
+    path = _table_path(raw_root, table)
+    try:
+        frame = spark.read.option("basePath", path).parquet(path)
+    except Exception as exc:  # AnalysisException, corrupt footers, missing paths
+        raise InputDataError(f"{table}: cannot read Parquet at {path}: {str(exc).splitlines()[0]}") from exc
+    check_schema(frame, table)
+    return frame
+
+
+def check_schema(frame: DataFrame, table: str) -> None:
+    actual = {f.name: f.dataType for f in frame.schema.fields}
+    for field in schema.RAW_SCHEMAS[table].fields:
+        if field.name not in actual:
+            raise InputDataError(f"{table}: missing column {field.name!r} (have {sorted(actual)})")
+        found = actual[field.name]
+        if found.simpleString() != field.dataType.simpleString():
+            raise InputDataError(
+                f"{table}: column {field.name!r} has type {found.simpleString()}, expected {field.dataType.simpleString()}"
+            )
+
+
+def check_rows(impressions: DataFrame, actions: DataFrame, now_ms: int) -> None:
+    """Null keys, duplicate impressions, unknown values, actions from the future."""
+    checks: list[tuple[str, str, Column]] = [
+        *[(schema.IMPRESSIONS, c, F.col(c).isNull()) for c in ("request_id", "user_id", "pin_id", "ts")],
+        (schema.IMPRESSIONS, "source", ~F.col("source").isin(*schema.SOURCES)),
+    ]
+    counts = impressions.agg(*[F.sum(cond.cast("long")).alias(f"c{i}") for i, (_, _, cond) in enumerate(checks)]).first()
+    for i, (table, column, _) in enumerate(checks):
+        if counts[f"c{i}"]:
+            raise InputDataError(f"{table}: column {column!r} has {counts[f'c{i}']} null or invalid values")
+    action_checks: list[tuple[str, Column]] = [
+        *[(c, F.col(c).isNull()) for c in ("user_id", "pin_id", "ts", "action")],
+        ("action", ~F.col("action").isin(*schema.ACTION_NAMES)),
+        ("ts", F.col("ts") > F.lit(now_ms)),
+    ]
+    counts = actions.agg(*[F.sum(cond.cast("long")).alias(f"c{i}") for i, (_, cond) in enumerate(action_checks)]).first()
+    messages = ["null", "null", "null", "null", "unknown action type", "timestamps in the future"]
+    for i, (column, _) in enumerate(action_checks):
+        if counts[f"c{i}"]:
+            raise InputDataError(f"{schema.ACTIONS}: column {column!r} has {counts[f'c{i}']} rows with {messages[i]}")
+    duplicates = impressions.groupBy(*IMPRESSION_KEY).count().filter(F.col("count") > 1).limit(1).collect()
+    if duplicates:
+        row = duplicates[0]
+        raise InputDataError(
+            f"{schema.IMPRESSIONS}: duplicate impressions on key {IMPRESSION_KEY} "
+            f"(e.g. request_id={row['request_id']!r}, pin_id={row['pin_id']})"
+        )
+
+
+def extract(spark: SparkSession, raw_root: str, start: date | None, end: date | None) -> tuple[RawTables, date, date]:
+    tables = {t: read_table(spark, raw_root, t) for t in schema.RAW_TABLES}
+    impressions = tables[schema.IMPRESSIONS]
+    if start is None or end is None:
+        bounds = impressions.agg(F.min(schema.DT).alias("lo"), F.max(schema.DT).alias("hi")).first()
+        if bounds["lo"] is None:
+            raise InputDataError(f"{schema.IMPRESSIONS}: no rows under {_table_path(raw_root, schema.IMPRESSIONS)}")
+        start = start or date.fromisoformat(bounds["lo"])
+        end = end or date.fromisoformat(bounds["hi"])
+    impressions = impressions.filter(F.col(schema.DT).between(start.isoformat(), end.isoformat()))
+    # History before the window feeds sequences; one day after it feeds late labels.
+    actions = tables[schema.ACTIONS].filter(F.col(schema.DT) <= (end + timedelta(days=1)).isoformat())
+    latest_snapshot = {
+        t: tables[t].agg(F.max(schema.DT)).first()[0] for t in (schema.PINS, schema.USERS)
+    }
+    for table, snapshot in latest_snapshot.items():
+        if snapshot is None:
+            raise InputDataError(f"{table}: no snapshot under {_table_path(raw_root, table)}")
+    pins = tables[schema.PINS].filter(F.col(schema.DT) == latest_snapshot[schema.PINS])
+    users = tables[schema.USERS].filter(F.col(schema.DT) == latest_snapshot[schema.USERS])
+    return RawTables(impressions, actions, pins, users.withColumn("_snapshot_dt", F.col(schema.DT))), start, end
+
+
+# =========================================================================== transform
+def add_labels(impressions: DataFrame, actions: DataFrame, window_ms: int) -> DataFrame:
+    """One ``label_<head>`` per head: did the user act on the pin within ``window_ms`` after it."""
+    per_pair = actions.groupBy("user_id", "pin_id").agg(
+        F.collect_list(F.struct(F.col("ts").alias("ts"), F.col("action").alias("action"))).alias("_acts")
+    )
+    joined = impressions.join(per_pair, ["user_id", "pin_id"], "left")
+    acts = F.coalesce(F.col("_acts"), F.array().cast("array<struct<ts:bigint,action:string>>"))
+
+    def acted(head: str) -> Column:
+        in_window = lambda a: (a["action"] == head) & (a["ts"] >= F.col("ts")) & (a["ts"] <= F.col("ts") + window_ms)  # noqa: E731
+        return F.exists(acts, in_window).cast("int")
+
+    labels = {schema.label_column(head): acted(head) for head in schema.HEADS}
+    return joined.withColumns(labels).drop("_acts")
+
+
+def rank_events(impressions: DataFrame, actions: DataFrame, pins: DataFrame, delay_ms: int) -> DataFrame:
+    """Impression cut-offs and actions of each user in one frame, with running counts.
+
+    For an impression row: ``_rank`` = actions strictly before ``ts - delay``; the engagement
+    counts = positive actions before it on the pin's category / owner. For an action row:
+    ``_rank`` - 1 is the action's 0-based position in the user's history.
+    """
+    pin_keys = pins.select("pin_id", "category", "owner_id")
+    positive = F.col("action").isin(*schema.POSITIVE_ACTIONS).cast("long")
+    action_code = F.element_at(F.create_map(*[x for a in schema.ACTION_VOCAB for x in (F.lit(a.name), F.lit(a.code))]), F.col("action"))
+    queries = impressions.join(F.broadcast(pin_keys), "pin_id", "left").select(
+        "user_id", "category", "owner_id", "request_id", "pin_id",
+        (F.col("ts") - delay_ms).alias(_T), F.lit(0).alias(_KIND), F.lit(0).cast("long").alias("_positive"),
+        F.lit(None).cast("int").alias("action_code"),
+    )
+    events = actions.join(F.broadcast(pin_keys), "pin_id", "left").select(
+        "user_id", "category", "owner_id", F.lit(None).cast("string").alias("request_id"), "pin_id",
+        F.col("ts").alias(_T), F.lit(1).alias(_KIND), positive.alias("_positive"),
+        action_code.cast("int").alias("action_code"),
+    )
+    order = [_T, _KIND, "pin_id", "action_code"]
+    running = Window.unboundedPreceding, Window.currentRow
+    by_user = Window.partitionBy("user_id").orderBy(*order).rowsBetween(*running)
+    by_category = Window.partitionBy("user_id", "category").orderBy(*order).rowsBetween(*running)
+    by_owner = Window.partitionBy("user_id", "owner_id").orderBy(*order).rowsBetween(*running)
+    return queries.unionByName(events).withColumns(
+        {
+            _RANK: F.sum(F.col(_KIND).cast("long")).over(by_user),
+            "user_category_engagements": F.sum("_positive").over(by_category),
+            "user_owner_engagements": F.sum("_positive").over(by_owner),
+        }
+    )
+
+
+def attach_sequences(ranked: DataFrame, seq_len: int) -> DataFrame:
+    """Per impression: the latest ``seq_len`` actions before its cut-off, newest first."""
+    actions = ranked.filter(F.col(_KIND) == 1).withColumn("_pos", F.col(_RANK) - 1)
+    blocks = actions.groupBy("user_id", (F.col("_pos") / seq_len).cast("long").alias("_block")).agg(
+        F.sort_array(
+            F.collect_list(F.struct(F.col("_pos").alias("pos"), F.col(_T).alias("ts"), "pin_id", "action_code"))
+        ).alias("_events")
+    )
+    queries = ranked.filter(F.col(_KIND) == 0).select(
+        "request_id", "pin_id", "user_id",
+        F.col(_RANK).alias("user_prior_actions"), "user_category_engagements", "user_owner_engagements",
+        F.greatest(F.col(_RANK) - seq_len, F.lit(0)).alias("_lo"), (F.col(_RANK) - 1).alias("_hi"),
+    ).withColumns({"_b1": (F.col("_lo") / seq_len).cast("long"), "_b2": (F.col("_hi") / seq_len).cast("long")})
+    first = blocks.select("user_id", F.col("_block").alias("_b1"), F.col("_events").alias("_e1"))
+    second = blocks.select("user_id", F.col("_block").alias("_b2"), F.col("_events").alias("_e2"))
+    empty = F.array().cast(blocks.schema["_events"].dataType)
+    joined = queries.join(first, ["user_id", "_b1"], "left").join(second, ["user_id", "_b2"], "left")
+    window_events = F.concat(
+        F.coalesce(F.col("_e1"), empty),
+        F.when(F.col("_b2") != F.col("_b1"), F.coalesce(F.col("_e2"), empty)).otherwise(empty),
+    )
+    seq = F.reverse(F.filter(window_events, lambda e: (e["pos"] >= F.col("_lo")) & (e["pos"] <= F.col("_hi"))))
+    return joined.select(
+        "request_id", "pin_id", "user_prior_actions", "user_category_engagements", "user_owner_engagements",
+        F.transform(seq, lambda e: e["pin_id"]).alias(schema.SEQ_PIN_ID),
+        F.transform(seq, lambda e: e["action_code"]).alias(schema.SEQ_ACTION),
+        F.transform(seq, lambda e: e["ts"]).alias(schema.SEQ_TS),
+    )
+
+
+def add_features(instances: DataFrame, pins: DataFrame, users: DataFrame) -> DataFrame:
+    """Pin, pinner and metadata features (before log1p and standardisation)."""
+    hour_ms, day_ms = 3_600_000, segments.DAY_MS
+    pin_cols = pins.select(
+        "pin_id",
+        F.col("repin_count").alias("pin_repin_count"),
+        F.col("click_count").alias("pin_click_count"),
+        F.col("impression_count").alias("pin_impression_count"),
+        F.col("spam_score").alias("pin_spam_score"),
+        F.col("created_ts").alias("_created_ts"),
+        F.col("category").alias("pin_category"),
+        F.col("embedding").alias(schema.PIN_EMBEDDING),
+    )
+    user_cols = users.select(
+        "user_id",
+        F.col("board_count").alias("user_board_count"),
+        F.col("follower_count").alias("user_follower_count"),
+        F.col("pin_count").alias("user_pin_count"),
+        "signup_ts", "last_active_ts", "actions_28d", "gender",
+        (F.unix_timestamp(F.to_timestamp("_snapshot_dt")) * 1000).alias("_snapshot_ts"),
+    )
+    gender_id = F.coalesce(
+        F.element_at(F.create_map(*[x for i, g in enumerate(schema.GENDERS) for x in (F.lit(g), F.lit(i + 1))]), F.col("gender")),
+        F.lit(0),
+    )
+    source_id = F.coalesce(
+        F.element_at(F.create_map(*[x for i, s in enumerate(schema.SOURCES) for x in (F.lit(s), F.lit(i + 1))]), F.col("source")),
+        F.lit(0),
+    )
+    with_sides = instances.join(F.broadcast(pin_cols), "pin_id", "left").join(F.broadcast(user_cols), "user_id", "left")
+    return with_sides.withColumns(
+        {
+            "feed_position": F.col("position").cast("double"),
+            "pin_age_hours": F.greatest((F.col("ts") - F.col("_created_ts")) / hour_ms, F.lit(0.0)),
+            "user_account_age_days": F.greatest((F.col("ts") - F.col("signup_ts")) / day_ms, F.lit(0.0)),
+            schema.SEGMENT: segments.segment_column(
+                F.col("ts"), F.col("signup_ts"), F.col("last_active_ts"), F.col("_snapshot_ts"), F.col("actions_28d")
+            ),
+            "pin_category": F.coalesce(F.col("pin_category"), F.lit(0)) % schema.NUM_CATEGORIES,
+            "user_gender": gender_id,
+            "source_id": source_id,
+        }
+    ).drop("_created_ts", "signup_ts", "last_active_ts", "actions_28d", "gender", "_snapshot_ts")
+
+
+def log_transform(frame: DataFrame) -> DataFrame:
+    """log1p on count features (seed: counts become regression-friendly)."""
+    return frame.withColumns(
+        {f: F.log1p(F.greatest(F.coalesce(F.col(f).cast("double"), F.lit(0.0)), F.lit(0.0))) for f in schema.LOG1P_FEATURES}
+    )
+
+
+def assign_splits(frame: DataFrame, start: date, end: date, cfg: InstancesConfig) -> DataFrame:
+    """Time split: the last ``test_days`` are test, the ``validation_days`` before them validation."""
+    test_from = end - timedelta(days=cfg.test_days - 1)
+    validation_from = test_from - timedelta(days=cfg.validation_days)
+    if validation_from <= start:
+        raise InputDataError(
+            f"{schema.IMPRESSIONS}: window {start}..{end} is too short for {cfg.validation_days} validation "
+            f"and {cfg.test_days} test days with at least one training day"
+        )
+    return frame.withColumns(
+        {
+            schema.SPLIT: F.when(F.col(schema.DT) >= test_from.isoformat(), "test")
+            .when(F.col(schema.DT) >= validation_from.isoformat(), "validation")
+            .otherwise("train"),
+            schema.FOLD: F.pmod(F.xxhash64(F.col("user_id"), F.lit(cfg.seed)), F.lit(schema.NUM_FOLDS)).cast("int"),
+        }
+    )
+
+
+def sample(frame: DataFrame, cfg: InstancesConfig) -> DataFrame:
+    """Keep train positives at ``positive_rate`` and negatives at ``negative_rate``, deterministically.
+
+    Validation and test keep every row (weight 1), so metrics see the true distribution.
+    """
+    any_label = F.greatest(*[F.col(c) for c in schema.LABEL_COLUMNS]) > 0
+    rate = F.when(F.col(schema.SPLIT) != "train", F.lit(1.0)).when(any_label, F.lit(cfg.positive_rate)).otherwise(F.lit(cfg.negative_rate))
+    uniform = F.pmod(F.xxhash64("request_id", "pin_id", F.lit(cfg.seed)), F.lit(1_000_000)) / F.lit(1_000_000.0)
+    return frame.withColumn("_rate", rate).filter(uniform < F.col("_rate")).withColumn(
+        schema.SAMPLE_WEIGHT, (1.0 / F.col("_rate")).cast("float")
+    ).drop("_rate")
+
+
+def fit_standardizer(train: DataFrame) -> dict[str, dict[str, float]]:
+    aggs = [F.mean(f).alias(f"{f}__mean") for f in schema.DENSE_FEATURES] + [
+        F.stddev_pop(f).alias(f"{f}__std") for f in schema.DENSE_FEATURES
+    ]
+    row = train.agg(*aggs).first()
+    stats = {}
+    for f in schema.DENSE_FEATURES:
+        mean, std = row[f"{f}__mean"], row[f"{f}__std"]
+        stats[f] = {"mean": float(mean or 0.0), "std": float(std) if std and std > 1e-9 else 1.0}
+    return stats
+
+
+def standardize(frame: DataFrame, stats: dict[str, dict[str, float]]) -> DataFrame:
+    return frame.withColumns(
+        {f: ((F.coalesce(F.col(f).cast("double"), F.lit(s["mean"])) - s["mean"]) / s["std"]).cast("float") for f, s in stats.items()}
+    )
+
+
+OUTPUT_COLUMNS = (
+    *schema.METADATA_COLUMNS,
+    *schema.LABEL_COLUMNS,
+    schema.SAMPLE_WEIGHT,
+    schema.FOLD,
+    *schema.DENSE_FEATURES,
+    *schema.CATEGORICAL_FEATURES,
+    schema.PIN_EMBEDDING,
+    *schema.SEQUENCE_COLUMNS,
+    schema.SPLIT,
+)
+
+
+def build_instances(raw: RawTables, start: date, end: date, cfg: InstancesConfig) -> DataFrame:
+    """All transforms, before standardisation (which needs the train split's statistics)."""
+    labelled = add_labels(raw.impressions, raw.actions, cfg.attribution_window_ms)
+    history = raw.actions.filter(F.col("ts") < F.lit((_epoch_ms(end) + segments.DAY_MS)))
+    ranked = rank_events(raw.impressions, history, raw.pins, cfg.delay_ms)
+    sequences = attach_sequences(ranked, cfg.seq_len)
+    instances = labelled.join(sequences, list(IMPRESSION_KEY), "inner")
+    featured = log_transform(add_features(instances, raw.pins, raw.users))
+    return sample(assign_splits(featured, start, end, cfg), cfg)
+
+
+def _epoch_ms(day: date) -> int:
+    from datetime import datetime, time, timezone
+
+    return int(datetime.combine(day, time(), tzinfo=timezone.utc).timestamp() * 1000)
+
+
+# =========================================================================== load
+def _code_version() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _input_listing(raw_root: str) -> dict[str, list[tuple[str, int]]]:
+    root = storage.local_path(raw_root)
+    return {
+        t: [(str(p.relative_to(root)), p.stat().st_size) for p in storage.list_files(root / t)]
+        for t in schema.RAW_TABLES
+    }
+
+
+def _label_rates(frame: DataFrame) -> dict[str, dict[str, Any]]:
+    aggs = [F.count(F.lit(1)).alias("rows"), F.sum(schema.SAMPLE_WEIGHT).alias("weighted_rows")]
+    aggs += [F.sum(F.col(c) * F.col(schema.SAMPLE_WEIGHT)).alias(c) for c in schema.LABEL_COLUMNS]
+    result = {}
+    for row in frame.groupBy(schema.SPLIT).agg(*aggs).collect():
+        weighted = row["weighted_rows"] or 1.0
+        result[row[schema.SPLIT]] = {
+            "rows": row["rows"],
+            "label_rates": {h: float(row[schema.label_column(h)] or 0.0) / weighted for h in schema.HEADS},
+        }
+    return result
+
+
+def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, start: date | None = None, end: date | None = None, now_ms: int | None = None) -> dict[str, Any]:
+    """Extract → transform → load. Returns the manifest. Skips work when ``out`` already holds
+    the output of the same inputs and config."""
+    import time as _time
+
+    icfg = cfg.instances
+    storage.require_published(raw_root, "raw data")
+    fingerprint = storage.fingerprint(
+        {"inputs": _input_listing(raw_root), "config": icfg.model_dump(mode="json"), "start": str(start), "end": str(end)}
+    )
+    if storage.is_published(out):
+        previous = storage.read_manifest(out)
+        if previous.get("fingerprint") == fingerprint:
+            return previous
+    raw, start, end = extract(spark, raw_root, start, end)
+    check_rows(raw.impressions, raw.actions, now_ms if now_ms is not None else int(_time.time() * 1000))
+    impression_rows = raw.impressions.count()
+    if impression_rows == 0:
+        raise InputDataError(f"{schema.IMPRESSIONS}: no rows between {start} and {end}")
+    instances = build_instances(raw, start, end, icfg).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        stats = fit_standardizer(instances.filter(F.col(schema.SPLIT) == "train"))
+        final = standardize(instances, stats).select(*OUTPUT_COLUMNS)
+        with storage.publish_dataset(out) as staging:
+            final.repartition(icfg.shuffle_partitions, schema.SPLIT).sortWithinPartitions("user_id", "ts").write.mode(
+                "overwrite"
+            ).partitionBy(schema.SPLIT).parquet(str(staging))
+            splits = _label_rates(spark.read.parquet(str(staging)))
+            manifest = {
+                "fingerprint": fingerprint,
+                "raw_root": str(raw_root),
+                "window": {"start": start.isoformat(), "end": end.isoformat()},
+                "input_rows": {
+                    schema.IMPRESSIONS: impression_rows,
+                    schema.ACTIONS: raw.actions.count(),
+                    schema.PINS: raw.pins.count(),
+                    schema.USERS: raw.users.count(),
+                },
+                "config": icfg.model_dump(mode="json"),
+                "sampling": {"positive_rate": icfg.positive_rate, "negative_rate": icfg.negative_rate, "applies_to": "train"},
+                "feature_stats": stats,
+                "splits": splits,
+                "output_rows": sum(s["rows"] for s in splits.values()),
+                "columns": list(OUTPUT_COLUMNS),
+                "code_version": _code_version(),
+            }
+            storage.write_json(staging / schema.MANIFEST, manifest)
+    finally:
+        instances.unpersist()
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    from homefeed.config import load_config
+    from homefeed.spark import get_spark
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--raw", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--start", type=date.fromisoformat)
+    parser.add_argument("--end", type=date.fromisoformat)
+    parser.add_argument("--config", action="append", default=[])
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    spark = get_spark(cfg.spark, "homefeed-build-instances", cfg.instances.shuffle_partitions)
+    manifest = run(spark, args.raw, args.out, cfg, args.start, args.end)
+    print(f"wrote {manifest['output_rows']} instances to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
