@@ -171,3 +171,5 @@ CATEGORICAL_FEATURES: dict[str, int] = {
     "user_gender": len(GENDERS) + 1,
 }
 PIN_EMBEDDING = "pin_embedding"
+# Published beside the instances (ignored by Parquet readers: it starts with "_").
+PIN_FEATURES_DIR = "_pin_features"

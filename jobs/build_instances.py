@@ -32,6 +32,7 @@ from pyspark.sql import types as T
 from homefeed import schema, segments, storage
 from homefeed.config import Config, InstancesConfig
 
+
 IMPRESSION_KEY = ("request_id", "pin_id")
 _RANK = "_rank"
 _KIND = "_kind"  # 0: an impression's cut-off, 1: an action; cut-offs sort first on ties
@@ -401,6 +402,8 @@ def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, start: date |
             final.repartition(icfg.shuffle_partitions, schema.SPLIT).sortWithinPartitions("user_id", "ts").write.mode(
                 "overwrite"
             ).partitionBy(schema.SPLIT).parquet(str(staging))
+            # The pin content table the neural ranker embeds engaged pins with (a PinSage stand-in).
+            raw.pins.select("pin_id", "embedding").coalesce(1).write.parquet(str(staging / schema.PIN_FEATURES_DIR))
             splits = _label_rates(spark.read.parquet(str(staging)))
             manifest = {
                 "fingerprint": fingerprint,

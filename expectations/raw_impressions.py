@@ -1,0 +1,24 @@
+"""Raw impressions: the contract's columns, keys, sources, and each row inside its dt partition."""
+
+import great_expectations.expectations as gxe
+
+from homefeed import schema
+from homefeed.config import Config
+
+TABLE = schema.IMPRESSIONS
+
+
+def expectations(cfg: Config) -> list:
+    return [
+        *[gxe.ExpectColumnToExist(column=c) for c in [*schema.IMPRESSIONS_SCHEMA.fieldNames(), schema.DT]],
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("request_id", "user_id", "pin_id", "ts", "source")],
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["request_id", "pin_id"]),
+        gxe.ExpectColumnValuesToBeInSet(column="source", value_set=list(schema.SOURCES)),
+        gxe.ExpectColumnValuesToBeBetween(column="position", min_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="pin_id", min_value=1),
+        gxe.UnexpectedRowsExpectation(
+            description="ts falls inside its dt partition (UTC day)",
+            unexpected_rows_query="SELECT * FROM {batch} WHERE date_format(timestamp_millis(ts), 'yyyy-MM-dd') != dt",
+        ),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]

@@ -1,0 +1,19 @@
+"""User snapshot: unique ids, counts >= 0, known genders."""
+
+import great_expectations.expectations as gxe
+
+from homefeed import schema
+from homefeed.config import Config
+
+TABLE = schema.USERS
+
+
+def expectations(cfg: Config) -> list:
+    return [
+        *[gxe.ExpectColumnToExist(column=c) for c in schema.USERS_SCHEMA.fieldNames()],
+        gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+        *[gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in schema.USER_COUNT_COLUMNS],
+        gxe.ExpectColumnValuesToBeInSet(column="gender", value_set=list(schema.GENDERS)),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]

@@ -1,0 +1,268 @@
+"""Training: the baselines in-process, the neural ranker with the same code for 1 or N processes.
+
+The neural path is a DDP worker (``train_worker``). One process runs it directly; N processes
+run it under ``torchrun`` (``gloo`` on CPU, ``nccl`` + bf16 autocast on GPU). Each epoch ends
+with a checkpoint; a re-run with the same output directory resumes from it. Early stopping
+watches the primary head's validation AUC. Rank 0 alone writes the model and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from homefeed import metrics, schema, storage
+from homefeed.config import Config, TrainConfig
+from homefeed.data import InstanceStream, read_pin_features, read_split
+from models import BASELINE_NAMES
+from models.ranker import Ranker, RankerConfig, pin_content_table, weighted_bce
+from models.sequence import SequenceConfig
+from models.zoo import write_model_info
+
+CHECKPOINT = "checkpoint.pt"
+MODEL_DIR = "model"
+METRICS = "train_metrics.json"
+
+
+@dataclass
+class TrainResult:
+    model_dir: str
+    model: str
+    validation: dict[str, dict[str, float]]
+    history: list[dict[str, Any]]
+    seconds: float
+    examples_per_second: float
+
+
+# --------------------------------------------------------------------------- model building
+def ranker_config(cfg: TrainConfig) -> RankerConfig:
+    return RankerConfig(
+        sequence_module=cfg.model,
+        sequence=SequenceConfig(
+            d_model=cfg.d_model,
+            num_layers=cfg.num_layers if cfg.model != "transact_v11" else max(cfg.num_layers, 2),
+            num_heads=cfg.num_heads,
+            dim_feedforward=cfg.dim_feedforward,
+            action_dim=cfg.embedding_dim,
+            dropout=cfg.dropout,
+            time_window_ms=cfg.time_window_ms,
+            time_window_mask_prob=cfg.time_window_mask_prob,
+        ),
+        id_dim=cfg.embedding_dim,
+        cross_layers=2 if cfg.model == "transact_v11" else 0,
+    )
+
+
+def build_ranker(cfg: TrainConfig, instances_dir: str) -> Ranker:
+    pin_ids, embeddings = read_pin_features(instances_dir)
+    return Ranker(ranker_config(cfg), pin_content_table(pin_ids, embeddings))
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def pick_device(use_gpu: bool | str) -> torch.device:
+    if use_gpu is True and not torch.cuda.is_available():
+        raise RuntimeError("train.use_gpu is true but no CUDA device is visible")
+    if use_gpu in (True, "auto") and torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- evaluation helper
+def predict_split(model: torch.nn.Module, instances_dir: str, split: str, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities (N, H), labels (N, H), weights (N,)) over a whole split."""
+    stream = InstanceStream(instances_dir, split, batch_size, seq_len=getattr(model, "cfg").sequence.seq_len)
+    probs, labels, weights = [], [], []
+    model.eval()
+    with torch.inference_mode():
+        for batch in stream:
+            labels.append(batch.pop("labels").numpy())
+            weights.append(batch.pop("sample_weight").numpy())
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with _autocast(device):
+                probs.append(torch.sigmoid(model(batch).float()).cpu().numpy())
+    return np.concatenate(probs), np.concatenate(labels), np.concatenate(weights)
+
+
+def validation_metrics(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> dict[str, dict[str, float]]:
+    return {h: metrics.head_metrics(labels[:, i], probs[:, i], weights) for i, h in enumerate(schema.HEADS)}
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+# --------------------------------------------------------------------------- the worker
+def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainResult | None:
+    """The DDP worker; returns the result on rank 0, None elsewhere."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    device = pick_device(cfg.use_gpu)
+    distributed = world_size > 1
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.set_num_threads(max(1, cfg.num_threads // world_size))
+    torch.manual_seed(cfg.seed + rank)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = build_ranker(cfg, instances_dir).to(device)
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    train_stream = InstanceStream(
+        instances_dir, "train", cfg.batch_size, seq_len=model.cfg.sequence.seq_len, shuffle=True,
+        seed=cfg.seed, rank=rank, world_size=world_size, drop_remainder=distributed,
+    )
+    steps_per_epoch = max(train_stream.batches_per_rank(), 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
+    )
+    head_weights = torch.tensor([cfg.head_weights.get(h, 1.0) for h in schema.HEADS], device=device)
+
+    state = {"epoch": 0, "best_auc": -1.0, "bad_epochs": 0, "history": [], "best_state": None, "examples": 0, "seconds": 0.0}
+    checkpoint_path = out / CHECKPOINT
+    if checkpoint_path.exists():
+        saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        epoch = state["epoch"]
+        train_stream.epoch = epoch
+        ddp_model.train()
+        started, losses, examples = time.perf_counter(), [], 0
+        for batch in train_stream:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            labels, weights = batch.pop("labels"), batch.pop("sample_weight")
+            with _autocast(device):
+                logits = ddp_model(batch)
+            loss = weighted_bce(logits.float(), labels, weights, head_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            examples += len(labels)
+        elapsed = time.perf_counter() - started
+        probs, labels_np, weights_np = predict_split(model, instances_dir, "validation", 4 * cfg.batch_size, device)
+        val = validation_metrics(probs, labels_np, weights_np)
+        val_auc = val[schema.PRIMARY_HEAD]["auc"]
+        val_auc = -1.0 if np.isnan(val_auc) else val_auc
+        improved = val_auc > state["best_auc"]
+        state["history"].append(
+            {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+             "val_auc": {h: m["auc"] for h, m in val.items()}, "examples": examples * world_size, "seconds": elapsed}
+        )
+        state["examples"] += examples * world_size
+        state["seconds"] += elapsed
+        if improved:
+            state["best_auc"], state["bad_epochs"] = val_auc, 0
+            state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state["best_validation"] = val
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        if rank == 0:
+            tmp = checkpoint_path.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "state": state}, tmp)
+            tmp.replace(checkpoint_path)
+            print(f"epoch {epoch}: loss {state['history'][-1]['train_loss']:.4f} val auc/{schema.PRIMARY_HEAD} {val_auc:.4f}"
+                  f" ({examples * world_size / max(elapsed, 1e-9):.0f} examples/s)", flush=True)
+
+    result = None
+    if rank == 0:
+        model.load_state_dict(state["best_state"])
+        model.to("cpu").save(out / MODEL_DIR)
+        write_model_info(out / MODEL_DIR, cfg.model, {"train_config": cfg.model_dump(mode="json")})
+        result = TrainResult(
+            model_dir=str(out / MODEL_DIR), model=cfg.model, validation=state.get("best_validation", {}),
+            history=state["history"], seconds=state["seconds"],
+            examples_per_second=state["examples"] / max(state["seconds"], 1e-9),
+        )
+        storage.write_json(out / METRICS, asdict(result))
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+# --------------------------------------------------------------------------- baselines
+def train_baseline(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainResult:
+    from models.baselines import FlatBaseline
+
+    started = time.perf_counter()
+    train_table = read_split(instances_dir, "train")
+    validation_table = read_split(instances_dir, "validation")
+    baseline = FlatBaseline(cfg.model, seed=cfg.seed, num_threads=cfg.num_threads).fit(train_table, validation_table)
+    model_dir = Path(out_dir) / MODEL_DIR
+    baseline.save(model_dir)
+    write_model_info(model_dir, cfg.model, {"train_config": cfg.model_dump(mode="json")})
+    labels = np.stack([validation_table.column(c).to_numpy() for c in schema.LABEL_COLUMNS], axis=1)
+    weights = validation_table.column(schema.SAMPLE_WEIGHT).to_numpy()
+    val = validation_metrics(baseline.predict(validation_table), labels, weights)
+    seconds = time.perf_counter() - started
+    result = TrainResult(str(model_dir), cfg.model, val, [], seconds, train_table.num_rows / max(seconds, 1e-9))
+    storage.write_json(Path(out_dir) / METRICS, asdict(result))
+    return result
+
+
+# --------------------------------------------------------------------------- entry point
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train(instances_dir: str, out_dir: str, cfg: Config) -> TrainResult:
+    """Train ``cfg.train.model`` on published instances; the model lands in ``out_dir/model``."""
+    storage.require_published(instances_dir, "instances")
+    tcfg = cfg.train
+    if tcfg.model in BASELINE_NAMES:
+        return train_baseline(instances_dir, out_dir, tcfg)
+    if tcfg.num_processes == 1:
+        return train_worker(instances_dir, out_dir, tcfg)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    config_file = Path(out_dir) / "train_config.json"
+    config_file.write_text(json.dumps(tcfg.model_dump(mode="json")))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={tcfg.num_processes}",
+        "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        "-m", "homefeed.train", instances_dir, out_dir, str(config_file),
+    ]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    completed = subprocess.run(command, env=env)
+    if completed.returncode != 0:
+        raise RuntimeError(f"distributed training failed (exit {completed.returncode}): {' '.join(command)}")
+    saved = json.loads((Path(out_dir) / METRICS).read_text())
+    return TrainResult(**saved)
+
+
+if __name__ == "__main__":  # torchrun entry: python -m homefeed.train INSTANCES OUT CONFIG_JSON
+    instances, output, config_json = sys.argv[1:4]
+    train_worker(instances, output, TrainConfig.model_validate_json(Path(config_json).read_text()))

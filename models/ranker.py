@@ -1,0 +1,146 @@
+"""The neural ranker: features + a user-sequence module → (optional DCN v2) → MLP → one head per action.
+
+Input batch (a dict of tensors, built by ``homefeed.data``):
+
+    dense        (B, F)  standardised dense features (schema.DENSE_FEATURES)
+    <categorical> (B,)   one long tensor per schema.CATEGORICAL_FEATURES
+    pin_id       (B,)    candidate pin ids
+    ts           (B,)    request timestamps, ms
+    seq_pin_id   (B, L)  engaged pins, newest first, 0 = padding
+    seq_action   (B, L)  action codes
+    seq_ts       (B, L)  action timestamps, ms
+
+Output: logits (B, H), one column per schema.HEADS.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from homefeed import schema
+from models.sequence import SequenceConfig, build_sequence_module
+
+PIN_ID_BUCKETS = 1 << 16
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    sequence_module: str = "transact_v10"
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    id_dim: int = 16
+    categorical_dim: int = 8
+    cross_layers: int = 0  # DCN v2 layers over the full feature vector (TransAct v1.1 uses them)
+    mlp_dims: tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RankerConfig":
+        data = json.loads(text)
+        data["sequence"] = SequenceConfig(**data["sequence"])
+        data["mlp_dims"] = tuple(data["mlp_dims"])
+        return cls(**data)
+
+
+class PinEncoder(nn.Module):
+    """A pin id → [frozen content embedding, learned hashed id embedding] (P = E + id_dim)."""
+
+    def __init__(self, content: torch.Tensor, id_dim: int):
+        super().__init__()
+        self.register_buffer("content", content)  # (num_pins + 1, E); row 0 is padding / unknown
+        self.id_emb = nn.Embedding(PIN_ID_BUCKETS, id_dim, padding_idx=0)
+        self.out_dim = content.shape[1] + id_dim
+
+    def forward(self, pin_id: torch.Tensor) -> torch.Tensor:
+        known = pin_id < self.content.shape[0]
+        content = self.content[torch.where(known, pin_id, torch.zeros_like(pin_id))]  # (..., E)
+        bucket = torch.where(pin_id > 0, 1 + pin_id % (PIN_ID_BUCKETS - 1), torch.zeros_like(pin_id))
+        return torch.cat([content, self.id_emb(bucket)], dim=-1)  # (..., P)
+
+
+class CrossNetworkV2(nn.Module):
+    """DCN v2: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l, explicit feature crossing."""
+
+    def __init__(self, dim: int, layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0  # (B, D)
+        for layer in self.layers:
+            x = x0 * layer(x) + x
+        return x  # (B, D)
+
+
+class Ranker(nn.Module):
+    def __init__(self, cfg: RankerConfig, pin_content: torch.Tensor):
+        super().__init__()
+        self.cfg = cfg
+        self.pins = PinEncoder(pin_content, cfg.id_dim)
+        seq_cfg = SequenceConfig(**{**asdict(cfg.sequence), "pin_dim": self.pins.out_dim})
+        self.sequence = build_sequence_module(cfg.sequence_module, seq_cfg)
+        self.categorical = nn.ModuleDict(
+            {name: nn.Embedding(size, cfg.categorical_dim) for name, size in schema.CATEGORICAL_FEATURES.items()}
+        )
+        width = (
+            len(schema.DENSE_FEATURES)
+            + len(schema.CATEGORICAL_FEATURES) * cfg.categorical_dim
+            + self.pins.out_dim
+            + self.sequence.out_dim
+        )
+        self.cross = CrossNetworkV2(width, cfg.cross_layers) if cfg.cross_layers else nn.Identity()
+        mlp: list[nn.Module] = []
+        for dim in cfg.mlp_dims:
+            mlp += [nn.Linear(width, dim), nn.ReLU(), nn.Dropout(cfg.dropout)]
+            width = dim
+        self.mlp = nn.Sequential(*mlp)
+        self.heads = nn.Linear(width, len(schema.HEADS))  # one logit per action head
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        candidate = self.pins(batch["pin_id"])  # (B, P)
+        tokens = self.pins(batch[schema.SEQ_PIN_ID])  # (B, L, P)
+        seq = self.sequence(tokens, batch[schema.SEQ_ACTION], batch[schema.SEQ_TS], batch["ts"], candidate)  # (B, S)
+        cats = [emb(batch[name]) for name, emb in self.categorical.items()]  # C × (B, c)
+        x = torch.cat([batch["dense"], *cats, candidate, seq], dim=-1)  # (B, W)
+        return self.heads(self.mlp(self.cross(x)))  # (B, H)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "ranker_config.json").write_text(self.cfg.to_json())
+        torch.save(self.state_dict(), directory / "ranker.pt")
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str = "cpu") -> "Ranker":
+        directory = Path(directory)
+        cfg = RankerConfig.from_json((directory / "ranker_config.json").read_text())
+        state = torch.load(directory / "ranker.pt", map_location=map_location, weights_only=True)
+        model = cls(cfg, torch.zeros_like(state["pins.content"]))
+        model.load_state_dict(state)
+        model.eval()
+        return model
+
+
+def weighted_bce(
+    logits: torch.Tensor, labels: torch.Tensor, sample_weight: torch.Tensor, head_weights: torch.Tensor
+) -> torch.Tensor:
+    """Per-head BCE, weighted per example (undoing negative sampling) and per head."""
+    per = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (B, H)
+    per = per * sample_weight.unsqueeze(1) * head_weights.unsqueeze(0)
+    return per.sum() / (sample_weight.sum() * head_weights.sum()).clamp(min=1e-12)
+
+
+def pin_content_table(pin_ids: np.ndarray, embeddings: np.ndarray) -> torch.Tensor:
+    """A dense (max_id + 1, E) table; row 0 and unknown ids are zeros."""
+    table = np.zeros((int(pin_ids.max(initial=0)) + 1, embeddings.shape[1]), dtype=np.float32)
+    table[pin_ids] = embeddings
+    return torch.from_numpy(table)

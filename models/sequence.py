@@ -1,0 +1,198 @@
+"""User-sequence modules, compared like for like by the ranker.
+
+Every module takes the same inputs and returns one vector per example:
+
+    tokens     (B, L, P)  engaged-pin vectors of the user's latest L actions, newest first
+    actions    (B, L)     action codes, 0 = padding
+    action_ts  (B, L)     action timestamps in ms (0 where padded)
+    request_ts (B,)       the impression's timestamp in ms
+    candidate  (B, P)     the candidate pin's vector
+    -> (B, out_dim)
+
+``padding`` below is a (B, L) bool tensor, True where a position holds no action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from homefeed import schema
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    seq_len: int = schema.SEQ_LEN
+    pin_dim: int = 32  # P: width of a pin vector (content + id embedding)
+    action_dim: int = 32
+    d_model: int = 96
+    num_layers: int = 2
+    num_heads: int = 2
+    dim_feedforward: int = 32
+    dropout: float = 0.1
+    time_window_ms: int = 86_400_000
+    time_window_mask_prob: float = 0.5
+    kept_tokens: int = 10  # TransAct v1.1 keeps the first 10 output tokens + a max-pooled one
+
+
+def never_fully_masked(mask: torch.Tensor) -> torch.Tensor:
+    """Unmask the first position of rows with nothing to attend (attention would give NaN)."""
+    empty = mask.all(dim=1)
+    if empty.any():
+        mask = mask.clone()
+        mask[empty, 0] = False
+    return mask
+
+
+def masked_mean(x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    keep = (~padding).unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+    return (x * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # (B, D)
+
+
+class SequenceModule(nn.Module):
+    out_dim: int = 0
+
+    def forward(self, tokens, actions, action_ts, request_ts, candidate):  # noqa: D401
+        raise NotImplementedError
+
+
+class NoSequence(SequenceModule):
+    """The control: the ranker without any realtime sequence."""
+
+    def __init__(self, cfg: SequenceConfig):
+        super().__init__()
+        self.out_dim = 0
+
+    def forward(self, tokens, actions, action_ts, request_ts, candidate):
+        return tokens.new_zeros(tokens.shape[0], 0)  # (B, 0)
+
+
+class AveragePooling(SequenceModule):
+    def __init__(self, cfg: SequenceConfig):
+        super().__init__()
+        self.action_emb = nn.Embedding(schema.NUM_ACTION_CODES, cfg.pin_dim, padding_idx=schema.PADDING_ID)
+        self.out_dim = cfg.pin_dim
+
+    def forward(self, tokens, actions, action_ts, request_ts, candidate):
+        padding = actions == schema.PADDING_ID  # (B, L)
+        return masked_mean(tokens + self.action_emb(actions), padding)  # (B, P)
+
+
+class ConvPooling(SequenceModule):
+    """1-D convolutions over the sequence, max-pooled over valid positions."""
+
+    def __init__(self, cfg: SequenceConfig):
+        super().__init__()
+        self.action_emb = nn.Embedding(schema.NUM_ACTION_CODES, cfg.pin_dim, padding_idx=schema.PADDING_ID)
+        self.conv = nn.Sequential(
+            nn.Conv1d(cfg.pin_dim, cfg.d_model, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(cfg.d_model, cfg.d_model, kernel_size=3, padding=1),
+        )
+        self.out_dim = cfg.d_model
+
+    def forward(self, tokens, actions, action_ts, request_ts, candidate):
+        padding = actions == schema.PADDING_ID  # (B, L)
+        x = self.conv((tokens + self.action_emb(actions)).transpose(1, 2)).transpose(1, 2)  # (B, L, D)
+        x = x.masked_fill(padding.unsqueeze(-1), float("-inf")).amax(dim=1)  # (B, D)
+        return torch.where(torch.isinf(x), torch.zeros_like(x), x)
+
+
+class RecurrentPooling(SequenceModule):
+    """An RNN or LSTM read oldest → newest; the last state summarises the sequence."""
+
+    def __init__(self, cfg: SequenceConfig, cell: type[nn.RNNBase]):
+        super().__init__()
+        self.action_emb = nn.Embedding(schema.NUM_ACTION_CODES, cfg.pin_dim, padding_idx=schema.PADDING_ID)
+        self.rnn = cell(cfg.pin_dim, cfg.d_model, batch_first=True)
+        self.out_dim = cfg.d_model
+
+    def forward(self, tokens, actions, action_ts, request_ts, candidate):
+        x = tokens + self.action_emb(actions)  # (B, L, P), newest first, padding on the right
+        x = x.flip(1)  # oldest first with padding on the left: the last step is the newest action
+        out, _ = self.rnn(x)  # (B, L, D)
+        return out[:, -1]  # (B, D)
+
+
+class VanillaTransformer(SequenceModule):
+    """Transformer over engaged-pin vectors only (no actions, no candidate), mean-pooled."""
+
+    def __init__(self, cfg: SequenceConfig):
+        super().__init__()
+        self.proj = nn.Linear(cfg.pin_dim, cfg.d_model)
+        layer = nn.TransformerEncoderLayer(
+            cfg.d_model, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+        self.out_dim = cfg.d_model
+
+    def forward(self, tokens, actions, action_ts, request_ts, candidate):
+        padding = never_fully_masked(actions == schema.PADDING_ID)  # (B, L)
+        x = self.encoder(self.proj(tokens), src_key_padding_mask=padding)  # (B, L, D)
+        return masked_mean(x, padding)  # (B, D)
+
+
+class TransAct(SequenceModule):
+    """TransAct: early fusion of the candidate, action embeddings, random time-window mask.
+
+    v1.0 flattens all L output tokens; v1.1 keeps the first ``kept_tokens`` and a max-pooled token.
+    """
+
+    def __init__(self, cfg: SequenceConfig, version: str):
+        super().__init__()
+        self.cfg, self.version = cfg, version
+        self.action_emb = nn.Embedding(schema.NUM_ACTION_CODES, cfg.action_dim, padding_idx=schema.PADDING_ID)
+        fused = 2 * cfg.pin_dim + cfg.action_dim  # [candidate, action, engaged pin]
+        self.proj = nn.Linear(fused, cfg.d_model)
+        layer = nn.TransformerEncoderLayer(
+            cfg.d_model, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, batch_first=True
+        )
+        # No positional encoding: recency is carried by the newest-first order of the tokens.
+        self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+        kept = cfg.seq_len if version == "v1.0" else cfg.kept_tokens + 1
+        self.out_dim = kept * cfg.d_model
+
+    def time_window_mask(self, action_ts: torch.Tensor, request_ts: torch.Tensor) -> torch.Tensor:
+        """Training only: hide actions within a random window before the request (True = hidden).
+
+        Each row draws a window in [0, time_window_ms); with probability 1 - p it is empty.
+        """
+        batch = action_ts.shape[0]
+        span = torch.rand(batch, device=action_ts.device) * self.cfg.time_window_ms  # (B,)
+        applied = torch.rand(batch, device=action_ts.device) < self.cfg.time_window_mask_prob  # (B,)
+        age = request_ts.unsqueeze(1) - action_ts  # (B, L) ms before the request
+        return applied.unsqueeze(1) & (age < span.unsqueeze(1))  # (B, L)
+
+    def forward(self, tokens, actions, action_ts, request_ts, candidate):
+        B, L, _ = tokens.shape
+        mask = actions == schema.PADDING_ID  # (B, L)
+        if self.training and self.cfg.time_window_ms > 0:
+            mask = mask | self.time_window_mask(action_ts, request_ts)
+        mask = never_fully_masked(mask)
+        fused = torch.cat([candidate.unsqueeze(1).expand(B, L, -1), self.action_emb(actions), tokens], dim=-1)  # (B, L, 2P+A)
+        x = self.encoder(self.proj(fused), src_key_padding_mask=mask)  # (B, L, D)
+        if self.version == "v1.0":
+            return x.flatten(1)  # (B, L*D)
+        pooled = x.masked_fill(mask.unsqueeze(-1), float("-inf")).amax(dim=1, keepdim=True)  # (B, 1, D)
+        kept = torch.cat([x[:, : self.cfg.kept_tokens], pooled], dim=1)  # (B, K+1, D)
+        return kept.flatten(1)  # (B, (K+1)*D)
+
+
+SEQUENCE_MODULES = {
+    "none": NoSequence,
+    "avgpool": AveragePooling,
+    "cnn": ConvPooling,
+    "rnn": lambda cfg: RecurrentPooling(cfg, nn.RNN),
+    "lstm": lambda cfg: RecurrentPooling(cfg, nn.LSTM),
+    "transformer": VanillaTransformer,
+    "transact_v10": lambda cfg: TransAct(cfg, "v1.0"),
+    "transact_v11": lambda cfg: TransAct(cfg, "v1.1"),
+}
+
+
+def build_sequence_module(name: str, cfg: SequenceConfig) -> SequenceModule:
+    if name not in SEQUENCE_MODULES:
+        raise ValueError(f"unknown sequence module {name!r}; choose one of {sorted(SEQUENCE_MODULES)}")
+    return SEQUENCE_MODULES[name](cfg)

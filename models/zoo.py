@@ -1,0 +1,66 @@
+"""Name → model, and one scoring interface over every kind of trained model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from homefeed import schema
+from models import BASELINE_NAMES, MODEL_NAMES
+from models.baselines import FlatBaseline
+from models.ranker import Ranker
+
+MODEL_INFO = "model_info.json"
+
+
+class Scorer(Protocol):
+    name: str
+
+    def predict(self, table: pa.Table) -> np.ndarray:
+        """(N, H) action probabilities, columns in schema.HEADS order."""
+
+
+class NeuralScorer:
+    def __init__(self, name: str, ranker: Ranker, batch_size: int = 4096):
+        self.name, self.ranker, self.batch_size = name, ranker.eval(), batch_size
+
+    def predict(self, table: pa.Table) -> np.ndarray:
+        from homefeed.data import to_tensors
+
+        seq_len = self.ranker.cfg.sequence.seq_len
+        out = []
+        with torch.inference_mode():
+            for start in range(0, table.num_rows, self.batch_size):
+                batch = to_tensors(table.slice(start, self.batch_size), seq_len)
+                out.append(torch.sigmoid(self.ranker(batch).float()).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(schema.HEADS)), dtype=np.float32)
+
+
+class BaselineScorer:
+    def __init__(self, name: str, baseline: FlatBaseline):
+        self.name, self.baseline = name, baseline
+
+    def predict(self, table: pa.Table) -> np.ndarray:
+        return self.baseline.predict(table)
+
+
+def write_model_info(directory: str | Path, name: str, extra: dict | None = None) -> None:
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}")
+    Path(directory, MODEL_INFO).write_text(json.dumps({"model": name, **(extra or {})}, indent=2))
+
+
+def load_scorer(directory: str | Path) -> Scorer:
+    directory = Path(directory)
+    info_path = directory / MODEL_INFO
+    if not info_path.exists():
+        raise FileNotFoundError(f"no trained model at {directory} ({MODEL_INFO} missing)")
+    name = json.loads(info_path.read_text())["model"]
+    if name in BASELINE_NAMES:
+        return BaselineScorer(name, FlatBaseline.load(directory))
+    return NeuralScorer(name, Ranker.load(directory))
