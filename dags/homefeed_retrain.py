@@ -1,0 +1,157 @@
+"""
+### homefeed_retrain
+
+Retrains the home-feed ranker on the latest window of impression logs and, when it beats the
+serving champion on the same evaluation data, promotes it in the MLflow registry.
+
+Runs **twice a week** (Monday and Thursday, 03:00 UTC): realtime-sequence models go stale within
+days. Trigger it from the UI to retrain on demand; the form sets the window, the architecture,
+the sampling rates, the repin AUC floor and whether to promote automatically.
+
+Tasks: check raw data → validate raw (GX) → build instances (Spark) → validate instances (GX) →
+train → evaluate challenger and champion → gate → register → promote → report. A failed gate
+skips registration and promotion and says why; the report is written either way.
+Every task writes under `<storage root>/runs/<run>/` and is idempotent on retry.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
+
+from models import MODEL_NAMES
+
+SEMIWEEKLY = "0 3 * * 1,4"
+
+
+def _run():
+    """(config, run directory, params, window) for the task being executed."""
+    from homefeed import pipeline
+
+    context = get_current_context()
+    params = dict(context["params"])
+    cfg = pipeline.config_from_params(params)
+    directory = pipeline.run_dir(cfg, params.get("run_label") or context["run_id"])
+    logical = context.get("logical_date") or pendulum.now("UTC")
+    return cfg, directory, params, pipeline.data_window(params, logical.date())
+
+
+def _on_failure(context) -> None:
+    from homefeed.pipeline import log_task_failure
+
+    log_task_failure(context["task_instance"].task_id, context.get("exception"))
+
+
+@dag(
+    dag_id="homefeed_retrain",
+    schedule=SEMIWEEKLY,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["homefeed", "retraining"],
+    default_args={
+        "owner": "homefeed",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": _on_failure,
+    },
+    params={
+        "raw": Param("", type="string", description="Raw data root; empty: <storage root>/raw"),
+        "end_date": Param(None, type=["null", "string"], format="date", description="Last day of the window; empty: the day before the run"),
+        "window_days": Param(7, type="integer", minimum=3, maximum=90, description="Days of impressions to train and evaluate on"),
+        "model": Param("transact_v10", type="string", enum=list(MODEL_NAMES), description="Architecture to train"),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, description="Training epochs; empty: the config's"),
+        "positive_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1),
+        "negative_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1),
+        "min_auc_repin": Param(None, type=["null", "number"], minimum=0, maximum=1, description="Gate: absolute repin AUC floor"),
+        "auto_promote": Param(True, type="boolean", description="Promote to champion when the gate passes"),
+        "run_label": Param("", type="string", description="Names the run directory; empty: the Airflow run id"),
+    },
+)
+def homefeed_retrain():
+    @task
+    def check_raw():
+        from homefeed import pipeline
+
+        cfg, directory, params, _ = _run()
+        return pipeline.check_raw(cfg, pipeline.raw_root(cfg, params), directory)
+
+    @task
+    def validate_raw():
+        from homefeed import pipeline
+
+        cfg, directory, params, _ = _run()
+        return pipeline.validate_raw(cfg, pipeline.raw_root(cfg, params), directory)
+
+    @task
+    def build_instances():
+        from homefeed import pipeline
+
+        cfg, directory, params, (start, end) = _run()
+        return pipeline.build_instances(cfg, pipeline.raw_root(cfg, params), directory, start, end)["rows"]
+
+    @task
+    def validate_instances():
+        from homefeed import pipeline
+
+        cfg, directory, _, _ = _run()
+        return pipeline.validate_instances(cfg, directory)
+
+    @task
+    def train():
+        from homefeed import pipeline
+
+        cfg, directory, _, _ = _run()
+        return pipeline.train(cfg, directory)["validation_auc"]
+
+    @task
+    def evaluate():
+        from homefeed import pipeline
+
+        cfg, directory, _, _ = _run()
+        return pipeline.evaluate(cfg, directory)["champion_version"]
+
+    @task
+    def gate():
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from homefeed import pipeline
+
+        cfg, directory, _, _ = _run()
+        decision = pipeline.gate(cfg, directory)
+        if not decision["passed"]:
+            raise AirflowSkipException(decision["summary"])
+        return decision["summary"]
+
+    @task
+    def register():
+        from homefeed import pipeline
+
+        cfg, directory, _, _ = _run()
+        return pipeline.register(cfg, directory)["version"]
+
+    @task
+    def promote():
+        from homefeed import pipeline
+
+        cfg, directory, params, _ = _run()
+        return pipeline.promote(cfg, directory, bool(params.get("auto_promote", True)))
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def report():
+        from homefeed import pipeline
+
+        cfg, directory, _, _ = _run()
+        return pipeline.report(cfg, directory)["report"]
+
+    stages = [check_raw(), validate_raw(), build_instances(), validate_instances(), train(), evaluate(), gate(), register(), promote()]
+    for upstream, downstream in zip(stages, stages[1:]):
+        upstream >> downstream
+    stages >> report()  # all done, whatever the outcome: a failed or gated run is reported too
+
+
+homefeed_retrain()

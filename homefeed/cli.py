@@ -1,0 +1,301 @@
+"""``homefeed``: one typed CLI whose commands are the functions the DAGs and tests call."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from homefeed.config import Config, ConfigError, load_config
+
+app = typer.Typer(help="homefeed: train, check and ship a home-feed ranking model.", no_args_is_help=True, add_completion=False)
+registry_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+ConfigOption = Annotated[Optional[list[Path]], typer.Option("--config", "-c", help="Config overlay file (repeatable).")]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(files: list[Path] | None, overrides: dict | None = None) -> Config:
+    try:
+        return load_config(files, overrides=overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _step(message: str) -> float:
+    typer.echo(f"==> {message}", err=True)
+    return time.perf_counter()
+
+
+def _done(started: float) -> None:
+    typer.echo(f"    done in {time.perf_counter() - started:.1f}s", err=True)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Raw data root to write")],
+    impressions: Annotated[Optional[int], typer.Option(help="Impressions to simulate")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed")] = None,
+    days: Annotated[Optional[int], typer.Option(help="Days of logs")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Simulate a home-feed log (impressions, actions, pins, users) in the raw contract."""
+    from homefeed import simulate
+
+    overrides = {k: v for k, v in {"impressions": impressions, "seed": seed, "days": days}.items() if v is not None}
+    cfg = _config(config, {"simulator": overrides})
+    started = _step(f"simulating {cfg.simulator.impressions} impressions over {cfg.simulator.days} days")
+    counts = simulate.generate(cfg.simulator, out)
+    _done(started)
+    typer.echo(json.dumps({"out": str(out), **counts}))
+
+
+@app.command("import-kuairand")
+def import_kuairand(
+    src: Annotated[Path, typer.Option(help="Folder with KuaiRand-Pure log_*.csv and feature CSVs")],
+    out: Annotated[Path, typer.Option(help="Raw data root to write")],
+) -> None:
+    """Map KuaiRand-Pure onto the raw contract (see homefeed.kuairand for the mapping)."""
+    from homefeed import kuairand
+
+    started = _step(f"importing KuaiRand-Pure from {src}")
+    try:
+        counts = kuairand.import_kuairand(src, out)
+    except (kuairand.KuaiRandFormatError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _done(started)
+    typer.echo(json.dumps({"out": str(out), **counts}))
+
+
+@app.command("build-instances")
+def build_instances(
+    raw: Annotated[Path, typer.Option(help="Raw data root")],
+    out: Annotated[Path, typer.Option(help="Instance dataset to publish")],
+    start: Annotated[Optional[str], typer.Option(help="First impression day, YYYY-MM-DD")] = None,
+    end: Annotated[Optional[str], typer.Option(help="Last impression day, YYYY-MM-DD")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Build labelled instances with realtime sequences (Spark)."""
+    from homefeed.spark import get_spark
+    from homefeed.storage import StorageError
+    from jobs import build_instances as job
+
+    cfg = _config(config)
+    started = _step(f"building instances from {raw}")
+    try:
+        manifest = job.run(get_spark(cfg.spark, "homefeed-build-instances", cfg.instances.shuffle_partitions), str(raw), str(out), cfg,
+                           date.fromisoformat(start) if start else None, date.fromisoformat(end) if end else None)
+    except (job.InputDataError, StorageError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _done(started)
+    typer.echo(json.dumps({"out": str(out), "rows": manifest["output_rows"], "splits": {k: v["rows"] for k, v in manifest["splits"].items()}}))
+
+
+@app.command()
+def validate(
+    suite: Annotated[str, typer.Option(help="raw_impressions | raw_actions | pins | users | instances")],
+    data: Annotated[Path, typer.Option(help="Dataset root (raw root for raw suites, instance dataset for instances)")],
+    docs: Annotated[Optional[Path], typer.Option(help="Write Data Docs here")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Validate a dataset with a Great Expectations suite: exit 0 pass, 1 fail, 2 usage."""
+    from expectations import SUITES
+    from homefeed import validation
+    from homefeed.spark import get_spark
+
+    if suite not in SUITES:
+        typer.echo(f"error: unknown suite {suite!r}; suites are {', '.join(SUITES)}", err=True)
+        raise typer.Exit(2)
+    if not data.exists():
+        typer.echo(f"error: no dataset at {data}", err=True)
+        raise typer.Exit(2)
+    cfg = _config(config)
+    try:
+        reports = validation.validate(get_spark(cfg.spark, "homefeed-validate"), suite, str(data), cfg, docs)
+    except validation.ValidationFailed as exc:
+        typer.echo(str(exc))
+        raise typer.Exit(1) from None
+    for report in reports:
+        typer.echo(report.describe())
+
+
+@app.command()
+def models() -> None:
+    """List the model names `train --model` accepts."""
+    from models import MODEL_NAMES
+
+    for name in MODEL_NAMES:
+        typer.echo(name)
+
+
+@app.command()
+def train(
+    instances: Annotated[Path, typer.Option(help="Published instance dataset")],
+    model: Annotated[Optional[str], typer.Option(help="Model name (see `homefeed models`)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory; default: <storage root>/train/<model>")] = None,
+    num_processes: Annotated[Optional[int], typer.Option(help="DDP processes")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Train one model, log it to MLflow and print the run id and validation AUC per head."""
+    from homefeed import registry, storage
+    from homefeed import train as trainer
+
+    overrides = {k: v for k, v in {"model": model, "epochs": epochs, "num_processes": num_processes}.items() if v is not None}
+    cfg = _config(config, {"train": overrides})
+    out = out or storage.local_path(cfg.storage.root) / "train" / cfg.train.model
+    started = _step(f"training {cfg.train.model} on {instances}")
+    result = trainer.train(str(instances), str(out), cfg)
+    _done(started)
+    mlflow_client = registry.client(cfg)
+    run = mlflow_client.create_run(registry.experiment_id(cfg), run_name=f"train-{cfg.train.model}")
+    for head, metrics in result.validation.items():
+        if metrics["auc"] == metrics["auc"]:
+            mlflow_client.log_metric(run.info.run_id, f"val_auc_{head}", metrics["auc"])
+    mlflow_client.log_param(run.info.run_id, "model", cfg.train.model)
+    mlflow_client.log_artifacts(run.info.run_id, result.model_dir, "model_files")
+    mlflow_client.set_terminated(run.info.run_id)
+    typer.echo(json.dumps({"run_id": run.info.run_id, "model_dir": result.model_dir,
+                           "validation_auc": {h: m["auc"] for h, m in result.validation.items()}}))
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Option(help="Model version to make champion")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit log)")] = "",
+    force: Annotated[bool, typer.Option(help="Promote without a passing gate (recorded)")] = False,
+    change_holdout: Annotated[bool, typer.Option("--change-holdout", help="Allow a holdout configuration change")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Make a version the champion (aliases; the old champion becomes `previous`)."""
+    from homefeed import registry
+
+    cfg = _config(config)
+    try:
+        record = registry.promote(cfg, version, reason=reason, force=force, change_holdout=change_holdout)
+    except registry.PromotionRefused as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(record))
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit log)")] = "manual rollback",
+    config: ConfigOption = None,
+) -> None:
+    """Make the `previous` version the champion again."""
+    from homefeed import registry
+
+    cfg = _config(config)
+    try:
+        record = registry.rollback(cfg, reason)
+    except registry.PromotionRefused as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(record))
+
+
+@registry_app.command("show")
+def registry_show(config: ConfigOption = None) -> None:
+    """Champion, challenger, previous and the holdout configuration."""
+    from homefeed import registry
+
+    typer.echo(json.dumps(registry.state(_config(config)).to_dict(), indent=2))
+
+
+@registry_app.command("history")
+def registry_history(config: ConfigOption = None) -> None:
+    """Every promotion and rollback, oldest first."""
+    from homefeed import registry
+
+    for record in registry.history(_config(config)):
+        typer.echo(json.dumps(record, sort_keys=True))
+
+
+# --------------------------------------------------------------------------- the main job
+def airflow_env(cfg: Config, config_files: list[Path] | None = None) -> dict[str, str]:
+    """Environment for an embedded Airflow: SQLite metadata under the storage root, our DAGs.
+
+    Config overlay files travel to the tasks through HOMEFEED_CONFIG.
+    """
+    from homefeed import storage
+    from homefeed.config import CONFIG_FILES_ENV
+
+    home = (storage.local_path(cfg.storage.root) / "airflow").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "GX_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        CONFIG_FILES_ENV: ":".join(
+            [f for f in os.environ.get(CONFIG_FILES_ENV, "").split(":") if f] + [str(Path(f).resolve()) for f in config_files or []]
+        ),
+    }
+
+
+def run_dag(cfg: Config, dag_id: str, conf: dict, logical_date: str, config_files: list[Path] | None = None) -> None:
+    env = airflow_env(cfg, config_files)
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    completed = subprocess.run([airflow, "dags", "test", dag_id, logical_date, "-c", json.dumps(conf)], env=env)
+    if completed.returncode != 0:
+        raise typer.Exit(completed.returncode)
+
+
+@app.command()
+def run(
+    raw: Annotated[Optional[Path], typer.Option(help="Raw data root; default: generate synthetic data under the storage root")] = None,
+    label: Annotated[Optional[str], typer.Option(help="Run name; default: a timestamp")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """The main job: a full retraining run of the `homefeed_retrain` DAG on the embedded default."""
+    from homefeed import pipeline, registry, simulate, storage
+
+    cfg = _config(config)
+    root = storage.local_path(cfg.storage.root)
+    if raw is None:
+        raw = root / "raw" / f"synthetic-seed{cfg.simulator.seed}-n{cfg.simulator.impressions}"
+        if not storage.is_published(raw):
+            started = _step(f"simulating {cfg.simulator.impressions} impressions into {raw}")
+            simulate.generate(cfg.simulator, raw)
+            _done(started)
+    end_day = max(p.name.split("=", 1)[1] for p in (Path(raw) / "impressions").glob("dt=*"))
+    label = label or time.strftime("run-%Y%m%dT%H%M%S")
+    conf = {"raw": str(Path(raw).resolve()), "end_date": end_day, "window_days": cfg.simulator.days, "run_label": label}
+    started = _step(f"running DAG homefeed_retrain on {raw} (window ending {end_day})")
+    run_dag(cfg, "homefeed_retrain", conf, f"{end_day}T06:00:00+00:00", config)
+    _done(started)
+    directory = pipeline.run_dir(cfg, label)
+    state = registry.state(cfg)
+    gate = json.loads((directory / "gate.json").read_text()) if (directory / "gate.json").exists() else {}
+    evaluation = json.loads((directory / "evaluate.json").read_text()) if (directory / "evaluate.json").exists() else None
+    typer.echo("")
+    if evaluation:
+        overall = evaluation["challenger"]["overall"]
+        typer.echo("test AUC per head: " + ", ".join(f"{h} {m['auc']:.4f}" for h, m in overall.items()))
+    typer.echo(f"gate: {gate.get('summary', 'did not run')}")
+    typer.echo(f"registry: {cfg.registry.model_name} champion=v{state.champion} challenger=v{state.challenger} previous=v{state.previous}")
+    typer.echo(f"report: {directory / 'report.html'}")
+    typer.echo(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {registry.tracking_uri(cfg)}")
+
+
+if __name__ == "__main__":
+    app()

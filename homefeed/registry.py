@@ -1,0 +1,255 @@
+"""The MLflow registry: log, register, promote and roll back with aliases (never stages).
+
+Aliases: ``challenger`` (latest gated candidate), ``champion`` (serving), ``previous`` (the
+champion before the current one). Every promotion and rollback writes an audit record as version
+tags and as a line of an append-only JSONL log under the storage root (MLflow itself keeps no
+alias history), also logged as an artifact of the version's run.
+
+Every promoted version carries the holdout configuration as tags (``holdout.fraction``,
+``holdout.salt``); promotion refuses a version without it, or whose holdout differs from the
+champion's, unless the change is asked for with a reason.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from homefeed import schema, storage
+from homefeed.config import Config
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+HOLDOUT_TAGS = ("holdout.fraction", "holdout.salt")
+AUDIT_LOG = "registry/audit.jsonl"
+
+
+class PromotionRefused(RuntimeError):
+    """A promotion the rules do not allow; the message says why and how to override."""
+
+
+def tracking_uri(cfg: Config) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{storage.local_path(cfg.storage.root)}/mlflow.db"
+
+
+def client(cfg: Config):
+    """An MlflowClient on the configured store, with the experiment created if needed."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    mlflow_client = MlflowClient(uri, uri)
+    if mlflow_client.get_experiment_by_name(cfg.registry.experiment) is None:
+        artifacts = None
+        if uri.startswith("sqlite:"):
+            artifacts = (storage.local_path(cfg.storage.root).resolve() / "mlartifacts").as_uri()
+        mlflow_client.create_experiment(cfg.registry.experiment, artifact_location=artifacts)
+    return mlflow_client
+
+
+def experiment_id(cfg: Config) -> str:
+    return client(cfg).get_experiment_by_name(cfg.registry.experiment).experiment_id
+
+
+# --------------------------------------------------------------------------- the served model
+class HomefeedModel:
+    """The pyfunc model: instance rows (pandas) → per-head probabilities and the ranking score."""
+
+    def load_context(self, context) -> None:
+        from models.zoo import load_scorer
+
+        self.scorer = load_scorer(context.artifacts["model"])
+        self.utility = json.loads(Path(context.artifacts["ranking"]).read_text())["utility"]
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from homefeed.metrics import ranking_utility
+
+        table = pa.Table.from_pandas(model_input, preserve_index=False)
+        probs = self.scorer.predict(table)
+        frame = pd.DataFrame(probs, columns=[f"p_{h}" for h in schema.HEADS])
+        frame["score"] = ranking_utility(probs, schema.HEADS, self.utility)
+        return frame
+
+
+def _pyfunc_model():
+    import mlflow.pyfunc
+
+    return type("HomefeedPyfunc", (HomefeedModel, mlflow.pyfunc.PythonModel), {})()
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("torch", "numpy", "pandas", "pyarrow", "scikit-learn", "lightgbm", "mlflow")]
+
+
+def log_and_register(cfg: Config, run_id: str, model_dir: str, input_example: pd.DataFrame, tags: dict[str, str]) -> str:
+    """Log the model to the run, register a version, tag it and point ``challenger`` at it."""
+    import mlflow
+
+    mlflow_client = client(cfg)
+    ranking_file = Path(model_dir).parent / "ranking.json"
+    storage.write_json(ranking_file, {"utility": cfg.ranking.utility})
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=_pyfunc_model(),
+            artifacts={"model": str(model_dir), "ranking": str(ranking_file)},
+            pip_requirements=pip_requirements(),
+            input_example=input_example,
+            registered_model_name=cfg.registry.model_name,
+        )
+    version = str(info.registered_model_version)
+    all_tags = {**tags, "holdout.fraction": str(cfg.holdout.fraction), "holdout.salt": cfg.holdout.salt, "run_id": run_id}
+    for key, value in all_tags.items():
+        mlflow_client.set_model_version_tag(cfg.registry.model_name, version, key, str(value))
+    mlflow_client.set_registered_model_alias(cfg.registry.model_name, CHALLENGER, version)
+    return version
+
+
+# --------------------------------------------------------------------------- aliases
+def alias_version(cfg: Config, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client(cfg).get_model_version_by_alias(cfg.registry.model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_scorer_for(cfg: Config, alias: str = CHAMPION):
+    """The scorer behind ``models:/<name>@alias`` and its version, or (None, None) if unset."""
+    import mlflow.pyfunc
+
+    version = alias_version(cfg, alias)
+    if version is None:
+        return None, None
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}@{alias}")
+    return version, model.unwrap_python_model().scorer
+
+
+@dataclass(frozen=True)
+class RegistryState:
+    champion: str | None
+    challenger: str | None
+    previous: str | None
+    holdout: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"champion": self.champion, "challenger": self.challenger, "previous": self.previous, "holdout": self.holdout}
+
+
+def state(cfg: Config) -> RegistryState:
+    champion = alias_version(cfg, CHAMPION)
+    holdout = {}
+    if champion is not None:
+        tags = client(cfg).get_model_version(cfg.registry.model_name, champion).tags
+        holdout = {k: tags[k] for k in HOLDOUT_TAGS if k in tags}
+    return RegistryState(champion, alias_version(cfg, CHALLENGER), alias_version(cfg, PREVIOUS), holdout)
+
+
+def _audit(cfg: Config, version: str, record: dict[str, Any]) -> None:
+    mlflow_client = client(cfg)
+    for key, value in record.items():
+        mlflow_client.set_model_version_tag(cfg.registry.model_name, version, f"audit.{record['event']}.{key}", str(value))
+    log_path = storage.local_path(cfg.storage.root) / AUDIT_LOG
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as fh:  # append-only: one JSON object per line
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+    run_id = mlflow_client.get_model_version(cfg.registry.model_name, version).run_id
+    if run_id:
+        mlflow_client.log_text(run_id, json.dumps(record, indent=2), f"audit/{record['event']}-{record['at_ms']}.json")
+
+
+def _holdout_of(cfg: Config, version: str) -> dict[str, str]:
+    tags = client(cfg).get_model_version(cfg.registry.model_name, version).tags
+    return {k: tags[k] for k in HOLDOUT_TAGS if k in tags}
+
+
+def promote(cfg: Config, version: str, reason: str, gate: str = "", force: bool = False, change_holdout: bool = False, actor: str | None = None) -> dict[str, Any]:
+    """Point ``champion`` at ``version`` (and ``previous`` at the old champion), audited."""
+    from mlflow.exceptions import MlflowException
+
+    name = cfg.registry.model_name
+    mlflow_client = client(cfg)
+    try:
+        mlflow_client.get_model_version(name, version)
+    except MlflowException:
+        raise PromotionRefused(f"{name} has no version {version}") from None
+    if force and not reason:
+        raise PromotionRefused("a forced promotion needs --reason")
+    holdout = _holdout_of(cfg, version)
+    if set(holdout) != set(HOLDOUT_TAGS):
+        raise PromotionRefused(f"version {version} carries no holdout configuration (tags {list(HOLDOUT_TAGS)}); register it again")
+    old = alias_version(cfg, CHAMPION)
+    if old is not None and old != version:
+        old_holdout = _holdout_of(cfg, old)
+        if old_holdout != holdout and not change_holdout:
+            raise PromotionRefused(
+                f"version {version}'s holdout {holdout} differs from champion v{old}'s {old_holdout}; "
+                "pass --change-holdout with a reason to change the holdout group"
+            )
+        if old_holdout != holdout and not reason:
+            raise PromotionRefused("changing the holdout group needs a reason")
+    if old is not None and old != version:
+        mlflow_client.set_registered_model_alias(name, PREVIOUS, old)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    record = {
+        "event": "promote", "version": version, "from_version": old, "reason": reason, "gate": gate,
+        "forced": force, "holdout_changed": bool(change_holdout), "actor": actor or getpass.getuser(),
+        "at_ms": int(time.time() * 1000),
+    }
+    _audit(cfg, version, record)
+    return record
+
+
+def rollback(cfg: Config, reason: str, actor: str | None = None) -> dict[str, Any]:
+    """``champion`` ← ``previous``; the rolled-back version becomes ``previous``."""
+    name = cfg.registry.model_name
+    current, previous = alias_version(cfg, CHAMPION), alias_version(cfg, PREVIOUS)
+    if previous is None:
+        raise PromotionRefused(f"{name} has no '{PREVIOUS}' version to roll back to")
+    mlflow_client = client(cfg)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
+    if current is not None:
+        mlflow_client.set_registered_model_alias(name, PREVIOUS, current)
+    record = {
+        "event": "rollback", "version": previous, "from_version": current, "reason": reason,
+        "actor": actor or getpass.getuser(), "at_ms": int(time.time() * 1000),
+    }
+    _audit(cfg, previous, record)
+    return record
+
+
+def history(cfg: Config) -> list[dict[str, Any]]:
+    log_path = storage.local_path(cfg.storage.root) / AUDIT_LOG
+    if not log_path.exists():
+        return []
+    return [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+
+
+def input_example(table: pa.Table, rows: int = 3) -> pd.DataFrame:
+    """A few instance rows, with list columns as Python lists (what a JSON client would send)."""
+    frame = table.slice(0, rows).to_pandas()
+    for column in frame.columns:
+        if len(frame) and isinstance(frame[column].iloc[0], np.ndarray):
+            # Python numbers: a JSON round trip must give back the types the signature records.
+            frame[column] = frame[column].map(lambda values: values.tolist())
+        elif frame[column].dtype == np.float32:
+            frame[column] = frame[column].astype(np.float64)
+    return frame
