@@ -108,8 +108,11 @@ def check_rows(impressions: DataFrame, actions: DataFrame, now_ms: int) -> None:
         )
 
 
-def extract(spark: SparkSession, raw_root: str, start: date | None, end: date | None) -> tuple[RawTables, date, date]:
+def extract(spark: SparkSession, raw_root: str, start: date | None, end: date | None, now_ms: int) -> tuple[RawTables, date, date]:
+    """Read and check the raw tables (all of them: a bad row outside the window is still a bad
+    producer), then keep the window's impressions and the actions that can matter to them."""
     tables = {t: read_table(spark, raw_root, t) for t in schema.RAW_TABLES}
+    check_rows(tables[schema.IMPRESSIONS], tables[schema.ACTIONS], now_ms)
     impressions = tables[schema.IMPRESSIONS]
     if start is None or end is None:
         bounds = impressions.agg(F.min(schema.DT).alias("lo"), F.max(schema.DT).alias("hi")).first()
@@ -389,8 +392,7 @@ def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, start: date |
         previous = storage.read_manifest(out)
         if previous.get("fingerprint") == fingerprint:
             return previous
-    raw, start, end = extract(spark, raw_root, start, end)
-    check_rows(raw.impressions, raw.actions, now_ms if now_ms is not None else int(_time.time() * 1000))
+    raw, start, end = extract(spark, raw_root, start, end, now_ms if now_ms is not None else int(_time.time() * 1000))
     impression_rows = raw.impressions.count()
     if impression_rows == 0:
         raise InputDataError(f"{schema.IMPRESSIONS}: no rows between {start} and {end}")

@@ -1,0 +1,34 @@
+# homefeed: two commands on a fresh machine with Python 3.11 and Java 17.
+#   make run   installs into .venv and runs a full retraining pipeline on the embedded default
+#   make test  installs into .venv and runs the test suite
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# CPU torch from the local wheel store; a plain `torch` requirement would pull a CUDA build.
+TORCH_SPEC := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast clean airflow
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml scripts/check_prereqs.sh
+	@bash scripts/check_prereqs.sh $(PYTHON)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@$(BIN)/python -c "import torch, sys; sys.exit(0 if '+cpu' in torch.__version__ or not torch.version.cuda else 'a CUDA torch build was installed: ' + torch.__version__)"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/homefeed run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf .homefeed

@@ -1,0 +1,37 @@
+import pytest
+
+from homefeed.config import ConfigError, load_config
+
+
+def test_defaults_load_and_are_typed():
+    cfg = load_config(environ={})
+    assert cfg.instances.seq_len == 100
+    assert cfg.registry.model_name == "homefeed-ranker"
+    assert cfg.storage.root == ".homefeed"
+
+
+def test_overlay_file_and_environment_apply_in_order(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("train:\n  epochs: 7\n  batch_size: 64\n")
+    cfg = load_config([overlay], environ={"HOMEFEED__TRAIN__EPOCHS": "9"})
+    assert cfg.train.epochs == 9  # the environment wins over the file
+    assert cfg.train.batch_size == 64
+
+
+def test_unknown_key_fails_naming_its_path(tmp_path):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.epochz"):
+        load_config([overlay], environ={})
+
+
+def test_wrong_type_fails_naming_its_path():
+    with pytest.raises(ConfigError, match=r"instances\.negative_rate"):
+        load_config(environ={"HOMEFEED__INSTANCES__NEGATIVE_RATE": "lots"})
+
+
+def test_unknown_model_and_head_are_rejected():
+    with pytest.raises(ConfigError, match="unknown model"):
+        load_config(environ={}, overrides={"train": {"model": "resnet"}})
+    with pytest.raises(ConfigError, match="unknown heads"):
+        load_config(environ={}, overrides={"ranking": {"utility": {"save": 1.0}}})

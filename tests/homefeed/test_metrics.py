@@ -1,0 +1,53 @@
+import math
+
+import numpy as np
+import pytest
+
+from homefeed import metrics
+
+
+def test_hit_at_k_matches_a_hand_computed_example():
+    # request a: positive ranked 2nd -> hit; request b: positive ranked 4th -> miss;
+    # request c: no positive -> not counted.
+    groups = np.array(["a"] * 4 + ["b"] * 4 + ["c"] * 3)
+    labels = np.array([0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0])
+    scores = np.array([0.9, 0.8, 0.1, 0.2, 0.9, 0.8, 0.7, 0.1, 0.5, 0.4, 0.3])
+    assert metrics.hit_at_k(groups, labels, scores, k=3) == pytest.approx(0.5)
+    assert metrics.hit_at_k(groups, labels, scores, k=4) == pytest.approx(1.0)
+
+
+def test_hit_at_k_is_nan_without_positives():
+    assert math.isnan(metrics.hit_at_k(np.array([1, 1]), np.array([0, 0]), np.array([0.1, 0.2])))
+
+
+def test_auc_and_weights():
+    labels = np.array([0, 0, 1, 1])
+    scores = np.array([0.1, 0.6, 0.4, 0.9])
+    assert metrics.auc(labels, scores) == pytest.approx(0.75)
+    # Up-weighting the misordered negative lowers the AUC.
+    assert metrics.auc(labels, scores, np.array([1.0, 3.0, 1.0, 1.0])) < 0.75
+    assert math.isnan(metrics.auc(np.array([1, 1]), np.array([0.2, 0.3])))
+
+
+def test_head_metrics_against_hand_values():
+    labels = np.array([0, 1, 1, 0])
+    scores = np.array([0.2, 0.8, 0.6, 0.4])
+    m = metrics.head_metrics(labels, scores)
+    assert m["mse"] == pytest.approx(np.mean((scores - labels) ** 2))
+    assert m["auc"] == pytest.approx(1.0)
+    assert m["r2"] == pytest.approx(1 - 0.1 / 0.25)
+
+
+def test_ranking_utility_is_the_weighted_sum():
+    probs = np.array([[0.5, 0.2, 0.1, 0.3]])
+    score = metrics.ranking_utility(probs, ("repin", "click", "closeup", "hide"), {"repin": 1.0, "hide": -2.0})
+    assert score[0] == pytest.approx(0.5 - 0.6)
+
+
+def test_bootstrap_interval_brackets_the_statistic():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(200), 5)
+    values = rng.normal(1.0, 1.0, size=1000)
+    lo, hi = metrics.bootstrap_interval(groups, lambda rows: float(values[rows].mean()), samples=200, seed=1)
+    assert lo < values.mean() < hi
+    assert hi - lo < 0.5

@@ -1,0 +1,270 @@
+"""The instance job on hand-built rows: labels, sequences, sampling, features, bad input."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from homefeed import schema
+from homefeed.simulate import SimulatedLog, write_raw
+from jobs import build_instances as job
+
+DAY = 86_400_000
+T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
+DELAY = 30_000
+CODE = schema.ACTION_CODES
+
+
+def impressions_frame(spark, rows):
+    return spark.createDataFrame(rows, schema.IMPRESSIONS_SCHEMA)
+
+
+def actions_frame(spark, rows):
+    return spark.createDataFrame(rows, schema.ACTIONS_SCHEMA)
+
+
+def pins_frame(spark, pin_ids):
+    rows = [(p, [0.0] * schema.EMBEDDING_DIM, T0 - DAY, p % 5, 100 + p % 3, 1, 2, 10, 0.1) for p in pin_ids]
+    return spark.createDataFrame(rows, schema.PINS_SCHEMA)
+
+
+# --------------------------------------------------------------------------- labels
+def test_labels_count_actions_inside_the_attribution_window_only(spark):
+    window = 60_000
+    imps = impressions_frame(spark, [("r1", 1, 10, T0, "pfy", 0), ("r1", 1, 11, T0, "pfy", 1), ("r1", 1, 12, T0, "pfy", 2)])
+    acts = actions_frame(spark, [
+        (1, 10, T0 + 5_000, "repin"),       # inside
+        (1, 11, T0 + window + 1, "click"),  # one ms too late
+        (1, 12, T0 - 1, "hide"),            # before the impression
+        (1, 12, T0 + window, "click"),      # exactly at the window's end: inside
+    ])
+    labelled = job.add_labels(imps, acts, window).select("pin_id", *schema.LABEL_COLUMNS)
+    expected = spark.createDataFrame(
+        [(10, 1, 0, 0, 0), (11, 0, 0, 0, 0), (12, 0, 1, 0, 0)],
+        "pin_id long, " + ", ".join(f"{c} int" for c in schema.LABEL_COLUMNS),
+    )
+    assertDataFrameEqual(labelled, expected, checkRowOrder=False)
+
+
+# --------------------------------------------------------------------------- sequences
+def sequences(spark, imps, acts, pins, seq_len=100):
+    ranked = job.rank_events(impressions_frame(spark, imps), actions_frame(spark, acts), pins_frame(spark, pins), DELAY)
+    return job.attach_sequences(ranked, seq_len)
+
+
+def test_sequence_holds_actions_strictly_before_ts_minus_delay_newest_first(spark):
+    ts = T0 + DAY
+    acts = [
+        (1, 5, ts - DELAY - 2_000, "click"),
+        (1, 6, ts - DELAY - 1_000, "repin"),
+        (1, 7, ts - DELAY - 1, "hide"),     # one ms before the cut-off: in
+        (1, 8, ts - DELAY, "click"),        # at the cut-off: out (strictly before)
+        (1, 9, ts - DELAY + 1, "closeup"),  # after the cut-off: out
+    ]
+    out = sequences(spark, [("r", 1, 20, ts, "pfy", 0)], acts, [5, 6, 7, 8, 9, 20])
+    expected = spark.createDataFrame(
+        [("r", 20, [7, 6, 5], [CODE["hide"], CODE["repin"], CODE["click"]], [ts - DELAY - 1, ts - DELAY - 1_000, ts - DELAY - 2_000], 3)],
+        f"request_id string, pin_id long, {schema.SEQ_PIN_ID} array<long>, {schema.SEQ_ACTION} array<int>, "
+        f"{schema.SEQ_TS} array<long>, user_prior_actions long",
+    )
+    assertDataFrameEqual(out.select(*expected.columns), expected)
+
+
+def test_sequence_is_truncated_to_the_latest_seq_len_actions(spark):
+    ts = T0 + 2 * DAY
+    acts = [(2, 1000 + i, T0 + i * 1000, "click") for i in range(250)]
+    out = sequences(spark, [("r", 2, 20, ts, "follow", 0)], acts, [20, *range(1000, 1250)]).first()
+    assert len(out[schema.SEQ_PIN_ID]) == 100
+    assert out[schema.SEQ_PIN_ID] == [1000 + i for i in range(249, 149, -1)]
+    assert out["user_prior_actions"] == 250
+
+
+def test_sequences_of_each_impression_follow_its_own_time(spark):
+    acts = [(3, 100 + i, T0 + i * 60_000, "click") for i in range(5)]
+    imps = [("a", 3, 20, T0 + 2 * 60_000 + DELAY + 1, "pfy", 0), ("b", 3, 21, T0 + 10 * 60_000, "pfy", 0)]
+    rows = {r["request_id"]: r for r in sequences(spark, imps, acts, [20, 21, *range(100, 105)], seq_len=3).collect()}
+    assert rows["a"][schema.SEQ_PIN_ID] == [102, 101, 100]
+    assert rows["b"][schema.SEQ_PIN_ID] == [104, 103, 102]  # latest 3 of 5, across two blocks
+
+
+def test_user_without_history_gets_an_empty_sequence(spark):
+    out = sequences(spark, [("r", 4, 20, T0, "pfy", 0)], [(5, 20, T0 - 10 * DELAY, "repin")], [20]).first()
+    assert out[schema.SEQ_PIN_ID] == [] and out[schema.SEQ_TS] == [] and out["user_prior_actions"] == 0
+
+
+def test_engagement_counts_only_positive_actions_before_the_cutoff(spark):
+    ts = T0 + DAY
+    acts = [
+        (1, 30, ts - 10 * DELAY, "repin"),  # pin 30: category 0, owner 100
+        (1, 35, ts - 9 * DELAY, "click"),   # pin 35: category 0, owner 102
+        (1, 35, ts - 8 * DELAY, "hide"),    # negative: not an engagement
+        (1, 40, ts, "click"),               # after the cut-off
+    ]
+    out = sequences(spark, [("r", 1, 40, ts, "pfy", 0)], acts, [30, 35, 40]).first()  # pin 40: category 0, owner 101
+    assert out["user_category_engagements"] == 2
+    assert out["user_owner_engagements"] == 0
+
+
+# --------------------------------------------------------------------------- sampling and features
+def test_sampling_rates_and_weights(spark):
+    n = 100_000
+    frame = spark.range(n).select(
+        F.concat(F.lit("r"), F.col("id").cast("string")).alias("request_id"),
+        (F.col("id") % 7).alias("pin_id"),
+        F.lit("train").alias(schema.SPLIT),
+        *[((F.col("id") % 4 == 0) & F.lit(h == "repin")).cast("int").alias(schema.label_column(h)) for h in schema.HEADS],
+    )
+    cfg = job.InstancesConfig(positive_rate=0.8, negative_rate=0.1, seed=3)
+    sampled = job.sample(frame, cfg).groupBy(schema.label_column("repin"), schema.SAMPLE_WEIGHT).count().collect()
+    counts = {(r[0], r[1]): r[2] for r in sampled}
+    assert len(counts) == 2  # one weight per class
+    positives = next(c for (label, _), c in counts.items() if label == 1)
+    negatives = next(c for (label, _), c in counts.items() if label == 0)
+    assert positives / (n / 4) == pytest.approx(0.8, abs=0.02)
+    assert negatives / (3 * n / 4) == pytest.approx(0.1, abs=0.01)
+    weights = {label: w for (label, w) in counts}
+    assert weights[1] == pytest.approx(1.25) and weights[0] == pytest.approx(10.0)
+    # Deterministic: the same seed keeps the same rows.
+    assert job.sample(frame, cfg).count() == job.sample(frame, cfg).count()
+
+
+def test_validation_and_test_rows_are_never_sampled(spark):
+    frame = spark.range(1000).select(
+        F.col("id").cast("string").alias("request_id"), F.col("id").alias("pin_id"), F.lit("test").alias(schema.SPLIT),
+        *[F.lit(0).alias(c) for c in schema.LABEL_COLUMNS],
+    )
+    sampled = job.sample(frame, job.InstancesConfig(negative_rate=0.1))
+    assert sampled.count() == 1000
+    assert sampled.agg(F.max(schema.SAMPLE_WEIGHT)).first()[0] == 1.0
+
+
+def test_log_transform_applies_log1p_to_counts_only(spark):
+    row = {f: 3.0 for f in schema.DENSE_FEATURES}
+    out = job.log_transform(spark.createDataFrame([row])).first()
+    assert out["pin_repin_count"] == pytest.approx(np.log1p(3.0))
+    assert out["pin_spam_score"] == pytest.approx(3.0)
+    assert out["feed_position"] == pytest.approx(3.0)
+
+
+# --------------------------------------------------------------------------- the whole job
+def write_hand_raw(path, impressions: pd.DataFrame, actions: pd.DataFrame):
+    pin_ids = sorted(set(impressions["pin_id"]) | set(actions["pin_id"]))
+    pins = pd.DataFrame({
+        "pin_id": np.array(pin_ids, dtype=np.int64), "embedding": [np.zeros(schema.EMBEDDING_DIM, np.float32)] * len(pin_ids),
+        "created_ts": np.full(len(pin_ids), T0 - DAY, np.int64), "category": np.ones(len(pin_ids), np.int32),
+        "owner_id": np.ones(len(pin_ids), np.int64), **{c: np.full(len(pin_ids), 5, np.int64) for c in schema.PIN_COUNT_COLUMNS},
+        "spam_score": np.zeros(len(pin_ids)),
+    })
+    user_ids = sorted(set(impressions["user_id"]))
+    users = pd.DataFrame({
+        "user_id": np.array(user_ids, np.int64), "signup_ts": np.full(len(user_ids), T0 - 400 * DAY, np.int64),
+        "last_active_ts": np.full(len(user_ids), T0, np.int64), **{c: np.full(len(user_ids), 50, np.int64) for c in schema.USER_COUNT_COLUMNS},
+        "gender": "female", "country": "US",
+    })
+    write_raw(SimulatedLog(impressions, actions, pins, users), path, T0)
+
+
+def hand_impressions(days=4, per_day=6):
+    rows = []
+    for d in range(days):
+        for i in range(per_day):
+            rows.append((f"r{d}-{i // 3}", 1 + i % 2, 10 + i, T0 + d * DAY + 3_600_000 * (1 + i // 3), "pfy", i % 3))
+    return pd.DataFrame(rows, columns=["request_id", "user_id", "pin_id", "ts", "source", "position"]).astype({"position": np.int32})
+
+
+def hand_actions(impressions: pd.DataFrame):
+    clicked = impressions.iloc[::2]
+    return pd.DataFrame({"user_id": clicked["user_id"].to_numpy(), "pin_id": clicked["pin_id"].to_numpy(),
+                         "ts": clicked["ts"].to_numpy() + 5_000, "action": "click"})
+
+
+@pytest.fixture()
+def small_config(base_config):
+    return base_config.with_overrides({"instances": {"negative_rate": 1.0}})
+
+
+def test_job_publishes_a_manifest_with_train_only_stats_and_is_idempotent(spark, tmp_path, small_config):
+    imps = hand_impressions()
+    write_hand_raw(tmp_path / "raw", imps, hand_actions(imps))
+    out = tmp_path / "instances"
+    manifest = job.run(spark, str(tmp_path / "raw"), str(out), small_config)
+    assert (out / schema.SUCCESS_MARKER).exists()
+    assert manifest["input_rows"]["impressions"] == len(imps)
+    assert {k: v["rows"] for k, v in manifest["splits"].items()} == {"train": 12, "validation": 6, "test": 6}
+    assert manifest["splits"]["test"]["label_rates"]["click"] == pytest.approx(0.5)
+    # Standardisation statistics come from the train days only: their positions are 0,1,2,0,1,2 (mean 1).
+    assert manifest["feature_stats"]["feed_position"]["mean"] == pytest.approx(1.0)
+    train_rows = spark.read.parquet(str(out / "split=train"))
+    assert train_rows.agg(F.mean("feed_position")).first()[0] == pytest.approx(0.0, abs=1e-6)
+    marker_time = (out / schema.SUCCESS_MARKER).stat().st_mtime_ns
+    again = job.run(spark, str(tmp_path / "raw"), str(out), small_config)
+    assert again == json.loads((out / schema.MANIFEST).read_text())
+    assert (out / schema.SUCCESS_MARKER).stat().st_mtime_ns == marker_time  # nothing rewritten
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda imps, acts: (imps.drop(columns=["source"]), acts), r"impressions: missing column 'source'"),
+        (lambda imps, acts: (imps.astype({"pin_id": str}), acts), r"impressions: column 'pin_id' has type string, expected bigint"),
+        (lambda imps, acts: (pd.concat([imps, imps.iloc[:1]]), acts), r"impressions: duplicate impressions"),
+        (lambda imps, acts: (imps, acts.assign(ts=acts["ts"] + 10 * 365 * DAY)), r"actions: column 'ts' has \d+ rows with timestamps in the future"),
+        (lambda imps, acts: (imps, acts.assign(action="share")), r"actions: column 'action' has \d+ rows with unknown action type"),
+        (lambda imps, acts: (imps.assign(source="email"), acts), r"impressions: column 'source' has \d+ null or invalid values"),
+    ],
+    ids=["missing-column", "wrong-type", "duplicates", "future-actions", "unknown-action", "bad-source"],
+)
+def test_bad_input_fails_clearly_and_writes_nothing(spark, tmp_path, small_config, corrupt, message):
+    imps, acts = corrupt(hand_impressions(), hand_actions(hand_impressions()))
+    raw = tmp_path / "raw"
+    _write_unchecked(raw, imps, acts)
+    out = tmp_path / "instances"
+    with pytest.raises(job.InputDataError, match=message):
+        job.run(spark, str(raw), str(out), small_config, now_ms=T0 + 30 * DAY)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".instances.tmp-*"))
+
+
+def test_null_keys_are_rejected(spark, tmp_path, small_config):
+    imps = hand_impressions()
+    raw = tmp_path / "raw"
+    write_hand_raw(raw, imps, hand_actions(imps))
+    frame = spark.read.parquet(str(raw / "impressions"))
+    nulled = frame.withColumn("user_id", F.when(F.col("position") == 0, F.lit(None).cast("long")).otherwise(F.col("user_id")))
+    nulled.write.mode("overwrite").partitionBy("dt").parquet(str(tmp_path / "imps_with_nulls"))
+    import shutil
+
+    shutil.rmtree(raw / "impressions")
+    shutil.copytree(tmp_path / "imps_with_nulls", raw / "impressions")
+    with pytest.raises(job.InputDataError, match=r"impressions: column 'user_id' has \d+ null"):
+        job.run(spark, str(raw), str(tmp_path / "out"), small_config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_window_too_short_for_the_splits_is_refused(spark, tmp_path, small_config):
+    imps = hand_impressions(days=2)
+    write_hand_raw(tmp_path / "raw", imps, hand_actions(imps))
+    with pytest.raises(job.InputDataError, match="too short"):
+        job.run(spark, str(tmp_path / "raw"), str(tmp_path / "out"), small_config, start=date(2026, 1, 5), end=date(2026, 1, 6))
+
+
+def _write_unchecked(path, impressions: pd.DataFrame, actions: pd.DataFrame):
+    """Write raw tables with whatever columns and types the frames have (to simulate bad producers)."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    write_hand_raw(path, hand_impressions(), hand_actions(hand_impressions()))
+    for table, frame in ((schema.IMPRESSIONS, impressions), (schema.ACTIONS, actions)):
+        import shutil
+
+        shutil.rmtree(path / table)
+        ts = frame["ts"] if "ts" in frame else pd.Series(np.full(len(frame), T0))
+        frame = frame.assign(dt=pd.to_datetime(ts.astype(np.int64), unit="ms", utc=True).dt.strftime("%Y-%m-%d"))
+        pads.write_dataset(pa.Table.from_pandas(frame, preserve_index=False), path / table, format="parquet",
+                           partitioning=["dt"], partitioning_flavor="hive")
