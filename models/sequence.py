@@ -95,7 +95,8 @@ class ConvPooling(SequenceModule):
 
     def forward(self, tokens, actions, action_ts, request_ts, candidate):
         padding = actions == schema.PADDING_ID  # (B, L)
-        x = self.conv((tokens + self.action_emb(actions)).transpose(1, 2)).transpose(1, 2)  # (B, L, D)
+        x = (tokens + self.action_emb(actions)).masked_fill(padding.unsqueeze(-1), 0.0)  # kernels at the edge read zeros
+        x = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, L, D)
         x = x.masked_fill(padding.unsqueeze(-1), float("-inf")).amax(dim=1)  # (B, D)
         return torch.where(torch.isinf(x), torch.zeros_like(x), x)
 

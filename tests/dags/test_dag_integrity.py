@@ -1,0 +1,66 @@
+"""Every DAG file imports cleanly and quickly, follows the house policy, and validates its params."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.dags.conftest import DAGS_FOLDER
+
+HEAVY_MODULES = ("torch", "pyspark", "mlflow", "great_expectations", "sklearn", "lightgbm")
+
+
+def test_dag_files_import_without_errors_fast(dagbag):
+    assert dagbag.import_errors == {}
+    assert "homefeed_retrain" in dagbag.dags
+    started = time.perf_counter()
+    from airflow.dag_processing.dagbag import DagBag
+
+    DagBag(dag_folder=str(DAGS_FOLDER))
+    assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS_FOLDER.glob("*.py")))
+def test_dag_files_import_no_heavy_modules(dag_file):
+    probe = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('d', {str(DAGS_FOLDER / dag_file)!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        f"print('HEAVY:' + ','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    heavy = [line for line in out.stdout.splitlines() if line.startswith("HEAVY:")]
+    assert heavy == ["HEAVY:"], f"{dag_file} imports heavy modules at parse time: {heavy}"
+
+
+def test_policy_tags_owner_retries_and_docs(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, f"{dag_id} has no tags"
+        assert dag.doc_md, f"{dag_id} has no doc_md"
+        for task in dag.tasks:
+            assert task.owner == "homefeed", f"{dag_id}.{task.task_id} owner"
+            assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+
+
+def test_retrain_runs_twice_a_week_without_catchup(dagbag):
+    dag = dagbag.dags["homefeed_retrain"]
+    assert dag.timetable.expression == "0 3 * * 1,4"
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order.index("build_instances") < order.index("validate_instances") < order.index("train") < order.index("gate") < order.index("promote")
+
+
+def test_params_defaults_validate_and_bad_values_are_rejected(dagbag):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.dags["homefeed_retrain"]
+    defaults = dag.params.validate()
+    assert defaults["model"] == "transact_v10" and defaults["auto_promote"] is True
+    for bad in ({"model": "resnet"}, {"window_days": 1}, {"negative_rate": 0}, {"end_date": "next tuesday"}):
+        params = ParamsDict({k: v for k, v in dag.params.items()})
+        with pytest.raises((ParamValidationError, ValueError)):
+            params.update(bad)
+            params.validate()

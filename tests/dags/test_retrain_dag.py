@@ -1,0 +1,55 @@
+"""End to end: the retraining DAG on tiny synthetic data, through Airflow's dag.test()."""
+
+import json
+
+import pytest
+
+
+@pytest.fixture()
+def retrain_env(monkeypatch, tmp_path, base_config):
+    settings = {
+        "HOMEFEED__STORAGE__ROOT": str(tmp_path / "store"),
+        "HOMEFEED__INSTANCES__SHUFFLE_PARTITIONS": "2",
+        "HOMEFEED__TRAIN__BATCH_SIZE": "256",
+        "HOMEFEED__TRAIN__D_MODEL": "16",
+        "HOMEFEED__TRAIN__DIM_FEEDFORWARD": "16",
+        "HOMEFEED__EVALUATION__BOOTSTRAP_SAMPLES": "20",
+    }
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from homefeed.config import load_config
+
+    return load_config()
+
+
+def run_retrain(dagbag, raw_dir, label, **params):
+    dag = dagbag.dags["homefeed_retrain"]
+    conf = {"raw": str(raw_dir), "end_date": "2026-01-09", "window_days": 5, "run_label": label, "model": "avgpool", "epochs": 1, **params}
+    dagrun = dag.test(run_conf=conf)
+    return {ti.task_id: ti.state for ti in dagrun.get_task_instances()}, dagrun
+
+
+def test_first_run_promotes_and_a_worse_model_stops_at_the_gate(airflow_db, dagbag, raw_dir, retrain_env):
+    from homefeed import pipeline, registry
+
+    states, dagrun = run_retrain(dagbag, raw_dir, "first", min_auc_repin=0.0)
+    assert dagrun.state == "success", states
+    assert states["promote"] == "success" and states["report"] == "success"
+    first = registry.state(retrain_env)
+    assert first.champion == "1" and first.challenger == "1"
+    directory = pipeline.run_dir(retrain_env, "first")
+    assert (directory / "report.html").exists()
+    assert json.loads((directory / "gate.json").read_text())["passed"] is True
+
+    # A challenger that cannot reach the floor: the gate skips registration and promotion.
+    states, dagrun = run_retrain(dagbag, raw_dir, "second", min_auc_repin=0.999)
+    assert states["gate"] == "skipped" and states["register"] == "skipped" and states["promote"] == "skipped"
+    assert states["report"] == "success"
+    assert registry.state(retrain_env).champion == "1"
+    gate = json.loads((pipeline.run_dir(retrain_env, "second") / "gate.json").read_text())
+    assert not gate["passed"] and "below the floor 0.999" in gate["summary"]
+    # The champion was scored beside the challenger on the same data.
+    evaluation = json.loads((pipeline.run_dir(retrain_env, "second") / "evaluate.json").read_text())
+    assert evaluation["champion_version"] == "1"
+    assert evaluation["champion"]["rows"] == evaluation["challenger"]["rows"]

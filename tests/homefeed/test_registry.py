@@ -1,0 +1,127 @@
+"""Promotion, rollback, forced promotion and holdout refusal against a real MLflow server on SQLite."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from homefeed import registry
+from homefeed.data import read_split
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    process = subprocess.Popen(
+        [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--default-artifact-root", (root / "artifacts").as_uri(),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("mlflow server did not start within 90 s")
+    yield url
+    os.killpg(process.pid, 15)
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def trained_model(instances_dir, tmp_path_factory, base_config):
+    from homefeed import train as trainer
+
+    out = tmp_path_factory.mktemp("registry-model")
+    return trainer.train(str(instances_dir), str(out), base_config.with_overrides({"train": {"model": "lr"}})).model_dir
+
+
+@pytest.fixture()
+def cfg(base_config, mlflow_server, monkeypatch, tmp_path, request):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return base_config.with_overrides({"storage": {"root": str(tmp_path)}, "registry": {"model_name": f"ranker-{request.node.name[:40]}"}})
+
+
+def register(cfg, trained_model, instances_dir):
+    client = registry.client(cfg)
+    run = client.create_run(registry.experiment_id(cfg))
+    example = registry.input_example(read_split(str(instances_dir), "test"))
+    return registry.log_and_register(cfg, run.info.run_id, trained_model, example, {"gate": "test"})
+
+
+def test_promote_then_rollback_moves_aliases_and_audits(cfg, trained_model, instances_dir):
+    v1 = register(cfg, trained_model, instances_dir)
+    assert registry.state(cfg).challenger == v1
+    registry.promote(cfg, v1, reason="first")
+    v2 = register(cfg, trained_model, instances_dir)
+    registry.promote(cfg, v2, reason="better")
+    state = registry.state(cfg)
+    assert (state.champion, state.previous) == (v2, v1)
+    assert state.holdout == {"holdout.fraction": str(cfg.holdout.fraction), "holdout.salt": cfg.holdout.salt}
+
+    registry.rollback(cfg, reason="regression in prod")
+    state = registry.state(cfg)
+    assert (state.champion, state.previous) == (v1, v2)
+    events = [(r["event"], r["version"], r["from_version"]) for r in registry.history(cfg)]
+    assert events == [("promote", v1, None), ("promote", v2, v1), ("rollback", v1, v2)]
+    tags = registry.client(cfg).get_model_version(cfg.registry.model_name, v1).tags
+    assert tags["audit.rollback.reason"] == "regression in prod"
+
+
+def test_champion_loads_and_scores_through_the_registry(cfg, trained_model, instances_dir):
+    version = register(cfg, trained_model, instances_dir)
+    registry.promote(cfg, version, reason="serve it")
+    loaded_version, scorer = registry.load_scorer_for(cfg, registry.CHAMPION)
+    assert loaded_version == version
+    test = read_split(str(instances_dir), "test")
+    assert scorer.predict(test).shape == (test.num_rows, 4)
+    import mlflow.pyfunc
+
+    frame = mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}@champion").predict(registry.input_example(test, rows=5))
+    assert list(frame.columns) == ["p_repin", "p_click", "p_closeup", "p_hide", "score"]
+
+
+def test_holdout_change_is_refused_unless_asked_for(cfg, trained_model, instances_dir):
+    v1 = register(cfg, trained_model, instances_dir)
+    registry.promote(cfg, v1, reason="first")
+    other = cfg.with_overrides({"holdout": {"salt": "new-salt"}})
+    v2 = register(other, trained_model, instances_dir)
+    with pytest.raises(registry.PromotionRefused, match="holdout"):
+        registry.promote(other, v2, reason="")
+    assert registry.state(cfg).champion == v1
+    record = registry.promote(other, v2, reason="new experiment population", change_holdout=True)
+    assert record["holdout_changed"] and registry.state(cfg).champion == v2
+
+
+def test_forced_promotion_needs_and_records_a_reason(cfg, trained_model, instances_dir):
+    version = register(cfg, trained_model, instances_dir)
+    with pytest.raises(registry.PromotionRefused, match="reason"):
+        registry.promote(cfg, version, reason="", force=True)
+    record = registry.promote(cfg, version, reason="hotfix", force=True)
+    assert record["forced"] is True
+
+
+def test_missing_version_and_empty_rollback_are_refused(cfg):
+    with pytest.raises(registry.PromotionRefused, match="no version 99"):
+        registry.promote(cfg, "99", reason="x")
+    with pytest.raises(registry.PromotionRefused, match="previous"):
+        registry.rollback(cfg, reason="nothing to roll back to")

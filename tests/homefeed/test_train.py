@@ -1,0 +1,64 @@
+import json
+
+import numpy as np
+import pytest
+
+from homefeed import train as trainer
+from homefeed.data import InstanceStream, pad_lists
+from models.zoo import load_scorer
+
+
+def test_pad_lists_truncates_and_right_pads():
+    import pyarrow as pa
+
+    padded = pad_lists(pa.array([[1, 2, 3], [], [4]]), 2, np.int64)
+    assert padded.tolist() == [[1, 2], [0, 0], [4, 0]]
+
+
+def test_stream_shards_rows_across_ranks_without_overlap(instances_dir):
+    seen = []
+    for rank in range(2):
+        stream = InstanceStream(str(instances_dir), "validation", 64, rank=rank, world_size=2, drop_remainder=True)
+        batches = list(stream)
+        assert len(batches) == stream.batches_per_rank()
+        seen.append({(int(p), int(t)) for b in batches for p, t in zip(b["pin_id"], b["ts"])})
+    assert not seen[0] & seen[1]
+
+
+@pytest.mark.parametrize("model", ["lr", "gbdt", "lstm", "transact_v11"])
+def test_each_kind_trains_saves_and_scores(instances_dir, tmp_path, base_config, model):
+    cfg = base_config.with_overrides({"train": {"model": model}})
+    result = trainer.train(str(instances_dir), str(tmp_path), cfg)
+    assert 0.0 <= result.validation["repin"]["auc"] <= 1.0
+    from homefeed.data import read_split
+
+    test = read_split(str(instances_dir), "test")
+    probs = load_scorer(result.model_dir).predict(test)
+    assert probs.shape == (test.num_rows, 4)
+    assert np.all((probs >= 0) & (probs <= 1))
+
+
+def test_loss_decreases_and_training_resumes_from_the_checkpoint(instances_dir, tmp_path, base_config):
+    cfg = base_config.with_overrides({"train": {"model": "avgpool", "epochs": 1, "patience": 5}})
+    first = trainer.train(str(instances_dir), str(tmp_path), cfg)
+    assert len(first.history) == 1
+    resumed = trainer.train(str(instances_dir), str(tmp_path), cfg.with_overrides({"train": {"epochs": 3}}))
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    assert resumed.history[0] == first.history[0]  # epoch 0 was not trained again
+    assert resumed.history[-1]["train_loss"] < resumed.history[0]["train_loss"]
+
+
+def test_two_process_gloo_ddp_run_completes(instances_dir, tmp_path, base_config):
+    cfg = base_config.with_overrides({"train": {"model": "transformer", "num_processes": 2, "num_threads": 2}})
+    result = trainer.train(str(instances_dir), str(tmp_path), cfg)
+    saved = json.loads((tmp_path / trainer.METRICS).read_text())
+    assert saved["model"] == "transformer"
+    assert result.history and result.history[0]["examples"] > 0
+    assert load_scorer(result.model_dir).name == "transformer"
+
+
+def test_training_on_unpublished_instances_fails_clearly(tmp_path, base_config):
+    from homefeed.storage import StorageError
+
+    with pytest.raises(StorageError, match="instances not found"):
+        trainer.train(str(tmp_path / "nothing"), str(tmp_path / "out"), base_config)

@@ -1,0 +1,77 @@
+import numpy as np
+import torch
+
+from homefeed import schema
+from models.ranker import Ranker, RankerConfig, pin_content_table, weighted_bce
+from models.sequence import SequenceConfig
+
+B, L = 16, 10
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = {
+        "dense": torch.randn(B, len(schema.DENSE_FEATURES), generator=g),
+        "pin_id": torch.randint(1, 50, (B,), generator=g),
+        "ts": torch.full((B,), 10**9),
+        schema.SEQ_PIN_ID: torch.randint(0, 50, (B, L), generator=g),
+        schema.SEQ_ACTION: torch.randint(0, schema.NUM_ACTION_CODES, (B, L), generator=g),
+        schema.SEQ_TS: torch.full((B, L), 10**9 - 10**7),
+    }
+    for name, size in schema.CATEGORICAL_FEATURES.items():
+        out[name] = torch.randint(0, size, (B,), generator=g)
+    return out
+
+
+def ranker(module="transact_v11", cross=2):
+    content = pin_content_table(np.arange(1, 40), np.random.default_rng(0).normal(size=(39, 4)).astype(np.float32))
+    cfg = RankerConfig(module, SequenceConfig(seq_len=L, d_model=8, num_heads=2, dim_feedforward=8, action_dim=4, dropout=0.0), id_dim=4, cross_layers=cross, mlp_dims=(16,), dropout=0.0)
+    return Ranker(cfg, content)
+
+
+def test_forward_gives_one_logit_per_head():
+    assert ranker()(batch()).shape == (B, len(schema.HEADS))
+
+
+def test_unknown_pin_ids_use_a_zero_content_vector():
+    model = ranker()
+    vec = model.pins(torch.tensor([1000]))  # beyond the content table
+    assert torch.all(vec[0, :4] == 0)
+
+
+def test_overfits_a_tiny_batch():
+    torch.manual_seed(0)
+    model = ranker("avgpool", cross=0)
+    data = batch()
+    labels = (torch.rand(B, len(schema.HEADS)) < 0.5).float()
+    weights = torch.ones(B)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    heads = torch.ones(len(schema.HEADS))
+    first = None
+    for _ in range(200):
+        loss = weighted_bce(model(data), labels, weights, heads)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1 * first
+
+
+def test_sample_weights_change_the_loss():
+    logits = torch.tensor([[2.0, 0, 0, 0], [-2.0, 0, 0, 0]])
+    labels = torch.tensor([[0.0, 0, 0, 0], [0.0, 0, 0, 0]])
+    heads = torch.tensor([1.0, 0, 0, 0])
+    equal = weighted_bce(logits, labels, torch.tensor([1.0, 1.0]), heads)
+    upweight_wrong = weighted_bce(logits, labels, torch.tensor([10.0, 1.0]), heads)
+    assert upweight_wrong > equal  # the confidently wrong example counts more
+    expected = (torch.nn.functional.softplus(torch.tensor(2.0)) * 10 + torch.nn.functional.softplus(torch.tensor(-2.0))) / 11
+    assert torch.isclose(upweight_wrong, expected)
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    model = ranker().eval()
+    data = batch()
+    model.save(tmp_path)
+    loaded = Ranker.load(tmp_path)
+    with torch.inference_mode():
+        assert torch.equal(model(data), loaded(data))
