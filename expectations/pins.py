@@ -2,6 +2,7 @@
 
 import great_expectations.expectations as gxe
 
+from expectations.common import column_types
 from homefeed import schema
 from homefeed.config import Config
 
@@ -10,6 +11,7 @@ TABLE = schema.PINS
 
 def expectations(cfg: Config) -> list:
     return [
+        *column_types(schema.PINS_SCHEMA),
         *[gxe.ExpectColumnToExist(column=c) for c in schema.PINS_SCHEMA.fieldNames()],
         gxe.ExpectColumnValuesToNotBeNull(column="pin_id"),
         gxe.ExpectColumnValuesToBeUnique(column="pin_id"),

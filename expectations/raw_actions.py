@@ -2,6 +2,7 @@
 
 import great_expectations.expectations as gxe
 
+from expectations.common import column_types
 from homefeed import schema
 from homefeed.config import Config
 
@@ -10,12 +11,17 @@ TABLE = schema.ACTIONS
 
 def expectations(cfg: Config) -> list:
     return [
+        *column_types(schema.ACTIONS_SCHEMA),
         *[gxe.ExpectColumnToExist(column=c) for c in [*schema.ACTIONS_SCHEMA.fieldNames(), schema.DT]],
         *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in schema.ACTIONS_SCHEMA.fieldNames()],
         gxe.ExpectColumnValuesToBeInSet(column="action", value_set=list(schema.ACTION_NAMES)),
         gxe.UnexpectedRowsExpectation(
             description="ts falls inside its dt partition (UTC day)",
             unexpected_rows_query="SELECT * FROM {batch} WHERE date_format(timestamp_millis(ts), 'yyyy-MM-dd') != dt",
+        ),
+        gxe.UnexpectedRowsExpectation(
+            description="no timestamps in the future",
+            unexpected_rows_query="SELECT * FROM {batch} WHERE ts > unix_millis(current_timestamp())",
         ),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
     ]

@@ -2,6 +2,7 @@
 
 import great_expectations.expectations as gxe
 
+from expectations.common import column_types
 from homefeed import schema
 from homefeed.config import Config
 
@@ -10,6 +11,7 @@ TABLE = schema.IMPRESSIONS
 
 def expectations(cfg: Config) -> list:
     return [
+        *column_types(schema.IMPRESSIONS_SCHEMA),
         *[gxe.ExpectColumnToExist(column=c) for c in [*schema.IMPRESSIONS_SCHEMA.fieldNames(), schema.DT]],
         *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("request_id", "user_id", "pin_id", "ts", "source")],
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["request_id", "pin_id"]),
@@ -19,6 +21,10 @@ def expectations(cfg: Config) -> list:
         gxe.UnexpectedRowsExpectation(
             description="ts falls inside its dt partition (UTC day)",
             unexpected_rows_query="SELECT * FROM {batch} WHERE date_format(timestamp_millis(ts), 'yyyy-MM-dd') != dt",
+        ),
+        gxe.UnexpectedRowsExpectation(
+            description="no timestamps in the future",
+            unexpected_rows_query="SELECT * FROM {batch} WHERE ts > unix_millis(current_timestamp())",
         ),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
     ]

@@ -2,6 +2,7 @@
 
 import great_expectations.expectations as gxe
 
+from expectations.common import column_types
 from homefeed import schema
 from homefeed.config import Config
 
@@ -10,6 +11,7 @@ TABLE = schema.USERS
 
 def expectations(cfg: Config) -> list:
     return [
+        *column_types(schema.USERS_SCHEMA),
         *[gxe.ExpectColumnToExist(column=c) for c in schema.USERS_SCHEMA.fieldNames()],
         gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
         gxe.ExpectColumnValuesToBeUnique(column="user_id"),

@@ -34,7 +34,9 @@ from homefeed.config import SimulatorConfig
 
 DAY_MS = segments.DAY_MS
 SESSION_GAP_MS = 30 * 60 * 1000
-INTEREST_JUMP = 0.25
+REQUESTS_PER_SESSION = 4.0
+REQUEST_GAP_MS = 90_000
+INTEREST_JUMP = 0.2
 NUM_SIM_CATEGORIES = 24
 COUNTRIES = ("US", "BR", "DE", "JP", "IN", "FR")
 SEGMENT_SHARES = {"core": 0.55, "casual": 0.2, "new": 0.15, "resurrected": 0.1}
@@ -153,7 +155,7 @@ def simulate(cfg: SimulatorConfig, heavy_users: int = 0, heavy_factor: float = 1
     span_ms = cfg.days * DAY_MS
     mean_candidates = (cfg.candidates_min + cfg.candidates_max) / 2
     n_requests = max(1, int(round(cfg.impressions / mean_candidates)))
-    n_users = max(50, cfg.impressions // 40)
+    n_users = max(50, cfg.impressions // 300)
     n_pins = max(200, min(200_000, cfg.impressions // 20))
 
     pins, quality, spam = _simulate_pins(rng, n_pins, start_ms)
@@ -163,9 +165,21 @@ def simulate(cfg: SimulatorConfig, heavy_users: int = 0, heavy_factor: float = 1
     interests = rng.dirichlet(np.full(NUM_SIM_CATEGORIES, 0.3), size=n_users + 1)
     disliked = rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n_users + 1)
 
-    # Requests: users by activity, times uniform over the window, sorted per user.
-    req_user = rng.choice(np.arange(1, n_users + 1), size=n_requests, p=activity / activity.sum())
-    req_ts = start_ms + rng.integers(0, span_ms, size=n_requests)
+    # Requests come in sessions: a user (by activity) opens the app at a uniform time and
+    # scrolls through a geometric number of requests a few minutes apart.
+    n_sessions = max(1, int(round(n_requests / REQUESTS_PER_SESSION)))
+    session_user = rng.choice(np.arange(1, n_users + 1), size=n_sessions, p=activity / activity.sum())
+    session_start = start_ms + rng.integers(0, span_ms - SESSION_GAP_MS, size=n_sessions)
+    per_session = rng.geometric(1.0 / REQUESTS_PER_SESSION, size=n_sessions)
+    session_of = np.repeat(np.arange(n_sessions), per_session)
+    gaps = rng.exponential(REQUEST_GAP_MS, size=len(session_of)).astype(np.int64)
+    first_in_session = np.r_[True, session_of[1:] != session_of[:-1]]
+    gaps[first_in_session] = 0
+    offset = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[first_in_session], per_session)
+    keep_in_window = session_start[session_of] + offset < start_ms + span_ms
+    req_user = session_user[session_of][keep_in_window]
+    req_ts = (session_start[session_of] + offset)[keep_in_window]
+    n_requests = len(req_user)
     order = np.lexsort((req_ts, req_user))
     req_user, req_ts = req_user[order], req_ts[order]
     req_session = _forward_fill_sessions(rng, req_user, req_ts, interests)

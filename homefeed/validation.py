@@ -146,12 +146,28 @@ def read_dataset(spark: SparkSession, suite: str, data_root: str) -> DataFrame:
         ) from exc
 
 
+def empty_partitions(table_root: Path) -> list[str]:
+    """``dt=`` partitions whose Parquet files hold no rows (a producer that wrote nothing)."""
+    import pyarrow.parquet as pq
+
+    empty = []
+    for partition in sorted(table_root.glob(f"{schema.DT}=*")):
+        files = storage.list_files(partition)
+        if sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 0:
+            empty.append(partition.name)
+    return empty
+
+
 def validate(spark: SparkSession, suite: str, data_root: str, cfg: Config, docs_dir: str | Path | None = None) -> list[SuiteReport]:
     """Run one suite on a dataset root; raises :class:`ValidationFailed` on any failure."""
     module = _suite_module(suite)
     frame = read_dataset(spark, suite, data_root)
     try:
         reports = [run_suite(suite, frame, module.expectations(cfg), docs_dir)]
+        if module.TABLE:
+            empty = empty_partitions(storage.local_path(data_root) / module.TABLE)
+            reports[0].outcomes.append(ExpectationOutcome("partitions_not_empty", schema.DT, not empty, empty, {"rows_per_partition": ">= 1"}))
+            reports[0].success = reports[0].success and not empty
         if module.TABLE is None and schema.SPLIT in frame.columns:
             unsampled = frame.filter(F.col(schema.SPLIT) != "train")
             reports.append(run_suite(f"{suite}_label_rates", unsampled, module.label_rate_expectations(cfg), docs_dir))

@@ -1,0 +1,130 @@
+"""The bad-input catalogue: each corruption goes through `homefeed validate` and fails, by name."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from homefeed import schema
+from homefeed.cli import app
+from homefeed.storage import list_files
+
+runner = CliRunner()
+
+
+def validate(suite: str, data: Path):
+    return runner.invoke(app, ["validate", "--suite", suite, "--data", str(data)])
+
+
+def rewrite(files: list[Path], change) -> None:
+    """Apply ``change(table) -> table`` to each Parquet file in place."""
+    for path in files:
+        table = change(pq.read_table(path, partitioning=None))
+        pq.write_table(table, path)
+        path.with_name(f".{path.name}.crc").unlink(missing_ok=True)  # Spark's checksum of the old bytes
+
+
+def set_column(table: pa.Table, name: str, values) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, values)
+
+
+@pytest.fixture()
+def raw_copy(raw_dir, tmp_path) -> Path:
+    return Path(shutil.copytree(raw_dir, tmp_path / "raw"))
+
+
+@pytest.fixture()
+def instances_copy(instances_dir, tmp_path) -> Path:
+    return Path(shutil.copytree(instances_dir, tmp_path / "instances"))
+
+
+def first_file(root: Path, table: str) -> Path:
+    return list_files(root / table)[0]
+
+
+@pytest.mark.parametrize("suite", ["raw_impressions", "raw_actions", "pins", "users"])
+def test_good_raw_data_passes(raw_dir, suite, spark):
+    result = validate(suite, raw_dir)
+    assert result.exit_code == 0, result.output
+    assert "passed" in result.output
+
+
+def test_good_instances_pass(instances_dir, spark):
+    result = validate("instances", instances_dir)
+    assert result.exit_code == 0, result.output
+
+
+RAW_CORRUPTIONS = {
+    "missing-column": ("raw_impressions", lambda t: t.drop_columns(["source"]), r"expect_column_to_exist on column 'source'"),
+    "wrong-type": ("raw_impressions", lambda t: set_column(t, "position", pc.cast(t["position"], pa.string())),
+                   r"expect_column_values_to_be_of_type on column 'position'"),
+    "null-user-id": ("raw_impressions", lambda t: set_column(t, "user_id", pa.nulls(t.num_rows, pa.int64())),
+                     r"expect_column_values_to_not_be_null on column 'user_id'"),
+    "duplicate-impressions": ("raw_impressions", lambda t: pa.concat_tables([t, t.slice(0, 3)]), r"expect_compound_columns_to_be_unique"),
+    "unknown-action": ("raw_actions", lambda t: set_column(t, "action", pa.array(["share"] * t.num_rows)),
+                       r"expect_column_values_to_be_in_set on column 'action'"),
+    "outside-partition": ("raw_actions", lambda t: set_column(t, "ts", pc.add(t["ts"], 3 * 86_400_000)), r"inside its dt partition"),
+    "future": ("raw_impressions", lambda t: set_column(t, "ts", pc.add(t["ts"], 20 * 365 * 86_400_000)), r"no timestamps in the future"),
+    "nan-embedding": ("pins", lambda t: set_column(t, "embedding", pa.array([[float("nan")] * schema.EMBEDDING_DIM] * t.num_rows, pa.list_(pa.float32()))),
+                      r"finite values"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RAW_CORRUPTIONS))
+def test_raw_corruption_fails_naming_the_problem(raw_copy, case, spark):
+    suite, change, message = RAW_CORRUPTIONS[case]
+    table = {"raw_impressions": "impressions", "raw_actions": "actions", "pins": "pins", "users": "users"}[suite]
+    rewrite([first_file(raw_copy, table)], change)
+    result = validate(suite, raw_copy)
+    assert result.exit_code == 1, result.output
+    assert f"suite '{suite}' failed" in result.output
+    assert re.search(message, result.output), result.output
+
+
+def test_empty_partition_fails(raw_copy, spark):
+    path = first_file(raw_copy, "impressions")
+    rewrite([path], lambda t: t.slice(0, 0))
+    result = validate("raw_impressions", raw_copy)
+    assert result.exit_code == 1
+    assert "partitions_not_empty" in result.output and path.parent.name in result.output
+
+
+def test_corrupt_parquet_fails_as_unreadable(raw_copy, spark):
+    first_file(raw_copy, "actions").write_bytes(b"PAR1 this is not parquet")
+    result = validate("raw_actions", raw_copy)
+    assert result.exit_code == 1
+    assert "readable" in result.output
+
+
+def test_label_rate_collapse_fails(instances_copy, spark):
+    files = list_files(instances_copy / "split=validation") + list_files(instances_copy / "split=test")
+    rewrite(files, lambda t: set_column(t, "label_repin", pa.array(np.zeros(t.num_rows, np.int32))))
+    result = validate("instances", instances_copy)
+    assert result.exit_code == 1
+    assert "instances_label_rates" in result.output and "label_repin" in result.output
+
+
+def test_leaking_sequence_fails(instances_copy, spark):
+    def leak(table: pa.Table) -> pa.Table:
+        seq_ts = [[ts] for ts in table["ts"].to_pylist()]  # an action at the request time itself
+        table = set_column(table, schema.SEQ_TS, pa.array(seq_ts, pa.list_(pa.int64())))
+        table = set_column(table, schema.SEQ_PIN_ID, pa.array([[1]] * table.num_rows, pa.list_(pa.int64())))
+        return set_column(table, schema.SEQ_ACTION, pa.array([[1]] * table.num_rows, pa.list_(pa.int32())))
+
+    rewrite(list_files(instances_copy / "split=test")[:1], leak)
+    result = validate("instances", instances_copy)
+    assert result.exit_code == 1
+    assert "leakage" in result.output
+
+
+def test_usage_errors_exit_2(raw_dir, tmp_path):
+    assert validate("no_such_suite", raw_dir).exit_code == 2
+    assert validate("pins", tmp_path / "missing").exit_code == 2
