@@ -11,8 +11,8 @@ TABLE = schema.PINS
 
 def expectations(cfg: Config) -> list:
     return [
-        *column_types(schema.PINS_SCHEMA),
-        *[gxe.ExpectColumnToExist(column=c) for c in schema.PINS_SCHEMA.fieldNames()],
+        *column_types(schema.spark_schema(schema.PINS)),
+        *[gxe.ExpectColumnToExist(column=c) for c in schema.columns(schema.PINS)],
         gxe.ExpectColumnValuesToNotBeNull(column="pin_id"),
         gxe.ExpectColumnValuesToBeUnique(column="pin_id"),
         *[gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in schema.PIN_COUNT_COLUMNS],

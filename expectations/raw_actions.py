@@ -11,9 +11,9 @@ TABLE = schema.ACTIONS
 
 def expectations(cfg: Config) -> list:
     return [
-        *column_types(schema.ACTIONS_SCHEMA),
-        *[gxe.ExpectColumnToExist(column=c) for c in [*schema.ACTIONS_SCHEMA.fieldNames(), schema.DT]],
-        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in schema.ACTIONS_SCHEMA.fieldNames()],
+        *column_types(schema.spark_schema(schema.ACTIONS)),
+        *[gxe.ExpectColumnToExist(column=c) for c in [*schema.columns(schema.ACTIONS), schema.DT]],
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in schema.columns(schema.ACTIONS)],
         gxe.ExpectColumnValuesToBeInSet(column="action", value_set=list(schema.ACTION_NAMES)),
         gxe.UnexpectedRowsExpectation(
             description="ts falls inside its dt partition (UTC day)",

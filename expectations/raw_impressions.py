@@ -11,8 +11,8 @@ TABLE = schema.IMPRESSIONS
 
 def expectations(cfg: Config) -> list:
     return [
-        *column_types(schema.IMPRESSIONS_SCHEMA),
-        *[gxe.ExpectColumnToExist(column=c) for c in [*schema.IMPRESSIONS_SCHEMA.fieldNames(), schema.DT]],
+        *column_types(schema.spark_schema(schema.IMPRESSIONS)),
+        *[gxe.ExpectColumnToExist(column=c) for c in [*schema.columns(schema.IMPRESSIONS), schema.DT]],
         *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("request_id", "user_id", "pin_id", "ts", "source")],
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["request_id", "pin_id"]),
         gxe.ExpectColumnValuesToBeInSet(column="source", value_set=list(schema.SOURCES)),

@@ -11,8 +11,8 @@ TABLE = schema.USERS
 
 def expectations(cfg: Config) -> list:
     return [
-        *column_types(schema.USERS_SCHEMA),
-        *[gxe.ExpectColumnToExist(column=c) for c in schema.USERS_SCHEMA.fieldNames()],
+        *column_types(schema.spark_schema(schema.USERS)),
+        *[gxe.ExpectColumnToExist(column=c) for c in schema.columns(schema.USERS)],
         gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
         gxe.ExpectColumnValuesToBeUnique(column="user_id"),
         *[gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in schema.USER_COUNT_COLUMNS],

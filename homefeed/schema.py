@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyspark.sql import types as T
 
 # --------------------------------------------------------------------------- tables
 IMPRESSIONS = "impressions"
@@ -73,56 +72,65 @@ SEGMENTS = ("core", "casual", "new", "resurrected")
 CORE_SEGMENT = "core"
 
 # --------------------------------------------------------------------------- raw schemas
+# Column types in Spark's DDL names; Spark and Arrow schemas are derived on demand, so importing
+# this module needs neither pyspark nor pyarrow (serving and GPU trainers do without Spark).
 EMBEDDING_DIM = 16
-
-IMPRESSIONS_SCHEMA = T.StructType(
-    [
-        T.StructField("request_id", T.StringType(), False),
-        T.StructField("user_id", T.LongType(), False),
-        T.StructField("pin_id", T.LongType(), False),
-        T.StructField("ts", T.LongType(), False),
-        T.StructField("source", T.StringType(), False),
-        T.StructField("position", T.IntegerType(), False),
-    ]
-)
-ACTIONS_SCHEMA = T.StructType(
-    [
-        T.StructField("user_id", T.LongType(), False),
-        T.StructField("pin_id", T.LongType(), False),
-        T.StructField("ts", T.LongType(), False),
-        T.StructField("action", T.StringType(), False),
-    ]
-)
 PIN_COUNT_COLUMNS = ("repin_count", "click_count", "impression_count")
-PINS_SCHEMA = T.StructType(
-    [
-        T.StructField("pin_id", T.LongType(), False),
-        T.StructField("embedding", T.ArrayType(T.FloatType(), False), False),
-        T.StructField("created_ts", T.LongType(), False),
-        T.StructField("category", T.IntegerType(), False),
-        T.StructField("owner_id", T.LongType(), False),
-        *[T.StructField(c, T.LongType(), False) for c in PIN_COUNT_COLUMNS],
-        T.StructField("spam_score", T.DoubleType(), False),
-    ]
-)
 USER_COUNT_COLUMNS = ("board_count", "follower_count", "pin_count", "actions_28d")
 GENDERS = ("unknown", "female", "male")
-USERS_SCHEMA = T.StructType(
-    [
-        T.StructField("user_id", T.LongType(), False),
-        T.StructField("signup_ts", T.LongType(), False),
-        T.StructField("last_active_ts", T.LongType(), False),
-        *[T.StructField(c, T.LongType(), False) for c in USER_COUNT_COLUMNS],
-        T.StructField("gender", T.StringType(), False),
-        T.StructField("country", T.StringType(), False),
-    ]
-)
-RAW_SCHEMAS: dict[str, T.StructType] = {
-    IMPRESSIONS: IMPRESSIONS_SCHEMA,
-    ACTIONS: ACTIONS_SCHEMA,
-    PINS: PINS_SCHEMA,
-    USERS: USERS_SCHEMA,
+
+RAW_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    IMPRESSIONS: (
+        ("request_id", "string"), ("user_id", "bigint"), ("pin_id", "bigint"),
+        ("ts", "bigint"), ("source", "string"), ("position", "int"),
+    ),
+    ACTIONS: (("user_id", "bigint"), ("pin_id", "bigint"), ("ts", "bigint"), ("action", "string")),
+    PINS: (
+        ("pin_id", "bigint"), ("embedding", "array<float>"), ("created_ts", "bigint"), ("category", "int"),
+        ("owner_id", "bigint"), *[(c, "bigint") for c in PIN_COUNT_COLUMNS], ("spam_score", "double"),
+    ),
+    USERS: (
+        ("user_id", "bigint"), ("signup_ts", "bigint"), ("last_active_ts", "bigint"),
+        *[(c, "bigint") for c in USER_COUNT_COLUMNS], ("gender", "string"), ("country", "string"),
+    ),
 }
+
+
+def columns(table: str) -> tuple[str, ...]:
+    return tuple(name for name, _ in RAW_COLUMNS[table])
+
+
+def spark_schema(table: str):
+    """The table's contract as a Spark StructType (without the ``dt`` partition column)."""
+    from pyspark.sql import types as T
+
+    scalar = {"string": T.StringType(), "bigint": T.LongType(), "int": T.IntegerType(), "double": T.DoubleType(), "float": T.FloatType()}
+
+    def spark_type(ddl: str) -> T.DataType:
+        if ddl.startswith("array<"):
+            return T.ArrayType(spark_type(ddl[len("array<") : -1]))
+        return scalar[ddl]
+
+    return T.StructType([T.StructField(name, spark_type(ddl)) for name, ddl in RAW_COLUMNS[table]])
+
+
+def arrow_schema(table: str, with_dt: bool = True):
+    """The table's contract as an Arrow schema, as the raw writers produce it."""
+    import pyarrow as pa
+
+    scalar = {"string": pa.string(), "bigint": pa.int64(), "int": pa.int32(), "double": pa.float64(), "float": pa.float32()}
+
+    def arrow_type(ddl: str) -> pa.DataType:
+        if ddl.startswith("array<"):
+            return pa.list_(arrow_type(ddl[len("array<") : -1]))
+        return scalar[ddl]
+
+    fields = [pa.field(name, arrow_type(ddl), nullable=False) for name, ddl in RAW_COLUMNS[table]]
+    if with_dt:
+        fields.append(pa.field(DT, pa.string(), nullable=False))
+    return pa.schema(fields)
+
+
 RAW_KEYS: dict[str, tuple[str, ...]] = {
     IMPRESSIONS: ("request_id", "pin_id"),
     ACTIONS: ("user_id", "pin_id", "ts", "action"),

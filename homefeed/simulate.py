@@ -259,24 +259,6 @@ def simulate(cfg: SimulatorConfig, heavy_users: int = 0, heavy_factor: float = 1
 
 
 # --------------------------------------------------------------------------- writing
-def _arrow_schema(table: str) -> pa.Schema:
-    from pyspark.sql import types as T
-
-    def arrow_type(dtype: T.DataType) -> pa.DataType:
-        if isinstance(dtype, T.ArrayType):
-            return pa.list_(arrow_type(dtype.elementType))
-        return {
-            T.LongType: pa.int64(),
-            T.IntegerType: pa.int32(),
-            T.StringType: pa.string(),
-            T.DoubleType: pa.float64(),
-            T.FloatType: pa.float32(),
-        }[type(dtype)]
-
-    fields = [pa.field(f.name, arrow_type(f.dataType), nullable=f.nullable) for f in schema.RAW_SCHEMAS[table].fields]
-    return pa.schema(fields + [pa.field(schema.DT, pa.string(), nullable=False)])
-
-
 def _day(ts_ms: np.ndarray | pd.Series) -> np.ndarray:
     return pd.to_datetime(np.asarray(ts_ms), unit="ms", utc=True).strftime("%Y-%m-%d").to_numpy()
 
@@ -296,7 +278,7 @@ def write_raw(log: SimulatedLog, out: str | Path, snapshot_ts: int, manifest_ext
     with storage.publish_dataset(out) as staging:
         counts = {}
         for table, frame in frames.items():
-            arrow = pa.Table.from_pandas(frame, schema=_arrow_schema(table), preserve_index=False)
+            arrow = pa.Table.from_pandas(frame, schema=schema.arrow_schema(table), preserve_index=False)
             pads.write_dataset(
                 arrow,
                 staging / table,

@@ -118,7 +118,8 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainRes
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     device = pick_device(cfg.use_gpu)
-    distributed = world_size > 1
+    # Under torchrun (even with one process) join the process group, so the NCCL/gloo path runs.
+    distributed = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
     if distributed:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":

@@ -27,7 +27,6 @@ from typing import Any
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from homefeed import schema, segments, storage
 from homefeed.config import Config, InstancesConfig
@@ -68,15 +67,12 @@ def read_table(spark: SparkSession, raw_root: str, table: str) -> DataFrame:
 
 
 def check_schema(frame: DataFrame, table: str) -> None:
-    actual = {f.name: f.dataType for f in frame.schema.fields}
-    for field in schema.RAW_SCHEMAS[table].fields:
-        if field.name not in actual:
-            raise InputDataError(f"{table}: missing column {field.name!r} (have {sorted(actual)})")
-        found = actual[field.name]
-        if found.simpleString() != field.dataType.simpleString():
-            raise InputDataError(
-                f"{table}: column {field.name!r} has type {found.simpleString()}, expected {field.dataType.simpleString()}"
-            )
+    actual = {f.name: f.dataType.simpleString() for f in frame.schema.fields}
+    for name, ddl in schema.RAW_COLUMNS[table]:
+        if name not in actual:
+            raise InputDataError(f"{table}: missing column {name!r} (have {sorted(actual)})")
+        if actual[name] != ddl:
+            raise InputDataError(f"{table}: column {name!r} has type {actual[name]}, expected {ddl}")
 
 
 def check_rows(impressions: DataFrame, actions: DataFrame, now_ms: int) -> None:

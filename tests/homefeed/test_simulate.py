@@ -49,6 +49,6 @@ def test_generate_writes_dt_partitioned_parquet_and_publishes(tmp_path):
     for table in schema.RAW_TABLES:
         dataset = pads.dataset(tmp_path / "raw" / table, partitioning="hive")
         assert dataset.count_rows() == counts[table]
-        assert set(schema.RAW_SCHEMAS[table].fieldNames()) <= set(dataset.schema.names)
+        assert set(schema.columns(table)) <= set(dataset.schema.names)
     days = sorted(p.name for p in (tmp_path / "raw" / "impressions").iterdir())
     assert days == ["dt=2026-01-05", "dt=2026-01-06", "dt=2026-01-07"]

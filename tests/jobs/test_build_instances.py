@@ -22,16 +22,16 @@ CODE = schema.ACTION_CODES
 
 
 def impressions_frame(spark, rows):
-    return spark.createDataFrame(rows, schema.IMPRESSIONS_SCHEMA)
+    return spark.createDataFrame(rows, schema.spark_schema(schema.IMPRESSIONS))
 
 
 def actions_frame(spark, rows):
-    return spark.createDataFrame(rows, schema.ACTIONS_SCHEMA)
+    return spark.createDataFrame(rows, schema.spark_schema(schema.ACTIONS))
 
 
 def pins_frame(spark, pin_ids):
     rows = [(p, [0.0] * schema.EMBEDDING_DIM, T0 - DAY, p % 5, 100 + p % 3, 1, 2, 10, 0.1) for p in pin_ids]
-    return spark.createDataFrame(rows, schema.PINS_SCHEMA)
+    return spark.createDataFrame(rows, schema.spark_schema(schema.PINS))
 
 
 # --------------------------------------------------------------------------- labels
