@@ -37,6 +37,10 @@ SESSION_GAP_MS = 30 * 60 * 1000
 REQUESTS_PER_SESSION = 4.0
 REQUEST_GAP_MS = 90_000
 INTEREST_JUMP = 0.2
+SESSION_EXPLORE = 0.5  # share of sessions about a category outside the long-term interests
+SESSION_AFFINITY = 2.5  # logit boost for a pin of the session's category
+LONG_TERM_AFFINITY = 0.15
+SESSION_RETRIEVAL = 0.3  # share of PFY candidates retrieved from the session's recent engagement
 NUM_SIM_CATEGORIES = 24
 COUNTRIES = ("US", "BR", "DE", "JP", "IN", "FR")
 SEGMENT_SHARES = {"core": 0.55, "casual": 0.2, "new": 0.15, "resurrected": 0.1}
@@ -143,7 +147,7 @@ def _forward_fill_sessions(rng: np.random.Generator, user: np.ndarray, ts: np.nd
     # A fresh interest: mostly from the long-term distribution, sometimes anything.
     cum = interests[user].cumsum(axis=1)
     draw = (cum < rng.random((n, 1))).sum(axis=1) + 1
-    draw = np.where(rng.random(n) < 0.15, rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n), draw)
+    draw = np.where(rng.random(n) < SESSION_EXPLORE, rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n), draw)
     last_restart = np.maximum.accumulate(np.where(restart, np.arange(n), 0))
     return draw[last_restart]
 
@@ -192,8 +196,10 @@ def simulate(cfg: SimulatorConfig, heavy_users: int = 0, heavy_factor: float = 1
     is_follow = rng.random(n_imp) < 0.4
     cum = interests[user].cumsum(axis=1)
     from_interest = (cum < rng.random((n_imp, 1))).sum(axis=1) + 1
-    explore = rng.random(n_imp) < np.where(is_follow, 0.2, 0.5)
+    explore = rng.random(n_imp) < np.where(is_follow, 0.2, 0.4)
     cand_cat = np.where(explore, rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n_imp), from_interest)
+    responsive = ~is_follow & (rng.random(n_imp) < SESSION_RETRIEVAL)
+    cand_cat = np.where(responsive, req_session[req_index], cand_cat)
     by_cat = np.argsort(pins["category"].to_numpy(), kind="stable")
     cat_start = np.searchsorted(pins["category"].to_numpy()[by_cat], np.arange(NUM_SIM_CATEGORIES + 2))
     cat_size = np.maximum(cat_start[cand_cat + 1] - cat_start[cand_cat], 1)
@@ -213,8 +219,8 @@ def simulate(cfg: SimulatorConfig, heavy_users: int = 0, heavy_factor: float = 1
     session = req_session[req_index]
     longterm = np.log(interests[user, pin_cat - 1] * NUM_SIM_CATEGORIES + 1e-3)
     affinity = (
-        1.8 * (pin_cat == session)
-        + 0.25 * np.clip(longterm, -3.0, 3.0)
+        SESSION_AFFINITY * (pin_cat == session)
+        + LONG_TERM_AFFINITY * np.clip(longterm, -3.0, 3.0)
         + quality[pin_index]
         + 0.3 * is_follow
         - 0.03 * position
