@@ -21,8 +21,9 @@ class ReferenceTransAct(nn.Module):
         self.id_emb = nn.Embedding(buckets, id_dim)
         self.buckets = buckets
         pin_dim = pin_content.shape[1] + id_dim
+        content_dim = pin_content.shape[1]
         self.action_emb = nn.Embedding(schema.NUM_ACTION_CODES, cfg.action_dim)
-        self.proj = nn.Linear(2 * pin_dim + cfg.action_dim, cfg.d_model)
+        self.proj = nn.Linear(2 * content_dim + cfg.action_dim, cfg.d_model)
         layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         self.cats = nn.ModuleList(nn.Embedding(size, cat_dim) for size in schema.CATEGORICAL_FEATURES.values())
@@ -37,7 +38,8 @@ class ReferenceTransAct(nn.Module):
 
     def forward(self, batch):
         candidate = self.pin(batch["pin_id"])
-        tokens = self.pin(batch[schema.SEQ_PIN_ID])
+        tokens = self.content[batch[schema.SEQ_PIN_ID].clamp(max=self.content.shape[0] - 1)]
+        candidate_content = self.content[batch["pin_id"].clamp(max=self.content.shape[0] - 1)]
         actions = batch[schema.SEQ_ACTION]
         mask = actions == 0
         if self.training:
@@ -45,7 +47,7 @@ class ReferenceTransAct(nn.Module):
             age = batch["ts"].unsqueeze(1) - batch[schema.SEQ_TS]
             mask = mask | ((torch.rand(actions.shape[0], device=actions.device) < self.cfg.time_window_mask_prob).unsqueeze(1) & (age < span.unsqueeze(1)))
         mask[mask.all(dim=1), 0] = False
-        fused = torch.cat([candidate.unsqueeze(1).expand(-1, tokens.shape[1], -1), self.action_emb(actions), tokens], dim=-1)
+        fused = torch.cat([candidate_content.unsqueeze(1).expand(-1, tokens.shape[1], -1), self.action_emb(actions), tokens], dim=-1)
         out = self.encoder(self.proj(fused), src_key_padding_mask=mask)
         pooled = out.masked_fill(mask.unsqueeze(-1), float("-inf")).max(dim=1, keepdim=True).values
         seq = torch.cat([out[:, : self.cfg.kept_tokens], pooled], dim=1).flatten(1)

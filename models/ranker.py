@@ -51,19 +51,27 @@ class RankerConfig:
 
 
 class PinEncoder(nn.Module):
-    """A pin id → [frozen content embedding, learned hashed id embedding] (P = E + id_dim)."""
+    """Pin ids → frozen content embeddings (the PinSage stand-in), plus a learned hashed id embedding.
+
+    Sequence tokens use the content embedding alone, as TransAct uses PinSage: a learned
+    embedding per engaged pin overfits quickly and hides the content similarity the sequence
+    modules need. The candidate's own feature vector adds the learned id embedding.
+    """
 
     def __init__(self, content: torch.Tensor, id_dim: int):
         super().__init__()
         self.register_buffer("content", content)  # (num_pins + 1, E); row 0 is padding / unknown
         self.id_emb = nn.Embedding(PIN_ID_BUCKETS, id_dim, padding_idx=0)
+        self.content_dim = content.shape[1]
         self.out_dim = content.shape[1] + id_dim
 
-    def forward(self, pin_id: torch.Tensor) -> torch.Tensor:
+    def content_of(self, pin_id: torch.Tensor) -> torch.Tensor:
         known = pin_id < self.content.shape[0]
-        content = self.content[torch.where(known, pin_id, torch.zeros_like(pin_id))]  # (..., E)
+        return self.content[torch.where(known, pin_id, torch.zeros_like(pin_id))]  # (..., E)
+
+    def forward(self, pin_id: torch.Tensor) -> torch.Tensor:
         bucket = torch.where(pin_id > 0, 1 + pin_id % (PIN_ID_BUCKETS - 1), torch.zeros_like(pin_id))
-        return torch.cat([content, self.id_emb(bucket)], dim=-1)  # (..., P)
+        return torch.cat([self.content_of(pin_id), self.id_emb(bucket)], dim=-1)  # (..., E + id_dim)
 
 
 class CrossNetworkV2(nn.Module):
@@ -85,7 +93,7 @@ class Ranker(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pins = PinEncoder(pin_content, cfg.id_dim)
-        seq_cfg = SequenceConfig(**{**asdict(cfg.sequence), "pin_dim": self.pins.out_dim})
+        seq_cfg = SequenceConfig(**{**asdict(cfg.sequence), "pin_dim": self.pins.content_dim})
         self.sequence = build_sequence_module(cfg.sequence_module, seq_cfg)
         self.categorical = nn.ModuleDict(
             {name: nn.Embedding(size, cfg.categorical_dim) for name, size in schema.CATEGORICAL_FEATURES.items()}
@@ -105,9 +113,10 @@ class Ranker(nn.Module):
         self.heads = nn.Linear(width, len(schema.HEADS))  # one logit per action head
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        candidate = self.pins(batch["pin_id"])  # (B, P)
-        tokens = self.pins(batch[schema.SEQ_PIN_ID])  # (B, L, P)
-        seq = self.sequence(tokens, batch[schema.SEQ_ACTION], batch[schema.SEQ_TS], batch["ts"], candidate)  # (B, S)
+        candidate = self.pins(batch["pin_id"])  # (B, E + id_dim)
+        tokens = self.pins.content_of(batch[schema.SEQ_PIN_ID])  # (B, L, E)
+        candidate_content = self.pins.content_of(batch["pin_id"])  # (B, E), fused into the sequence
+        seq = self.sequence(tokens, batch[schema.SEQ_ACTION], batch[schema.SEQ_TS], batch["ts"], candidate_content)  # (B, S)
         cats = [emb(batch[name]) for name, emb in self.categorical.items()]  # C × (B, c)
         x = torch.cat([batch["dense"], *cats, candidate, seq], dim=-1)  # (B, W)
         return self.heads(self.mlp(self.cross(x)))  # (B, H)
