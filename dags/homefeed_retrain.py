@@ -63,7 +63,7 @@ def _on_failure(context) -> None:
         "raw": Param("", type="string", description="Raw data root; empty: <storage root>/raw"),
         "end_date": Param(None, type=["null", "string"], format="date", description="Last day of the window; empty: the day before the run"),
         "window_days": Param(7, type="integer", minimum=3, maximum=90, description="Days of impressions to train and evaluate on"),
-        "model": Param("transact_v10", type="string", enum=list(MODEL_NAMES), description="Architecture to train"),
+        "model": Param(None, type=["null", "string"], enum=[None, *MODEL_NAMES], description="Architecture to train; empty: the config's"),
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="Training epochs; empty: the config's"),
         "positive_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1),
         "negative_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1),

@@ -11,3 +11,17 @@ def column_types(struct: T.StructType) -> list:
         for f in struct.fields
         if not isinstance(f.dataType, T.ArrayType)
     ]
+
+
+def event_time_checks() -> list:
+    """Logs partitioned by event day: each ``ts`` inside its ``dt`` (UTC) and none in the future."""
+    return [
+        gxe.UnexpectedRowsExpectation(
+            description="ts falls inside its dt partition (UTC day)",
+            unexpected_rows_query="SELECT * FROM {batch} WHERE date_format(timestamp_millis(ts), 'yyyy-MM-dd') != dt",
+        ),
+        gxe.UnexpectedRowsExpectation(
+            description="no timestamps in the future",
+            unexpected_rows_query="SELECT * FROM {batch} WHERE ts > unix_millis(current_timestamp())",
+        ),
+    ]

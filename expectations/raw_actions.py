@@ -2,7 +2,7 @@
 
 import great_expectations.expectations as gxe
 
-from expectations.common import column_types
+from expectations.common import column_types, event_time_checks
 from homefeed import schema
 from homefeed.config import Config
 
@@ -15,13 +15,6 @@ def expectations(cfg: Config) -> list:
         *[gxe.ExpectColumnToExist(column=c) for c in [*schema.columns(schema.ACTIONS), schema.DT]],
         *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in schema.columns(schema.ACTIONS)],
         gxe.ExpectColumnValuesToBeInSet(column="action", value_set=list(schema.ACTION_NAMES)),
-        gxe.UnexpectedRowsExpectation(
-            description="ts falls inside its dt partition (UTC day)",
-            unexpected_rows_query="SELECT * FROM {batch} WHERE date_format(timestamp_millis(ts), 'yyyy-MM-dd') != dt",
-        ),
-        gxe.UnexpectedRowsExpectation(
-            description="no timestamps in the future",
-            unexpected_rows_query="SELECT * FROM {batch} WHERE ts > unix_millis(current_timestamp())",
-        ),
+        *event_time_checks(),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
     ]

@@ -2,7 +2,7 @@
 
 import great_expectations.expectations as gxe
 
-from expectations.common import column_types
+from expectations.common import column_types, event_time_checks
 from homefeed import schema
 from homefeed.config import Config
 
@@ -18,13 +18,6 @@ def expectations(cfg: Config) -> list:
         gxe.ExpectColumnValuesToBeInSet(column="source", value_set=list(schema.SOURCES)),
         gxe.ExpectColumnValuesToBeBetween(column="position", min_value=0),
         gxe.ExpectColumnValuesToBeBetween(column="pin_id", min_value=1),
-        gxe.UnexpectedRowsExpectation(
-            description="ts falls inside its dt partition (UTC day)",
-            unexpected_rows_query="SELECT * FROM {batch} WHERE date_format(timestamp_millis(ts), 'yyyy-MM-dd') != dt",
-        ),
-        gxe.UnexpectedRowsExpectation(
-            description="no timestamps in the future",
-            unexpected_rows_query="SELECT * FROM {batch} WHERE ts > unix_millis(current_timestamp())",
-        ),
+        *event_time_checks(),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
     ]

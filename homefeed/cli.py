@@ -23,6 +23,16 @@ ConfigOption = Annotated[Optional[list[Path]], typer.Option("--config", "-c", he
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@app.callback()
+def _main() -> None:
+    """Progress of long steps (epochs, stages) goes to stderr through logging."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="    %(message)s", stream=sys.stderr)
+    for noisy in ("py4j", "mlflow", "great_expectations", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def _config(files: list[Path] | None, overrides: dict | None = None) -> Config:
     try:
         return load_config(files, overrides=overrides)
@@ -171,6 +181,30 @@ def train(
 
 
 @app.command()
+def evaluate(
+    instances: Annotated[Path, typer.Option(help="Published instance dataset (its test split is scored)")],
+    model_dir: Annotated[Path, typer.Option(help="A trained model directory (train's output /model)")],
+    out: Annotated[Optional[Path], typer.Option(help="Write the full evaluation JSON here")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Score a model and the current champion on the same test split; print metrics per head."""
+    from homefeed import evaluate as ev, registry, storage
+    from homefeed.data import read_split
+    from models.zoo import load_scorer
+
+    cfg = _config(config)
+    test = read_split(str(instances), "test")
+    results = {"challenger": ev.evaluate_scorer(load_scorer(model_dir), test, cfg)}
+    version, champion = registry.load_scorer_for(cfg, registry.CHAMPION)
+    if champion is not None:
+        results[f"champion v{version}"] = ev.evaluate_scorer(champion, test, cfg)
+    if out:
+        storage.write_json(out, results)
+    for name, result in results.items():
+        typer.echo(json.dumps({"model": name, **ev.headline(result), "intervals": result["intervals"]}))
+
+
+@app.command()
 def promote(
     version: Annotated[str, typer.Option(help="Model version to make champion")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit log)")] = "",
@@ -281,7 +315,9 @@ def run(
     label = label or time.strftime("run-%Y%m%dT%H%M%S")
     conf = {"raw": str(Path(raw).resolve()), "end_date": end_day, "window_days": cfg.simulator.days, "run_label": label}
     started = _step(f"running DAG homefeed_retrain on {raw} (window ending {end_day})")
-    run_dag(cfg, "homefeed_retrain", conf, f"{end_day}T06:00:00+00:00", config)
+    # A fresh logical date per run: `airflow dags test` resumes an existing run of the same date.
+    logical_date = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    run_dag(cfg, "homefeed_retrain", conf, logical_date, config)
     _done(started)
     directory = pipeline.run_dir(cfg, label)
     state = registry.state(cfg)

@@ -89,7 +89,7 @@ class ValidationConfig(_Section):
 
 
 class TrainConfig(_Section):
-    model: str = "transact_v10"
+    model: str = "transact_v11"
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(512, ge=1)
     learning_rate: float = Field(2e-3, gt=0)

@@ -61,6 +61,7 @@ def evaluate_probabilities(table: pa.Table, probs: np.ndarray, cfg: Config) -> d
         "hit_k": cfg.evaluation.hit_k,
         "overall": _slice_metrics(cols, probs, everything, cfg),
         "slices": {name: _slice_metrics(cols, probs, np.flatnonzero(pick(cols)), cfg) for name, pick in SLICES.items()},
+        "roc": {h: metrics.roc_points(cols["labels"][:, i], probs[:, i], cols["weights"]) for i, h in enumerate(schema.HEADS)},
         "calibration": {
             h: metrics.calibration(cols["labels"][:, i], probs[:, i], cols["weights"]) for i, h in enumerate(schema.HEADS)
         },

@@ -14,7 +14,7 @@ candidates hold at least one of those positives.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import log_loss, mean_squared_error, r2_score, roc_auc_score
+from sklearn.metrics import log_loss, mean_squared_error, r2_score, roc_auc_score, roc_curve
 
 
 def auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float:
@@ -106,3 +106,12 @@ def bootstrap_interval(
     if not values:
         return float("nan"), float("nan")
     return float(np.quantile(values, alpha / 2)), float(np.quantile(values, 1 - alpha / 2))
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None, points: int = 50) -> dict[str, list[float]]:
+    """A down-sampled ROC curve for plots; empty when only one class is present."""
+    if len(np.unique(labels)) < 2:
+        return {"fpr": [], "tpr": []}
+    fpr, tpr, _ = roc_curve(labels, scores, sample_weight=weights)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(points, len(fpr))).astype(int))
+    return {"fpr": fpr[keep].round(4).tolist(), "tpr": tpr[keep].round(4).tolist()}

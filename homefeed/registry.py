@@ -253,3 +253,15 @@ def input_example(table: pa.Table, rows: int = 3) -> pd.DataFrame:
         elif frame[column].dtype == np.float32:
             frame[column] = frame[column].astype(np.float64)
     return frame
+
+
+def apply_manual_change(cfg: Config, params: dict[str, Any], actor: str) -> dict[str, Any]:
+    """The promote DAG's one call: ``action`` promote (``version``) or rollback, audited."""
+    if params.get("action") == "rollback":
+        return rollback(cfg, params.get("reason") or "manual rollback", actor=actor)
+    if not params.get("version"):
+        raise PromotionRefused("promote needs a version")
+    return promote(
+        cfg, str(params["version"]), reason=params.get("reason", ""), gate="manual",
+        force=bool(params.get("force")), change_holdout=bool(params.get("change_holdout")), actor=actor,
+    )

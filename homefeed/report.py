@@ -63,6 +63,23 @@ def _calibration_plot(calibration: dict[str, list[dict[str, float]]]) -> str:
     return out
 
 
+def _roc_plot(curves: dict[str, dict[str, list[float]]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for head, curve in curves.items():
+        ax.plot(curve["fpr"], curve["tpr"], label=head)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
+    ax.set(title="ROC (challenger)", xlabel="false positive rate", ylabel="true positive rate")
+    ax.legend(fontsize=7)
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
 def _table(rows: list[list[Any]], header: list[str]) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):
@@ -110,7 +127,10 @@ def write(cfg: Config, directory: Path, registry_state: dict[str, Any]) -> Path:
             parts.append(_training_plot(train["history"]))
     if "evaluate" in results:
         parts.append("<h2>Challenger vs champion (test split)</h2>" + _comparison(results["evaluate"]))
-        parts.append("<h3>Calibration (challenger)</h3>" + _calibration_plot(results["evaluate"]["challenger"]["calibration"]))
+        challenger = results["evaluate"]["challenger"]
+        if challenger.get("roc"):
+            parts.append(_roc_plot(challenger["roc"]))
+        parts.append("<h3>Calibration (challenger)</h3>" + _calibration_plot(challenger["calibration"]))
     if "gate" in results:
         gate = results["gate"]
         parts.append(f"<h2>Gate: {'passed' if gate['passed'] else 'FAILED'}</h2><p>{html.escape(gate['summary'])}</p>")

@@ -9,6 +9,7 @@ watches the primary head's validation AUC. Rank 0 alone writes the model and met
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -31,6 +32,8 @@ from models.ranker import Ranker, RankerConfig, pin_content_table, weighted_bce
 from models.sequence import SequenceConfig
 from models.zoo import write_model_info
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT = "checkpoint.pt"
 MODEL_DIR = "model"
 METRICS = "train_metrics.json"
@@ -52,7 +55,7 @@ def ranker_config(cfg: TrainConfig) -> RankerConfig:
         sequence_module=cfg.model,
         sequence=SequenceConfig(
             d_model=cfg.d_model,
-            num_layers=cfg.num_layers if cfg.model != "transact_v11" else max(cfg.num_layers, 2),
+            num_layers=cfg.num_layers,
             num_heads=cfg.num_heads,
             dim_feedforward=cfg.dim_feedforward,
             action_dim=cfg.embedding_dim,
@@ -193,8 +196,8 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainRes
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "state": state}, tmp)
             tmp.replace(checkpoint_path)
-            print(f"epoch {epoch}: loss {state['history'][-1]['train_loss']:.4f} val auc/{schema.PRIMARY_HEAD} {val_auc:.4f}"
-                  f" ({examples * world_size / max(elapsed, 1e-9):.0f} examples/s)", flush=True)
+            log.info("epoch %d: loss %.4f, val auc/%s %.4f, %.0f examples/s", epoch, state["history"][-1]["train_loss"],
+                     schema.PRIMARY_HEAD, val_auc, examples * world_size / max(elapsed, 1e-9))
 
     result = None
     if rank == 0:

@@ -58,7 +58,7 @@ def test_params_defaults_validate_and_bad_values_are_rejected(dagbag):
 
     dag = dagbag.dags["homefeed_retrain"]
     defaults = dag.params.validate()
-    assert defaults["model"] == "transact_v10" and defaults["auto_promote"] is True
+    assert defaults["model"] is None and defaults["auto_promote"] is True  # None: the config's model
     for bad in ({"model": "resnet"}, {"window_days": 1}, {"negative_rate": 0}, {"end_date": "next tuesday"}):
         params = ParamsDict({k: v for k, v in dag.params.items()})
         with pytest.raises((ParamValidationError, ValueError)):

@@ -53,3 +53,31 @@ def test_first_run_promotes_and_a_worse_model_stops_at_the_gate(airflow_db, dagb
     evaluation = json.loads((pipeline.run_dir(retrain_env, "second") / "evaluate.json").read_text())
     assert evaluation["champion_version"] == "1"
     assert evaluation["champion"]["rows"] == evaluation["challenger"]["rows"]
+
+
+def test_promote_dag_changes_the_registry_through_the_same_functions(airflow_db, dagbag, tmp_path, monkeypatch, instances_dir, base_config):
+    from homefeed import registry
+    from homefeed import train as trainer
+    from homefeed.config import load_config
+    from homefeed.data import read_split
+
+    monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path / "store"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config()
+    model_dir = trainer.train(str(instances_dir), str(tmp_path / "lr"), cfg.with_overrides({"train": {"model": "lr"}})).model_dir
+    example = registry.input_example(read_split(str(instances_dir), "test"))
+    run_id = registry.client(cfg).create_run(registry.experiment_id(cfg)).info.run_id
+    v1 = registry.log_and_register(cfg, run_id, model_dir, example, {})
+    v2 = registry.log_and_register(cfg, run_id, model_dir, example, {})
+    dag = dagbag.dags["homefeed_promote"]
+
+    assert dag.test(run_conf={"action": "promote", "version": v1, "reason": "first"}).state == "success"
+    assert dag.test(run_conf={"action": "promote", "version": v2, "reason": "second"}).state == "success"
+    assert dag.test(run_conf={"action": "rollback", "reason": "bad canary"}).state == "success"
+    state = registry.state(cfg)
+    assert (state.champion, state.previous) == (v1, v2)
+    actors = {r["actor"] for r in registry.history(cfg)}
+    assert actors == {"airflow:homefeed_promote"}
+    # A version that does not exist fails the task and leaves the champion alone.
+    assert dag.test(run_conf={"action": "promote", "version": "999", "reason": "typo"}).state == "failed"
+    assert registry.state(cfg).champion == v1

@@ -1,0 +1,47 @@
+"""
+### homefeed_promote
+
+Manual registry operations for ML engineers, through the same functions as `homefeed promote`
+and `homefeed rollback`: make a version the champion (the old one becomes `previous`), or roll
+back to `previous`. Every change is audited (version tags + `registry/audit.jsonl`). A forced
+promotion, or a change of the holdout group, needs a reason.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+
+
+@dag(
+    dag_id="homefeed_promote",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["homefeed", "registry"],
+    default_args={"owner": "homefeed", "retries": 1, "retry_delay": timedelta(seconds=30)},
+    params={
+        "action": Param("promote", type="string", enum=["promote", "rollback"]),
+        "version": Param(None, type=["null", "string"], pattern="^[0-9]+$", description="Version to promote (promote only)"),
+        "reason": Param("", type="string", description="Why; required for force, rollback and holdout changes"),
+        "force": Param(False, type="boolean", description="Promote without a passing gate (recorded)"),
+        "change_holdout": Param(False, type="boolean", description="Allow a holdout configuration change"),
+    },
+)
+def homefeed_promote():
+    @task
+    def change_registry():
+        from homefeed import registry
+        from homefeed.config import load_config
+
+        params = get_current_context()["params"]
+        return registry.apply_manual_change(load_config(), dict(params), actor="airflow:homefeed_promote")
+
+    change_registry()
+
+
+homefeed_promote()

@@ -1,0 +1,42 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from homefeed import evaluate, schema
+
+
+def table(n_requests=40, per_request=5, seed=0):
+    rng = np.random.default_rng(seed)
+    n = n_requests * per_request
+    data = {
+        "request_id": np.repeat([f"r{i}" for i in range(n_requests)], per_request),
+        schema.SEGMENT: np.where(np.arange(n) % 2 == 0, "core", "new"),
+        "source": np.where(np.arange(n) % 3 == 0, "follow", "pfy"),
+        schema.SAMPLE_WEIGHT: np.ones(n, np.float32),
+    }
+    for head in schema.HEADS:
+        data[schema.label_column(head)] = (rng.random(n) < 0.2).astype(np.int32)
+    data[schema.label_column("hide")] = (np.arange(n) % per_request == 0).astype(np.int32)  # one hide per request
+    return pa.table(data)
+
+
+def test_perfect_scores_give_auc_and_hit_one(base_config):
+    t = table()
+    labels = np.stack([t.column(c).to_numpy() for c in schema.LABEL_COLUMNS], axis=1).astype(float)
+    result = evaluate.evaluate_probabilities(t, labels * 0.9 + 0.05, base_config)
+    assert result["overall"]["repin"]["auc"] == pytest.approx(1.0)
+    assert result["overall"]["repin"]["hit"] == pytest.approx(1.0)
+    assert set(result["slices"]) == {"core", "non_core", "follow", "pfy"}
+    lo, hi = result["intervals"]["auc/repin"]
+    assert lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
+
+
+def test_hide_hit_ranks_by_the_feed_utility_not_the_hide_head(base_config):
+    t = table()
+    labels = np.stack([t.column(c).to_numpy() for c in schema.LABEL_COLUMNS], axis=1).astype(float)
+    probs = np.full(labels.shape, 0.1)
+    hide = schema.HEADS.index("hide")
+    probs[:, hide] = labels[:, hide]  # a perfect hide head pushes hidden pins *down* the feed
+    result = evaluate.evaluate_probabilities(t, probs, base_config)
+    assert result["overall"]["hide"]["auc"] == pytest.approx(1.0)
+    assert result["overall"]["hide"]["hit"] == pytest.approx(0.0)  # no hidden pin in anyone's top 3
