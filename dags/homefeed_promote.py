@@ -2,8 +2,8 @@
 ### homefeed_promote
 
 Manual registry operations for ML engineers, through the same functions as `homefeed promote`
-and `homefeed rollback`: make a version the champion (the old one becomes `previous`), or roll
-back to `previous`. Every change is audited (version tags + `registry/audit.jsonl`). A forced
+and `homefeed rollback`: point `champion` at a version (the old one becomes `previous`), stage a
+version as `challenger`, or roll back to `previous`. Every change is audited (version tags + `registry/audit.jsonl`). A forced
 promotion, or a change of the holdout group, needs a reason.
 """
 
@@ -25,8 +25,10 @@ from airflow.sdk import Param, dag, get_current_context, task
     tags=["homefeed", "registry"],
     default_args={"owner": "homefeed", "retries": 1, "retry_delay": timedelta(seconds=30)},
     params={
-        "action": Param("promote", type="string", enum=["promote", "rollback"]),
-        "version": Param(None, type=["null", "string"], pattern="^[0-9]+$", description="Version to promote (promote only)"),
+        "version": Param(None, type=["null", "string"], pattern="^[0-9]+$", description="Version to point the alias at; empty with rollback"),
+        "alias": Param("champion", type="string", enum=["champion", "challenger"],
+                       description="champion: promote (the old champion becomes previous); challenger: stage a candidate"),
+        "rollback": Param(False, type="boolean", description="Instead: champion ← previous"),
         "reason": Param("", type="string", description="Why; required for force, rollback and holdout changes"),
         "force": Param(False, type="boolean", description="Promote without a passing gate (recorded)"),
         "change_holdout": Param(False, type="boolean", description="Allow a holdout configuration change"),

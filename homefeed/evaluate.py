@@ -41,6 +41,9 @@ def _head_scores(probs: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
 
 def _slice_metrics(cols: dict[str, np.ndarray], probs: np.ndarray, rows: np.ndarray, cfg: Config) -> dict[str, dict[str, float]]:
     k = cfg.evaluation.hit_k
+    if len(rows) == 0:  # an empty slice (e.g. no Follow impressions that day) has no metrics
+        nan = float("nan")
+        return {h: {"auc": nan, "logloss": nan, "mse": nan, "rmse": nan, "r2": nan, "observed_rate": nan, "predicted_rate": nan, "hit": nan} for h in schema.HEADS}
     scores = _head_scores(probs[rows], cfg)
     out = {}
     for i, head in enumerate(schema.HEADS):

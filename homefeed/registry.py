@@ -256,12 +256,31 @@ def input_example(table: pa.Table, rows: int = 3) -> pd.DataFrame:
 
 
 def apply_manual_change(cfg: Config, params: dict[str, Any], actor: str) -> dict[str, Any]:
-    """The promote DAG's one call: ``action`` promote (``version``) or rollback, audited."""
-    if params.get("action") == "rollback":
+    """The promote DAG's one call: roll back, or point ``alias`` at ``version``; audited."""
+    if params.get("rollback"):
         return rollback(cfg, params.get("reason") or "manual rollback", actor=actor)
     if not params.get("version"):
-        raise PromotionRefused("promote needs a version")
+        raise PromotionRefused("a version is needed unless rollback is set")
+    version = str(params["version"])
+    if params.get("alias", CHAMPION) == CHALLENGER:
+        return stage_challenger(cfg, version, reason=params.get("reason", ""), actor=actor)
     return promote(
-        cfg, str(params["version"]), reason=params.get("reason", ""), gate="manual",
+        cfg, version, reason=params.get("reason", ""), gate="manual",
         force=bool(params.get("force")), change_holdout=bool(params.get("change_holdout")), actor=actor,
     )
+
+
+def stage_challenger(cfg: Config, version: str, reason: str, actor: str | None = None) -> dict[str, Any]:
+    """Point ``challenger`` at an existing version (for a manual comparison run), audited."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(cfg).get_model_version(cfg.registry.model_name, version)
+    except MlflowException:
+        raise PromotionRefused(f"{cfg.registry.model_name} has no version {version}") from None
+    old = alias_version(cfg, CHALLENGER)
+    client(cfg).set_registered_model_alias(cfg.registry.model_name, CHALLENGER, version)
+    record = {"event": "stage", "version": version, "from_version": old, "reason": reason,
+              "actor": actor or getpass.getuser(), "at_ms": int(time.time() * 1000)}
+    _audit(cfg, version, record)
+    return record

@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +118,9 @@ def write(cfg: Config, directory: Path, registry_state: dict[str, Any]) -> Path:
         ))
     for stage in ("validate_raw", "validate_instances"):
         if stage in results:
-            docs = results[stage]["data_docs"]
+            docs = os.path.relpath(results[stage]["data_docs"], directory)  # the report sits in the run directory
             parts.append(f"<h2>Checks: {stage}</h2><pre>{html.escape(chr(10).join(results[stage]['suites']))}</pre>"
-                         f'<p><a href="{html.escape(Path(docs).as_uri())}">Data Docs</a></p>')
+                         f'<p><a href="{html.escape(docs)}">Data Docs</a></p>')
     if "train" in results:
         train = results["train"]
         parts.append(f"<h2>Training: {html.escape(train['model'])}</h2><p>{train['examples_per_second']:.0f} examples/s</p>")

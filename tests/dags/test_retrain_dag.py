@@ -71,13 +71,15 @@ def test_promote_dag_changes_the_registry_through_the_same_functions(airflow_db,
     v2 = registry.log_and_register(cfg, run_id, model_dir, example, {})
     dag = dagbag.dags["homefeed_promote"]
 
-    assert dag.test(run_conf={"action": "promote", "version": v1, "reason": "first"}).state == "success"
-    assert dag.test(run_conf={"action": "promote", "version": v2, "reason": "second"}).state == "success"
-    assert dag.test(run_conf={"action": "rollback", "reason": "bad canary"}).state == "success"
+    assert dag.test(run_conf={"version": v1, "reason": "first"}).state == "success"
+    assert dag.test(run_conf={"version": v2, "alias": "challenger", "reason": "compare by hand"}).state == "success"
+    assert registry.state(cfg).challenger == v2 and registry.state(cfg).champion == v1
+    assert dag.test(run_conf={"version": v2, "reason": "second"}).state == "success"
+    assert dag.test(run_conf={"rollback": True, "reason": "bad canary"}).state == "success"
     state = registry.state(cfg)
     assert (state.champion, state.previous) == (v1, v2)
     actors = {r["actor"] for r in registry.history(cfg)}
     assert actors == {"airflow:homefeed_promote"}
     # A version that does not exist fails the task and leaves the champion alone.
-    assert dag.test(run_conf={"action": "promote", "version": "999", "reason": "typo"}).state == "failed"
+    assert dag.test(run_conf={"version": "999", "reason": "typo"}).state == "failed"
     assert registry.state(cfg).champion == v1
