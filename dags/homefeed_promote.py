@@ -37,11 +37,17 @@ from airflow.sdk import Param, dag, get_current_context, task
 def homefeed_promote():
     @task
     def change_registry():
+        from airflow.sdk.exceptions import AirflowFailException
+
         from homefeed import registry
         from homefeed.config import load_config
 
         params = get_current_context()["params"]
-        return registry.apply_manual_change(load_config(), dict(params), actor="airflow:homefeed_promote")
+        try:
+            return registry.apply_manual_change(load_config(), dict(params), actor="airflow:homefeed_promote")
+        except registry.PromotionRefused as refused:
+            # A refusal is a decision, not a transient error: retrying cannot change it.
+            raise AirflowFailException(str(refused)) from refused
 
     change_registry()
 
