@@ -74,9 +74,22 @@ class SparkConfig(_Section):
     driver_memory: str = "4g"
 
 
+class DriftConfig(_Section):
+    """Largest change from the previous successful run's instances that still passes."""
+
+    enabled: bool = True
+    label_rate_relative: float = Field(0.5, gt=0)
+    feature_mean_std: float = Field(0.5, gt=0)
+    feature_quantile_std: float = Field(1.0, gt=0)
+    null_rate_absolute: float = Field(0.05, ge=0)
+    seq_len_relative: float = Field(0.5, gt=0)
+    seq_len_empty_absolute: float = Field(0.2, ge=0)
+
+
 class ValidationConfig(_Section):
     label_rate_bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
     max_seq_len: int = schema.SEQ_LEN
+    drift: DriftConfig = DriftConfig()
 
     @field_validator("label_rate_bounds")
     @classmethod

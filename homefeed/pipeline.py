@@ -76,8 +76,28 @@ def validate_instances(cfg: Config, directory: Path) -> dict[str, Any]:
     from homefeed import validation
 
     instances = _load(directory, "build_instances")["instances"]
-    reports = validation.validate(_spark(cfg), "instances", instances, cfg, directory / "data_docs")
-    return _record(directory, "validate_instances", {"suites": [r.describe() for r in reports], "data_docs": str(directory / "data_docs" / "index.html")})
+    spark = _spark(cfg)
+    reports = validation.validate(spark, "instances", instances, cfg, directory / "data_docs")
+    shift = check_drift(cfg, spark, instances, directory)
+    return _record(directory, "validate_instances", {"suites": [r.describe() for r in reports], "drift": shift,
+                                                     "data_docs": str(directory / "data_docs" / "index.html")})
+
+
+def check_drift(cfg: Config, spark, instances: str, directory: Path) -> str:
+    """Compare with the previous run's instances; raises ValidationFailed past the limits."""
+    from homefeed import drift, validation
+
+    if not cfg.validation.drift.enabled:
+        return "disabled"
+    frame = spark.read.option("pathGlobFilter", "*.parquet").parquet(instances)
+    current = drift.profile(frame, storage.read_manifest(instances)["feature_stats"])
+    previous = drift.previous_profile(cfg.storage.root, directory.name)
+    report = drift.compare(current, previous[1], cfg.validation.drift, previous[0]) if previous else None
+    drift.save(directory, current, report, previous[0] if previous else None)
+    if report is not None and not report.success:
+        raise validation.ValidationFailed([report])
+    drift.accept(cfg.storage.root, directory.name, current)
+    return report.describe() if report else "no previous run to compare with (this run is the baseline)"
 
 
 def _mlflow_run(cfg: Config, directory: Path) -> str:

@@ -106,6 +106,19 @@ def _comparison(evaluation: dict[str, Any]) -> str:
     return table + "<h3>Bootstrap intervals (requests resampled)</h3>" + intervals
 
 
+def _drift(saved: dict[str, Any]) -> str:
+    """The statistics that moved most against their limits, failures first."""
+    if saved["comparison"] is None:
+        return "<h2>Drift</h2><p>No previous run to compare with; this run's profile is the baseline.</p>"
+    outcomes = [o for o in saved["comparison"]["outcomes"] if "change" in o["expected"]]
+    outcomes.sort(key=lambda o: o["expected"]["change"] / o["expected"]["max_change"], reverse=True)
+    rows = [[o["expectation"].removeprefix("drift:"), o["success"], o["expected"]["previous"], o["observed"],
+             o["expected"]["change"], f'{o["expected"]["max_change"]} ({o["expected"]["measured_as"]})'] for o in outcomes[:12]]
+    verdict = "passed" if saved["comparison"]["success"] else "FAILED"
+    return (f"<h2>Drift vs run {html.escape(str(saved['previous_run']))}: {verdict}</h2>"
+            + _table(rows, ["statistic", "passed", "previous", "now", "change", "limit"]))
+
+
 def write(cfg: Config, directory: Path, registry_state: dict[str, Any]) -> Path:
     results = {s: json.loads((directory / f"{s}.json").read_text()) for s in STAGES if (directory / f"{s}.json").exists()}
     parts = [f"<h1>homefeed retraining run {html.escape(directory.name)}</h1>"]
@@ -121,6 +134,8 @@ def write(cfg: Config, directory: Path, registry_state: dict[str, Any]) -> Path:
             docs = os.path.relpath(results[stage]["data_docs"], directory)  # the report sits in the run directory
             parts.append(f"<h2>Checks: {stage}</h2><pre>{html.escape(chr(10).join(results[stage]['suites']))}</pre>"
                          f'<p><a href="{html.escape(docs)}">Data Docs</a></p>')
+    if (directory / "drift.json").exists():
+        parts.append(_drift(json.loads((directory / "drift.json").read_text())))
     if "train" in results:
         train = results["train"]
         parts.append(f"<h2>Training: {html.escape(train['model'])}</h2><p>{train['examples_per_second']:.0f} examples/s</p>")
