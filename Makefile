@@ -1,6 +1,7 @@
 # homefeed: two commands on a fresh machine with Python 3.11 and Java 17.
 #   make run   installs into .venv and runs a full retraining pipeline on the embedded default
 #   make test  installs into .venv and runs the test suite
+#   make airflow  the Airflow UI (standalone) with the project's DAGs
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -25,10 +26,15 @@ run: $(STAMP)
 	$(BIN)/homefeed run
 
 test: $(STAMP)
+	@bash scripts/install_browser.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The Airflow UI with the project's DAGs on http://127.0.0.1:8080 (login printed first).
+airflow: $(STAMP)
+	$(BIN)/homefeed airflow
 
 clean:
 	rm -rf .homefeed

@@ -41,13 +41,14 @@ def homefeed_promote():
 
         from homefeed import registry
         from homefeed.config import load_config
+        from homefeed.errors import PermanentError
 
         params = get_current_context()["params"]
         try:
             return registry.apply_manual_change(load_config(), dict(params), actor="airflow:homefeed_promote")
-        except registry.PromotionRefused as refused:
+        except PermanentError as refused:
             # A refusal is a decision, not a transient error: retrying cannot change it.
-            raise AirflowFailException(str(refused)) from refused
+            raise AirflowFailException(f"{type(refused).__name__}: {refused}") from refused
 
     change_registry()
 

@@ -16,10 +16,11 @@ Every task writes under `<storage root>/runs/<run>/` and is idempotent on retry.
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task, teardown
 
 from models import MODEL_NAMES
 
@@ -36,6 +37,23 @@ def _run():
     directory = pipeline.run_dir(cfg, params.get("run_label") or context["run_id"])
     logical = context.get("logical_date") or pendulum.now("UTC")
     return cfg, directory, params, pipeline.data_window(params, logical.date())
+
+
+def _fail_fast(stage):
+    """Bad input and refusals fail the task at once; retries are kept for transient trouble."""
+
+    @functools.wraps(stage)
+    def run_stage():
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from homefeed.errors import PermanentError
+
+        try:
+            return stage()
+        except PermanentError as error:
+            raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+
+    return run_stage
 
 
 def _on_failure(context) -> None:
@@ -60,7 +78,7 @@ def _on_failure(context) -> None:
         "on_failure_callback": _on_failure,
     },
     params={
-        "raw": Param("", type="string", description="Raw data root; empty: <storage root>/raw"),
+        "raw": Param(None, type=["null", "string"], description="Raw data root; empty: <storage root>/raw"),
         "end_date": Param(None, type=["null", "string"], format="date", description="Last day of the window; empty: the day before the run"),
         "window_days": Param(7, type="integer", minimum=3, maximum=90, description="Days of impressions to train and evaluate on"),
         "model": Param(None, type=["null", "string"], enum=[None, *MODEL_NAMES], description="Architecture to train; empty: the config's"),
@@ -69,11 +87,12 @@ def _on_failure(context) -> None:
         "negative_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1),
         "min_auc_repin": Param(None, type=["null", "number"], minimum=0, maximum=1, description="Gate: absolute repin AUC floor"),
         "auto_promote": Param(True, type="boolean", description="Promote to champion when the gate passes"),
-        "run_label": Param("", type="string", description="Names the run directory; empty: the Airflow run id"),
+        "run_label": Param(None, type=["null", "string"], pattern="^[A-Za-z0-9._-]+$", description="Names the run directory; empty: the Airflow run id"),
     },
 )
 def homefeed_retrain():
     @task
+    @_fail_fast
     def check_raw():
         from homefeed import pipeline
 
@@ -81,6 +100,7 @@ def homefeed_retrain():
         return pipeline.check_raw(cfg, pipeline.raw_root(cfg, params), directory)
 
     @task
+    @_fail_fast
     def validate_raw():
         from homefeed import pipeline
 
@@ -88,6 +108,7 @@ def homefeed_retrain():
         return pipeline.validate_raw(cfg, pipeline.raw_root(cfg, params), directory)
 
     @task
+    @_fail_fast
     def build_instances():
         from homefeed import pipeline
 
@@ -95,6 +116,7 @@ def homefeed_retrain():
         return pipeline.build_instances(cfg, pipeline.raw_root(cfg, params), directory, start, end)["rows"]
 
     @task
+    @_fail_fast
     def validate_instances():
         from homefeed import pipeline
 
@@ -102,6 +124,7 @@ def homefeed_retrain():
         return pipeline.validate_instances(cfg, directory)
 
     @task
+    @_fail_fast
     def train():
         from homefeed import pipeline
 
@@ -109,6 +132,7 @@ def homefeed_retrain():
         return pipeline.train(cfg, directory)["validation_auc"]
 
     @task
+    @_fail_fast
     def evaluate():
         from homefeed import pipeline
 
@@ -128,6 +152,7 @@ def homefeed_retrain():
         return decision["summary"]
 
     @task
+    @_fail_fast
     def register():
         from homefeed import pipeline
 
@@ -135,13 +160,16 @@ def homefeed_retrain():
         return pipeline.register(cfg, directory)["version"]
 
     @task
+    @_fail_fast
     def promote():
         from homefeed import pipeline
 
         cfg, directory, params, _ = _run()
         return pipeline.promote(cfg, directory, bool(params.get("auto_promote", True)))
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    # A teardown runs once everything upstream is done, whatever the outcome, and (unlike an
+    # ALL_DONE leaf) leaves the run's state to the stages: a run stopped by bad data shows failed.
+    @teardown
     def report():
         from homefeed import pipeline
 

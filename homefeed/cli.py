@@ -201,7 +201,7 @@ def evaluate(
     if out:
         storage.write_json(out, results)
     for name, result in results.items():
-        typer.echo(json.dumps({"model": name, **ev.headline(result), "intervals": result["intervals"]}))
+        typer.echo(json.dumps({"model": name, **ev.headline(result), "intervals": result["intervals"]["overall"]}))
 
 
 @app.command()
@@ -272,6 +272,8 @@ def airflow_env(cfg: Config, config_files: list[Path] | None = None) -> dict[str
     return {
         **os.environ,
         "AIRFLOW_HOME": str(home),
+        # Airflow starts its components as `airflow …` by name: the venv's must come first.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
@@ -292,6 +294,42 @@ def run_dag(cfg: Config, dag_id: str, conf: dict, logical_date: str, config_file
     completed = subprocess.run([airflow, "dags", "test", dag_id, logical_date, "-c", json.dumps(conf)], env=env)
     if completed.returncode != 0:
         raise typer.Exit(completed.returncode)
+
+
+def airflow_login(home: Path) -> tuple[str, str]:
+    """The embedded Airflow's one user and its password, made once and kept in AIRFLOW_HOME."""
+    import secrets
+
+    passwords = home / "passwords.json"
+    if not passwords.exists():
+        passwords.write_text(json.dumps({"admin": secrets.token_urlsafe(12)}))
+        passwords.chmod(0o600)
+    return "admin", json.loads(passwords.read_text())["admin"]
+
+
+@app.command()
+def airflow(
+    port: Annotated[int, typer.Option(help="API server / UI port on 127.0.0.1")] = 8080,
+    config: ConfigOption = None,
+) -> None:
+    """Start `airflow standalone` with the project's DAGs on 127.0.0.1 and print the login."""
+    cfg = _config(config)
+    env = airflow_env(cfg, config)
+    home = Path(env["AIRFLOW_HOME"])
+    user, password = airflow_login(home)
+    env.update({
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+    })
+    typer.echo(f"Airflow UI: http://127.0.0.1:{port}   login: {user} / {password}   (AIRFLOW_HOME={home})")
+    typer.echo("DAGs: homefeed_retrain (trigger with the parameter form), homefeed_promote. Ctrl-C stops it.")
+    airflow_bin = str(Path(sys.executable).with_name("airflow"))
+    os.execve(airflow_bin, [airflow_bin, "standalone"], env)
 
 
 @app.command()

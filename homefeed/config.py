@@ -18,12 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from homefeed import schema
+from homefeed.errors import PermanentError
 
 ENV_PREFIX = "HOMEFEED__"
 CONFIG_FILES_ENV = "HOMEFEED_CONFIG"
 
 
-class ConfigError(ValueError):
+class ConfigError(PermanentError, ValueError):
     """A configuration that cannot be used; the message names the offending key."""
 
 
@@ -158,11 +159,21 @@ class GatesConfig(_Section):
     max_auc_drop: dict[str, float] = Field(default_factory=dict)
     max_hit_drop: dict[str, float] = Field(default_factory=dict)
     max_hide_hit_rise: float | None = None
+    # Slices (homefeed.evaluate.SLICES) whose metrics must pass the same checks as the whole set.
+    slices: list[str] = Field(default_factory=list)
 
     @field_validator("min_auc", "max_auc_drop", "max_hit_drop")
     @classmethod
     def _heads(cls, value: dict[str, float]) -> dict[str, float]:
         return _check_heads(value, "gate thresholds")
+
+    @field_validator("slices")
+    @classmethod
+    def _known_slices(cls, value: list[str]) -> list[str]:
+        unknown = set(value) - set(schema.SLICES)
+        if unknown:
+            raise ValueError(f"unknown slices {sorted(unknown)}; slices are {list(schema.SLICES)}")
+        return value
 
 
 class RegistryConfig(_Section):

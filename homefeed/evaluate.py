@@ -21,11 +21,19 @@ SLICES = {
     "follow": lambda t: t["source"] == "follow",
     "pfy": lambda t: t["source"] == "pfy",
 }
+assert tuple(SLICES) == schema.SLICES
+
+
+METRICS = ("auc", "logloss", "mse", "rmse", "r2", "observed_rate", "predicted_rate", "hit")
+BOOTSTRAP_CHUNK = 50  # replicates per pass: bounds memory at chunk × rows weights
 
 
 def _columns(table: pa.Table) -> dict[str, np.ndarray]:
+    request_id = table.column("request_id").to_numpy(zero_copy_only=False)
+    _, request_code = np.unique(request_id, return_inverse=True)
     return {
-        "request_id": table.column("request_id").to_numpy(zero_copy_only=False),
+        "request_id": request_id,
+        "request_code": request_code,
         "segment": table.column(schema.SEGMENT).to_numpy(zero_copy_only=False),
         "source": table.column("source").to_numpy(zero_copy_only=False),
         "labels": np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in schema.LABEL_COLUMNS], axis=1),
@@ -39,50 +47,62 @@ def _head_scores(probs: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
     return {h: (utility if h == schema.NEGATIVE_HEAD else probs[:, i]) for i, h in enumerate(schema.HEADS)}
 
 
-def _slice_metrics(cols: dict[str, np.ndarray], probs: np.ndarray, rows: np.ndarray, cfg: Config) -> dict[str, dict[str, float]]:
-    k = cfg.evaluation.hit_k
+def _slice_metrics(cols: dict[str, np.ndarray], probs: np.ndarray, scores: dict[str, np.ndarray], rows: np.ndarray, k: int) -> dict[str, dict[str, float]]:
     if len(rows) == 0:  # an empty slice (e.g. no Follow impressions that day) has no metrics
-        nan = float("nan")
-        return {h: {"auc": nan, "logloss": nan, "mse": nan, "rmse": nan, "r2": nan, "observed_rate": nan, "predicted_rate": nan, "hit": nan} for h in schema.HEADS}
-    scores = _head_scores(probs[rows], cfg)
+        return {h: dict.fromkeys(METRICS, float("nan")) for h in schema.HEADS}
     out = {}
     for i, head in enumerate(schema.HEADS):
         labels = cols["labels"][rows, i]
         out[head] = {
             **metrics.head_metrics(labels, probs[rows, i], cols["weights"][rows]),
-            "hit": metrics.hit_at_k(cols["request_id"][rows], labels, scores[head], k),
+            "hit": metrics.hit_at_k(cols["request_id"][rows], labels, scores[head][rows], k),
         }
     return out
 
 
+def _slice_intervals(cols: dict[str, np.ndarray], probs: np.ndarray, scores: dict[str, np.ndarray], rows: np.ndarray,
+                     counts: np.ndarray, k: int) -> dict[str, dict[str, list[float]]]:
+    """95% bootstrap interval of every metric of every head, from shared request replicates."""
+    nan = [float("nan"), float("nan")]
+    if len(rows) == 0 or len(counts) == 0:
+        return {h: dict.fromkeys(METRICS, nan) for h in schema.HEADS}
+    codes = cols["request_code"][rows]
+    out = {}
+    for i, head in enumerate(schema.HEADS):
+        labels = cols["labels"][rows, i]
+        hit, has_positive = metrics.hits_per_group(codes, labels, scores[head][rows], k, counts.shape[1])
+        replicates: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
+        for chunk in range(0, len(counts), BOOTSTRAP_CHUNK):
+            block = counts[chunk:chunk + BOOTSTRAP_CHUNK]
+            for name, values in metrics.head_metric_replicates(labels, probs[rows, i], block[:, codes] * cols["weights"][rows]).items():
+                replicates[name].append(values)
+            replicates["hit"].append(metrics.hit_replicates(block, hit, has_positive))
+        out[head] = {m: metrics.percentile_interval(np.concatenate(v)) for m, v in replicates.items()}
+    return out
+
+
 def evaluate_probabilities(table: pa.Table, probs: np.ndarray, cfg: Config) -> dict[str, Any]:
+    """Metrics per head, overall and per slice, each with a 95% interval (requests resampled)."""
     cols = _columns(table)
-    everything = np.arange(table.num_rows)
-    result: dict[str, Any] = {
+    k = cfg.evaluation.hit_k
+    scores = _head_scores(probs, cfg)
+    n_requests = int(cols["request_code"].max()) + 1 if table.num_rows else 0
+    counts = (metrics.bootstrap_request_counts(n_requests, cfg.evaluation.bootstrap_samples, cfg.evaluation.seed)
+              if n_requests and cfg.evaluation.bootstrap_samples else np.zeros((0, n_requests)))
+    scopes = {"overall": np.arange(table.num_rows), **{name: np.flatnonzero(pick(cols)) for name, pick in SLICES.items()}}
+    computed = {scope: _slice_metrics(cols, probs, scores, rows, k) for scope, rows in scopes.items()}
+    return {
         "rows": int(table.num_rows),
-        "requests": int(len(np.unique(cols["request_id"]))),
-        "hit_k": cfg.evaluation.hit_k,
-        "overall": _slice_metrics(cols, probs, everything, cfg),
-        "slices": {name: _slice_metrics(cols, probs, np.flatnonzero(pick(cols)), cfg) for name, pick in SLICES.items()},
+        "requests": n_requests,
+        "hit_k": k,
+        "overall": computed.pop("overall"),
+        "slices": computed,
+        "intervals": {scope: _slice_intervals(cols, probs, scores, rows, counts, k) for scope, rows in scopes.items()},
         "roc": {h: metrics.roc_points(cols["labels"][:, i], probs[:, i], cols["weights"]) for i, h in enumerate(schema.HEADS)},
         "calibration": {
             h: metrics.calibration(cols["labels"][:, i], probs[:, i], cols["weights"]) for i, h in enumerate(schema.HEADS)
         },
     }
-    scores = _head_scores(probs, cfg)
-    k = cfg.evaluation.hit_k
-    primary = schema.HEADS.index(schema.PRIMARY_HEAD)
-    negative = schema.HEADS.index(schema.NEGATIVE_HEAD)
-    statistics = {
-        f"auc/{schema.PRIMARY_HEAD}": lambda r: metrics.auc(cols["labels"][r, primary], probs[r, primary], cols["weights"][r]),
-        f"hit/{schema.PRIMARY_HEAD}": lambda r: metrics.hit_at_k(cols["request_id"][r], cols["labels"][r, primary], scores[schema.PRIMARY_HEAD][r], k),
-        f"hit/{schema.NEGATIVE_HEAD}": lambda r: metrics.hit_at_k(cols["request_id"][r], cols["labels"][r, negative], scores[schema.NEGATIVE_HEAD][r], k),
-    }
-    result["intervals"] = {
-        name: metrics.bootstrap_interval(cols["request_id"], stat, cfg.evaluation.bootstrap_samples, cfg.evaluation.seed)
-        for name, stat in statistics.items()
-    }
-    return result
 
 
 def evaluate_scorer(scorer, table: pa.Table, cfg: Config) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from typing import Any
 from homefeed import schema
 from homefeed.config import GatesConfig
 
+OVERALL = "overall"
+
 
 @dataclass(frozen=True)
 class GateCheck:
@@ -43,36 +45,48 @@ class GateDecision:
         return {**asdict(self), "summary": self.summary()}
 
 
-def _metric(evaluation: dict[str, Any], kind: str, head: str) -> float | None:
-    value = evaluation["overall"].get(head, {}).get(kind)
+def _metric(evaluation: dict[str, Any], scope: str, kind: str, head: str) -> float | None:
+    metrics = evaluation["overall"] if scope == OVERALL else evaluation["slices"].get(scope, {})
+    value = metrics.get(head, {}).get(kind)
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
+def _label(scope: str, name: str) -> str:
+    return name if scope == OVERALL else f"{scope}: {name}"
+
+
+def _floor(scope: str, head: str, auc: float | None, floor: float) -> GateCheck:
+    return GateCheck(_label(scope, f"auc/{head} >= {floor}"), auc is not None and auc >= floor, auc, floor,
+                     _label(scope, f"auc/{head} is {auc if auc is None else round(auc, 4)}, below the floor {floor}"))
+
+
+def _relative(scope: str, metric: str, new: float | None, old: float | None, limit: float, worse: str) -> GateCheck | None:
+    """Challenger vs champion: ``worse`` is "drop" when lower is worse, "rise" when higher is."""
+    if new is None or old is None:
+        return None  # a metric undefined for either model (no positives in a slice) cannot be compared
+    change = new - old
+    passed = change >= -limit if worse == "drop" else change <= limit
+    verb = "fell" if worse == "drop" else "rose"
+    return GateCheck(_label(scope, f"{metric} {worse} <= {limit}"), passed, change, limit if worse == "rise" else -limit,
+                     _label(scope, f"{metric} {verb} by {abs(change):.4f} (champion {old:.4f} → challenger {new:.4f}), more than {limit}"))
+
+
 def decide(cfg: GatesConfig, challenger: dict[str, Any], champion: dict[str, Any] | None, champion_version: str | None = None) -> GateDecision:
-    """``challenger``/``champion`` are evaluation results (``homefeed.evaluate.evaluate_scorer``)."""
+    """``challenger``/``champion`` are evaluation results (``homefeed.evaluate.evaluate_scorer``).
+
+    Every check applies to the whole evaluation set and to each slice in ``cfg.slices``.
+    """
     checks: list[GateCheck] = []
-    for head, floor in cfg.min_auc.items():
-        auc = _metric(challenger, "auc", head)
-        ok = auc is not None and auc >= floor
-        checks.append(GateCheck(f"auc/{head} >= {floor}", ok, auc, floor,
-                                f"auc/{head} is {auc if auc is None else round(auc, 4)}, below the floor {floor}"))
-    if champion is not None:
-        for head, max_drop in cfg.max_auc_drop.items():
-            new, old = _metric(challenger, "auc", head), _metric(champion, "auc", head)
-            if new is None or old is None:
-                continue
-            checks.append(GateCheck(f"auc/{head} drop <= {max_drop}", new >= old - max_drop, new - old, -max_drop,
-                                    f"auc/{head} fell by {old - new:.4f} (champion {old:.4f} → challenger {new:.4f}), more than {max_drop}"))
-        for head, max_drop in cfg.max_hit_drop.items():
-            new, old = _metric(challenger, "hit", head), _metric(champion, "hit", head)
-            if new is None or old is None:
-                continue
-            checks.append(GateCheck(f"hit@k/{head} drop <= {max_drop}", new >= old - max_drop, new - old, -max_drop,
-                                    f"HIT@k/{head} fell by {old - new:.4f} (champion {old:.4f} → challenger {new:.4f}), more than {max_drop}"))
+    for scope in (OVERALL, *cfg.slices):
+        checks += [_floor(scope, head, _metric(challenger, scope, "auc", head), floor) for head, floor in cfg.min_auc.items()]
+        if champion is None:
+            continue
+        relative = [(f"auc/{head}", "auc", head, limit, "drop") for head, limit in cfg.max_auc_drop.items()]
+        relative += [(f"HIT@k/{head}", "hit", head, limit, "drop") for head, limit in cfg.max_hit_drop.items()]
         if cfg.max_hide_hit_rise is not None:
-            new, old = _metric(challenger, "hit", schema.NEGATIVE_HEAD), _metric(champion, "hit", schema.NEGATIVE_HEAD)
-            if new is not None and old is not None:
-                rise = cfg.max_hide_hit_rise
-                checks.append(GateCheck(f"hit@k/{schema.NEGATIVE_HEAD} rise <= {rise}", new <= old + rise, new - old, rise,
-                                        f"HIT@k/{schema.NEGATIVE_HEAD} rose by {new - old:.4f} (champion {old:.4f} → challenger {new:.4f}), more than {rise}"))
+            relative.append((f"HIT@k/{schema.NEGATIVE_HEAD}", "hit", schema.NEGATIVE_HEAD, cfg.max_hide_hit_rise, "rise"))
+        for metric, kind, head, limit, worse in relative:
+            check = _relative(scope, metric, _metric(challenger, scope, kind, head), _metric(champion, scope, kind, head), limit, worse)
+            if check is not None:
+                checks.append(check)
     return GateDecision(all(c.passed for c in checks), checks, champion_version)

@@ -26,19 +26,24 @@ def auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = Non
 
 def hit_at_k(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = 3) -> float:
     """Share of groups with ≥1 positive whose top-``k`` by score holds a positive; NaN if none."""
-    groups, labels, scores = np.asarray(groups), np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    _, group_index = np.unique(groups, return_inverse=True)
-    # Sort by group, then score descending; ties broken by original order (stable).
-    order = np.lexsort((-scores, group_index))
-    g, y = group_index[order], labels[order] > 0
-    start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
-    rank = np.arange(len(g)) - np.repeat(start, np.diff(np.r_[start, len(g)]))
-    n_groups = g.max() + 1 if len(g) else 0
-    has_positive = np.bincount(g, weights=y, minlength=n_groups) > 0
-    hit = np.bincount(g, weights=y & (rank < k), minlength=n_groups) > 0
+    _, codes = np.unique(np.asarray(groups), return_inverse=True)
+    hit, has_positive = hits_per_group(codes, labels, scores, k, int(codes.max()) + 1 if len(codes) else 0)
     if not has_positive.any():
         return float("nan")
     return float(hit[has_positive].mean())
+
+
+def hits_per_group(codes: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group code in ``range(n_groups)``: (top-``k`` holds a positive, has a positive)."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    # Sort by group, then score descending; ties broken by original order (stable).
+    order = np.lexsort((-scores, codes))
+    g, y = codes[order], labels[order] > 0
+    start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1] if len(g) else np.zeros(0, int)
+    rank = np.arange(len(g)) - np.repeat(start, np.diff(np.r_[start, len(g)]))
+    has_positive = np.bincount(g, weights=y, minlength=n_groups) > 0
+    hit = np.bincount(g, weights=y & (rank < k), minlength=n_groups) > 0
+    return hit, has_positive
 
 
 def ranking_utility(probabilities: np.ndarray, heads: tuple[str, ...], utility: dict[str, float]) -> np.ndarray:
@@ -81,31 +86,62 @@ def head_metrics(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | N
     }
 
 
-def bootstrap_interval(
-    groups: np.ndarray, statistic, samples: int, seed: int, alpha: float = 0.05
-) -> tuple[float, float]:
-    """Percentile interval of ``statistic(row_index)`` resampling whole groups (requests).
+def bootstrap_request_counts(n_requests: int, samples: int, seed: int) -> np.ndarray:
+    """(samples, n_requests): how often each request is drawn in each bootstrap replicate.
 
-    ``statistic`` takes an index array into the rows and returns a float.
+    Resampling whole requests keeps a request's candidates together (HIT@k is per request).
+    Every metric is then a weighted sum over rows, so all metrics of all slices come from the
+    same replicates at the cost of a few matrix products instead of re-scoring copies.
     """
-    if samples <= 0:
-        return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    sizes = np.bincount(inverse)
-    starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    values = []
-    for _ in range(samples):
-        chosen = rng.integers(0, len(uniq), size=len(uniq))
-        take = sizes[chosen]
-        offsets = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
-        value = statistic(order[np.repeat(starts[chosen], take) + offsets])
-        if not np.isnan(value):
-            values.append(value)
-    if not values:
-        return float("nan"), float("nan")
-    return float(np.quantile(values, alpha / 2)), float(np.quantile(values, 1 - alpha / 2))
+    return rng.multinomial(n_requests, np.full(n_requests, 1.0 / n_requests), size=samples).astype(np.float64)
+
+
+def weighted_auc_replicates(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC per row of ``weights`` (replicates × rows), ties counted half, like sklearn."""
+    order = np.argsort(scores, kind="stable")
+    sorted_scores, y = scores[order], labels[order] > 0
+    w = weights[:, order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]  # one block per distinct score
+    positives = np.add.reduceat(w * y, starts, axis=1)
+    negatives = np.add.reduceat(w * ~y, starts, axis=1)
+    negatives_below = np.cumsum(negatives, axis=1) - negatives
+    total = positives.sum(1) * negatives.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (positives * (negatives_below + 0.5 * negatives)).sum(1) / total, np.nan)
+
+
+def head_metric_replicates(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every :func:`head_metrics` value per replicate (rows of ``weights``)."""
+    scores = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    y = labels.astype(np.float64)
+    total = weights.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed = weights @ y / total
+        mse = weights @ (y - scores) ** 2 / total
+        variance = weights @ y**2 / total - observed**2
+        return {
+            "auc": weighted_auc_replicates(labels, scores, weights),
+            "logloss": weights @ -(y * np.log(scores) + (1 - y) * np.log(1 - scores)) / total,
+            "mse": mse,
+            "rmse": np.sqrt(mse),
+            "r2": np.where(variance > 0, 1 - mse / variance, np.nan),
+            "observed_rate": observed,
+            "predicted_rate": weights @ scores / total,
+        }
+
+
+def hit_replicates(request_counts: np.ndarray, hit: np.ndarray, has_positive: np.ndarray) -> np.ndarray:
+    """HIT@k per replicate from per-request outcomes (see :func:`hits_per_group`)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return request_counts @ hit.astype(np.float64) / (request_counts @ has_positive.astype(np.float64))
+
+
+def percentile_interval(replicates: np.ndarray, alpha: float = 0.05) -> list[float]:
+    finite = replicates[np.isfinite(replicates)]
+    if not len(finite):
+        return [float("nan"), float("nan")]
+    return [float(np.quantile(finite, alpha / 2)), float(np.quantile(finite, 1 - alpha / 2))]
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None, points: int = 50) -> dict[str, list[float]]:

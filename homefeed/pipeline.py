@@ -181,8 +181,28 @@ def register(cfg: Config, directory: Path) -> dict[str, Any]:
         "data.window": f"{manifest['window']['start']}..{manifest['window']['end']}",
         "model.name": _load(directory, "train")["model"], "gate": decision["summary"],
     }
-    version = registry.log_and_register(cfg, _mlflow_run(cfg, directory), _load(directory, "train")["model_dir"], example, tags)
+    run_id = _mlflow_run(cfg, directory)
+    checks = _log_lineage(cfg, run_id, directory)
+    tags.update({f"validation.{stage}": summary for stage, summary in checks.items()})
+    version = registry.log_and_register(cfg, run_id, _load(directory, "train")["model_dir"], example, tags)
     return _record(directory, "register", {"version": version, "model_name": cfg.registry.model_name})
+
+
+def _log_lineage(cfg: Config, run_id: str, directory: Path) -> dict[str, str]:
+    """Config and data-check results onto the MLflow run: a version leads back to its checks."""
+    from homefeed import registry
+
+    mlflow_client = registry.client(cfg)
+    mlflow_client.log_dict(run_id, cfg.model_dump(mode="json"), "config.json")
+    summaries = {}
+    for stage in ("validate_raw", "validate_instances", "drift"):
+        path = directory / f"{stage}.json"
+        if path.exists():
+            result = json.loads(path.read_text())
+            mlflow_client.log_dict(run_id, result, f"validation/{stage}.json")
+            if stage != "drift":
+                summaries[stage] = f"{len(result['suites'])} suites passed"
+    return summaries
 
 
 def promote(cfg: Config, directory: Path, auto_promote: bool = True) -> dict[str, Any]:

@@ -26,13 +26,14 @@ import pyarrow as pa
 
 from homefeed import schema, storage
 from homefeed.config import Config
+from homefeed.errors import PermanentError
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 HOLDOUT_TAGS = ("holdout.fraction", "holdout.salt")
 AUDIT_LOG = "registry/audit.jsonl"
 
 
-class PromotionRefused(RuntimeError):
+class PromotionRefused(PermanentError, RuntimeError):
     """A promotion the rules do not allow; the message says why and how to override."""
 
 

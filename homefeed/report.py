@@ -92,18 +92,27 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _with_interval(value: float, interval: list[float] | None) -> str:
+    if interval is None or interval[0] != interval[0]:
+        return f"{value:.4f}"
+    return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
 def _comparison(evaluation: dict[str, Any]) -> str:
     challenger, champion = evaluation["challenger"], evaluation.get("champion")
     k = challenger["hit_k"]
     rows = []
     for scope, metrics in [("overall", challenger["overall"]), *challenger["slices"].items()]:
         champ = (champion["overall"] if scope == "overall" else champion["slices"][scope]) if champion else {}
+        intervals = challenger["intervals"][scope]
         for head in schema.HEADS:
-            rows.append([scope, head, metrics[head]["auc"], champ.get(head, {}).get("auc", "-"),
-                         metrics[head]["hit"], champ.get(head, {}).get("hit", "-")])
-    table = _table(rows, ["slice", "head", "AUC challenger", "AUC champion", f"HIT@{k} challenger", f"HIT@{k} champion"])
-    intervals = _table([[name, lo, hi] for name, (lo, hi) in challenger["intervals"].items()], ["challenger metric", "95% low", "95% high"])
-    return table + "<h3>Bootstrap intervals (requests resampled)</h3>" + intervals
+            rows.append([scope, head,
+                         _with_interval(metrics[head]["auc"], intervals[head]["auc"]), champ.get(head, {}).get("auc", "-"),
+                         _with_interval(metrics[head]["hit"], intervals[head]["hit"]), champ.get(head, {}).get("hit", "-"),
+                         _with_interval(metrics[head]["logloss"], intervals[head]["logloss"])])
+    header = ["slice", "head", "AUC challenger [95%]", "AUC champion", f"HIT@{k} challenger [95%]", f"HIT@{k} champion", "log loss challenger [95%]"]
+    note = "<p>Intervals: percentile bootstrap over requests; every metric's interval is in evaluate.json.</p>"
+    return _table(rows, header) + note
 
 
 def _drift(saved: dict[str, Any]) -> str:

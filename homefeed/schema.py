@@ -70,6 +70,8 @@ LABEL_COLUMNS = tuple(label_column(h) for h in HEADS)
 # --------------------------------------------------------------------------- segments
 SEGMENTS = ("core", "casual", "new", "resurrected")
 CORE_SEGMENT = "core"
+# Evaluation slices (homefeed/evaluate.py defines each): user segment and candidate source.
+SLICES = ("core", "non_core", "follow", "pfy")
 
 # --------------------------------------------------------------------------- raw schemas
 # Column types in Spark's DDL names; Spark and Arrow schemas are derived on demand, so importing

@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from homefeed.errors import PermanentError
 from homefeed.schema import MANIFEST, SUCCESS_MARKER
 
 
-class StorageError(RuntimeError):
+class StorageError(PermanentError, RuntimeError):
     """A dataset is missing, unpublished or unreadable."""
 
 

@@ -22,11 +22,12 @@ from pyspark.sql import functions as F
 
 from homefeed import schema, storage
 from homefeed.config import Config
+from homefeed.errors import PermanentError
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(PermanentError, RuntimeError):
     """Data broke a suite; the message says which expectations and how."""
 
     def __init__(self, reports: list["SuiteReport"]):

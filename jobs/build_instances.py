@@ -30,6 +30,7 @@ from pyspark.sql import functions as F
 
 from homefeed import schema, segments, storage
 from homefeed.config import Config, InstancesConfig
+from homefeed.errors import PermanentError
 
 
 IMPRESSION_KEY = ("request_id", "pin_id")
@@ -38,7 +39,7 @@ _KIND = "_kind"  # 0: an impression's cut-off, 1: an action; cut-offs sort first
 _T = "_t"
 
 
-class InputDataError(ValueError):
+class InputDataError(PermanentError, ValueError):
     """Raw input that breaks the contract; the message names the table and column."""
 
 

@@ -41,6 +41,9 @@ def test_first_run_promotes_and_a_worse_model_stops_at_the_gate(airflow_db, dagb
     directory = pipeline.run_dir(retrain_env, "first")
     assert (directory / "report.html").exists()
     assert json.loads((directory / "gate.json").read_text())["passed"] is True
+    # Lineage: the version names its data and the checks that data passed.
+    tags = registry.client(retrain_env).get_model_version(retrain_env.registry.model_name, "1").tags
+    assert tags["validation.validate_instances"].endswith("suites passed") and tags["data.fingerprint"]
 
     # A challenger that cannot reach the floor: the gate skips registration and promotion.
     states, dagrun = run_retrain(dagbag, raw_dir, "second", min_auc_repin=0.999)
@@ -90,3 +93,28 @@ def test_promote_dag_changes_the_registry_through_the_same_functions(airflow_db,
     # A version that does not exist fails the task and leaves the champion alone.
     assert trigger(version="999", reason="typo") == "failed"
     assert registry.state(cfg).champion == v1
+
+
+def test_bad_raw_data_stops_the_run_at_validation_without_retries(airflow_db, dagbag, raw_dir, retrain_env, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from homefeed import pipeline, storage
+
+    broken = shutil.copytree(raw_dir, tmp_path / "broken")
+    path = storage.list_files(broken / "impressions")[0]
+    table = pq.ParquetFile(path).read()
+    index = table.schema.get_field_index("user_id")
+    pq.write_table(table.set_column(index, "user_id", pa.nulls(table.num_rows, table.schema.field("user_id").type)), path)
+    path.with_name(f".{path.name}.crc").unlink(missing_ok=True)
+
+    states, dagrun = run_retrain(dagbag, broken, "broken")
+    assert dagrun.state == "failed"
+    assert states["validate_raw"] == "failed" and states["build_instances"] == "upstream_failed"
+    assert states["report"] == "success"
+    directory = pipeline.run_dir(retrain_env, "broken")
+    assert not (directory / "instances").exists() and (directory / "report.html").exists()
+    ti = next(t for t in dagrun.get_task_instances() if t.task_id == "validate_raw")
+    assert ti.try_number == 1  # bad data is not retried

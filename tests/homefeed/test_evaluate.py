@@ -27,8 +27,16 @@ def test_perfect_scores_give_auc_and_hit_one(base_config):
     assert result["overall"]["repin"]["auc"] == pytest.approx(1.0)
     assert result["overall"]["repin"]["hit"] == pytest.approx(1.0)
     assert set(result["slices"]) == {"core", "non_core", "follow", "pfy"}
-    lo, hi = result["intervals"]["auc/repin"]
+    lo, hi = result["intervals"]["overall"]["repin"]["auc"]
     assert lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
+    # Every metric of every head and slice has an interval around its value.
+    assert set(result["intervals"]) == {"overall", "core", "non_core", "follow", "pfy"}
+    for scope, heads in result["intervals"].items():
+        values = result["overall"] if scope == "overall" else result["slices"][scope]
+        for head, intervals in heads.items():
+            assert set(intervals) == set(values[head])
+            lo, hi = intervals["logloss"]
+            assert lo - 1e-9 <= values[head]["logloss"] <= hi + 1e-9
 
 
 def test_hide_hit_ranks_by_the_feed_utility_not_the_hide_head(base_config):

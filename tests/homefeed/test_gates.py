@@ -1,9 +1,13 @@
+import pytest
+from pydantic import ValidationError
+
 from homefeed.config import GatesConfig
 from homefeed.gates import decide
 
 
-def evaluation(auc_repin, hit_repin, hit_hide):
-    return {"overall": {"repin": {"auc": auc_repin, "hit": hit_repin}, "hide": {"auc": 0.6, "hit": hit_hide}}}
+def evaluation(auc_repin, hit_repin, hit_hide, slices=None):
+    overall = {"repin": {"auc": auc_repin, "hit": hit_repin}, "hide": {"auc": 0.6, "hit": hit_hide}}
+    return {"overall": overall, "slices": slices or {}}
 
 
 CFG = GatesConfig(min_auc={"repin": 0.6}, max_auc_drop={"repin": 0.01}, max_hit_drop={"repin": 0.02}, max_hide_hit_rise=0.02)
@@ -38,3 +42,19 @@ def test_each_relative_failure_is_reported():
 def test_missing_metric_fails_the_floor():
     decision = decide(CFG, evaluation(float("nan"), 0.5, 0.1), None)
     assert not decision.passed
+
+
+def test_slice_gates_check_each_slice_and_name_it():
+    per_slice = CFG.model_copy(update={"slices": ["core", "non_core"]})
+    champion = evaluation(0.70, 0.50, 0.10, {"core": evaluation(0.72, 0.5, 0.1)["overall"], "non_core": evaluation(0.65, 0.5, 0.1)["overall"]})
+    # Better overall, but new users lose 0.05 AUC: only the per-slice gate sees it.
+    challenger = evaluation(0.71, 0.50, 0.10, {"core": evaluation(0.74, 0.5, 0.1)["overall"], "non_core": evaluation(0.60, 0.5, 0.1)["overall"]})
+    assert decide(CFG, challenger, champion, "3").passed
+    decision = decide(per_slice, challenger, champion, "3")
+    assert not decision.passed
+    assert decision.reasons == ["non_core: auc/repin fell by 0.0500 (champion 0.6500 → challenger 0.6000), more than 0.01"]
+
+
+def test_unknown_slice_is_a_config_error():
+    with pytest.raises(ValidationError, match="unknown slices"):
+        GatesConfig(slices=["weekend"])

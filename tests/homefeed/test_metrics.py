@@ -44,10 +44,37 @@ def test_ranking_utility_is_the_weighted_sum():
     assert score[0] == pytest.approx(0.5 - 0.6)
 
 
-def test_bootstrap_interval_brackets_the_statistic():
+def test_replicate_metrics_match_the_plain_metrics_under_the_same_weights():
     rng = np.random.default_rng(0)
-    groups = np.repeat(np.arange(200), 5)
-    values = rng.normal(1.0, 1.0, size=1000)
-    lo, hi = metrics.bootstrap_interval(groups, lambda rows: float(values[rows].mean()), samples=200, seed=1)
-    assert lo < values.mean() < hi
-    assert hi - lo < 0.5
+    labels = (rng.random(500) < 0.3).astype(int)
+    scores = np.round(np.clip(labels * 0.3 + rng.random(500) * 0.7, 0, 1), 2)  # rounding makes ties
+    weights = rng.integers(0, 4, size=(3, 500)).astype(float)
+    replicates = metrics.head_metric_replicates(labels, scores, weights)
+    for r in range(3):
+        plain = metrics.head_metrics(labels, scores, weights[r])
+        for name, value in plain.items():
+            assert replicates[name][r] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+
+
+def test_hit_replicates_with_every_request_once_is_hit_at_k():
+    rng = np.random.default_rng(1)
+    codes = np.repeat(np.arange(50), 6)
+    labels, scores = (rng.random(300) < 0.2).astype(int), rng.random(300)
+    hit, has_positive = metrics.hits_per_group(codes, labels, scores, 3, 50)
+    assert metrics.hit_replicates(np.ones((1, 50)), hit, has_positive)[0] == pytest.approx(metrics.hit_at_k(codes, labels, scores, 3))
+
+
+def test_bootstrap_interval_brackets_the_statistic_and_narrows_with_data():
+    rng = np.random.default_rng(0)
+
+    def width(n_requests):
+        codes = np.repeat(np.arange(n_requests), 5)
+        values = rng.normal(1.0, 1.0, size=len(codes))
+        counts = metrics.bootstrap_request_counts(n_requests, 200, seed=1)
+        weights = counts[:, codes]
+        lo, hi = metrics.percentile_interval(weights @ values / weights.sum(1))
+        assert lo < values.mean() < hi
+        return hi - lo
+
+    assert width(2000) < width(100) / 2
+    assert np.isnan(metrics.percentile_interval(np.array([np.nan, np.nan]))).all()

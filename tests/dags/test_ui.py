@@ -1,0 +1,134 @@
+"""The Airflow UI in a real browser: `homefeed airflow` (airflow standalone), the trigger form of
+homefeed_retrain in headless Chromium, and the run it starts followed through the REST API.
+
+Slow (a full standalone Airflow and a full retraining run under its scheduler). Needs Debian's
+`chromium` (`scripts/install_browser.sh`, which `make test` runs) and the `playwright` package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+RUN_LABEL = "from-the-ui"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def call(url: str, token: str | None = None, method: str = "GET", body: dict | None = None) -> dict:
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui-store")
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOMEFEED__STORAGE__ROOT": str(root),
+        # Tiny data and the cheapest model: this test is about the UI, not the model.
+        "HOMEFEED__TRAIN__MODEL": "lr",
+        "HOMEFEED__INSTANCES__SHUFFLE_PARTITIONS": "2",
+        "HOMEFEED__EVALUATION__BOOTSTRAP_SAMPLES": "20",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    homefeed = str(Path(sys.executable).with_name("homefeed"))
+    log = (root / "standalone.log").open("w")
+    process = subprocess.Popen([homefeed, "airflow", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                health = call(f"{base}/api/v2/monitor/health")
+                if all(health[c]["status"] == "healthy" for c in ("metadatabase", "scheduler", "dag_processor")):
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"airflow standalone did not become healthy; log: {(root / 'standalone.log').read_text()[-3000:]}")
+            time.sleep(3)
+        password = json.loads((root / "airflow" / "passwords.json").read_text())["admin"]
+        yield base, password, root
+    finally:
+        # Standalone's children (scheduler, API server, task runners) share its process group.
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def wait_for_dag(base: str, token: str, dag_id: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if dag_id in {d["dag_id"] for d in call(f"{base}/api/v2/dags", token)["dags"]}:
+            return
+        time.sleep(2)
+    pytest.fail(f"{dag_id} never appeared in the UI's DAG list")
+
+
+def test_trigger_form_starts_a_run_that_succeeds(standalone, raw_dir, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (scripts/install_browser.sh)")
+    from playwright.sync_api import sync_playwright
+
+    base, password, root = standalone
+    token = call(f"{base}/auth/token", method="POST", body={"username": "admin", "password": password})["access_token"]
+    wait_for_dag(base, token, "homefeed_retrain")
+    call(f"{base}/api/v2/dags/homefeed_retrain", token, "PATCH", {"is_paused": False})
+
+    screenshot = tmp_path / "trigger_form.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/dags/homefeed_retrain")  # redirects to the login page first
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", password)
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("button", name="Trigger").first.click()
+        form = page.get_by_role("dialog")
+        form.locator("input[name=element_raw]").fill(str(raw_dir))
+        form.locator("input[name=element_end_date]").fill("2026-01-09")
+        form.locator("input[name=element_window_days]").fill("5")
+        form.locator("input[name=element_run_label]").fill(RUN_LABEL)
+        page.screenshot(path=str(screenshot), full_page=True)
+        form.get_by_role("button", name="Trigger").click()
+        page.wait_for_timeout(2000)
+        browser.close()
+    assert screenshot.stat().st_size > 10_000
+
+    deadline = time.monotonic() + 900
+    run = None
+    while time.monotonic() < deadline:
+        runs = call(f"{base}/api/v2/dags/homefeed_retrain/dagRuns?run_type=manual", token)["dag_runs"]
+        run = next((r for r in runs if r["conf"].get("run_label") == RUN_LABEL), None)
+        if run is not None and run["state"] in ("success", "failed"):
+            break
+        time.sleep(5)
+    assert run is not None, "the form's run never reached the API"
+    assert run["conf"]["raw"] == str(raw_dir) and run["conf"]["window_days"] == 5
+    assert run["state"] == "success", call(f"{base}/api/v2/dags/homefeed_retrain/dagRuns/{run['dag_run_id']}/taskInstances", token)
+    assert (root / "runs" / RUN_LABEL / "report.html").exists()
