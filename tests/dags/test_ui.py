@@ -51,6 +51,8 @@ def standalone(tmp_path_factory):
         "HOMEFEED__TRAIN__MODEL": "lr",
         "HOMEFEED__INSTANCES__SHUFFLE_PARTITIONS": "2",
         "HOMEFEED__EVALUATION__BOOTSTRAP_SAMPLES": "20",
+        # Runs over different windows of 66 simulated users differ by chance, not by drift.
+        "HOMEFEED__VALIDATION__DRIFT__ENABLED": "false",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     homefeed = str(Path(sys.executable).with_name("homefeed"))
@@ -70,7 +72,7 @@ def standalone(tmp_path_factory):
                 pytest.fail(f"airflow standalone did not become healthy; log: {(root / 'standalone.log').read_text()[-3000:]}")
             time.sleep(3)
         password = json.loads((root / "airflow" / "passwords.json").read_text())["admin"]
-        yield base, password, root
+        yield base, password, root, env
     finally:
         # Standalone's children (scheduler, API server, task runners) share its process group.
         os.killpg(process.pid, signal.SIGTERM)
@@ -90,12 +92,22 @@ def wait_for_dag(base: str, token: str, dag_id: str) -> None:
     pytest.fail(f"{dag_id} never appeared in the UI's DAG list")
 
 
+def wait_for_runs(base: str, token: str, run_type: str, count: int, timeout: float = 900) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = call(f"{base}/api/v2/dags/homefeed_retrain/dagRuns?run_type={run_type}", token)["dag_runs"]
+        if len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs):
+            return runs
+        time.sleep(5)
+    pytest.fail(f"{count} {run_type} runs did not finish in {timeout} s")
+
+
 def test_trigger_form_starts_a_run_that_succeeds(standalone, raw_dir, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed (scripts/install_browser.sh)")
     from playwright.sync_api import sync_playwright
 
-    base, password, root = standalone
+    base, password, root, _ = standalone
     token = call(f"{base}/auth/token", method="POST", body={"username": "admin", "password": password})["access_token"]
     wait_for_dag(base, token, "homefeed_retrain")
     call(f"{base}/api/v2/dags/homefeed_retrain", token, "PATCH", {"is_paused": False})
@@ -132,3 +144,21 @@ def test_trigger_form_starts_a_run_that_succeeds(standalone, raw_dir, tmp_path):
     assert run["conf"]["raw"] == str(raw_dir) and run["conf"]["window_days"] == 5
     assert run["state"] == "success", call(f"{base}/api/v2/dags/homefeed_retrain/dagRuns/{run['dag_run_id']}/taskInstances", token)
     assert (root / "runs" / RUN_LABEL / "report.html").exists()
+
+
+def test_backfill_over_a_date_range_runs_the_scheduled_dates(standalone, raw_dir):
+    """The README's backfill command: one run per Monday/Thursday in the range, windows from the logical dates."""
+    base, password, root, env = standalone
+    token = call(f"{base}/auth/token", method="POST", body={"username": "admin", "password": password})["access_token"]
+    wait_for_dag(base, token, "homefeed_retrain")
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    airflow_env = {**env, "AIRFLOW_HOME": str(root / "airflow"), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root}/airflow/airflow.db",
+                   "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parents[2] / "dags")}
+    conf = json.dumps({"raw": str(raw_dir), "window_days": 3})
+    subprocess.run([airflow, "backfill", "create", "--dag-id", "homefeed_retrain", "--from-date", "2026-01-08",
+                    "--to-date", "2026-01-09", "--dag-run-conf", conf, "--max-active-runs", "1"], env=airflow_env, check=True)
+    runs = wait_for_runs(base, token, "backfill", 1)
+    assert [r["logical_date"][:16] for r in runs] == ["2026-01-08T03:00"]  # Thursday; Friday is not scheduled
+    assert runs[0]["state"] == "success"
+    built = json.loads(next((root / "runs").glob("backfill_*/build_instances.json")).read_text())
+    assert built["window"] == {"start": "2026-01-05", "end": "2026-01-07"}  # 3 days ending the day before
