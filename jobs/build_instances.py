@@ -4,10 +4,16 @@ Extract (read and check the four raw tables) → transform (pure DataFrame funct
 load (atomic publish with ``manifest.json`` and ``_SUCCESS``).
 
 Locally: ``homefeed build-instances --raw RAW --out OUT [--start YYYY-MM-DD --end YYYY-MM-DD]``.
-On a cluster (the deployment image carries hadoop-aws for s3a:// URIs)::
+On a cluster, from a machine with homefeed installed (client deploy mode: the driver runs there;
+executors run only JVM code, no Python UDFs, so they need no Python packages; the deployment
+image adds hadoop-aws for s3a:// URIs)::
 
-    spark-submit --master spark://HOST:7077 --py-files homefeed.zip \\
-        jobs/build_instances.py --raw s3a://bucket/raw --out s3a://bucket/instances/2026-01-12
+    spark-submit --master spark://HOST:7077 --conf spark.executor.memory=4g \
+        jobs/build_instances.py --raw s3a://bucket/raw --out s3a://bucket/instances/2026-01-12 \
+        [--start 2026-01-05 --end 2026-01-11] [--config overlay.yaml]
+
+``tests/jobs/test_spark_cluster.py`` runs exactly this against a standalone master and two
+workers on 127.0.0.1 and compares the result with a local run.
 
 The sequence plan is linear under skew: every event (impression cut-off or action) of a user is
 ranked once by a running count (a growing ``ROWS`` frame, not a per-row range frame), actions are
