@@ -258,6 +258,36 @@ def registry_history(config: ConfigOption = None) -> None:
         typer.echo(json.dumps(record, sort_keys=True))
 
 
+@app.command()
+def compare(
+    raw: Annotated[Path, typer.Option(help="Raw data root (homefeed generate / import-kuairand)")],
+    models: Annotated[str, typer.Option(help="Comma-separated model names (homefeed models)")],
+    test_from: Annotated[str, typer.Option(help="First test day, YYYY-MM-DD; earlier days train (the last one validates)")],
+    out: Annotated[Path, typer.Option(help="Output directory: comparison.csv / .md / .png, instances, models")],
+    config: ConfigOption = None,
+) -> None:
+    """Train and evaluate several models on the same instances and test days; one table."""
+    from homefeed import compare as comparison
+    from homefeed.errors import PermanentError
+
+    cfg = _config(config)
+    try:
+        first_test_day = date.fromisoformat(test_from)
+    except ValueError:
+        typer.echo(f"error: --test-from must be YYYY-MM-DD, got {test_from!r}", err=True)
+        raise typer.Exit(2) from None
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    started = _step(f"comparing {', '.join(names)} on {raw}")
+    try:
+        rows = comparison.compare(str(raw), names, first_test_day, out, cfg)
+    except (ValueError, PermanentError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _done(started)
+    typer.echo((out / "comparison.md").read_text())
+    typer.echo(f"wrote {out / 'comparison.csv'} ({len(rows)} models), comparison.md, comparison.png")
+
+
 # --------------------------------------------------------------------------- the main job
 def airflow_env(cfg: Config, config_files: list[Path] | None = None) -> dict[str, str]:
     """Environment for an embedded Airflow: SQLite metadata under the storage root, our DAGs.

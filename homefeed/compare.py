@@ -1,0 +1,133 @@
+"""Model comparison: every architecture on the same instances, seed, budget and test days.
+
+Instances are built once from the raw root: training days are those before ``test_from``
+(the last of them held out for validation and early stopping), test days those from it. Each
+model is trained with the same config apart from ``train.model``, scored on the same unsampled
+test split, and written to one table (``comparison.csv`` / ``.md`` / ``.png``) and one MLflow
+experiment (a run per model).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from homefeed import schema, storage
+from homefeed.config import Config
+
+EXPERIMENT_SUFFIX = "-compare"
+METRIC_COLUMNS = ("auc", "hit", "logloss")
+
+
+def raw_days(raw: str) -> list[date]:
+    days = sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in (storage.local_path(raw) / schema.IMPRESSIONS).glob(f"{schema.DT}=*"))
+    if not days:
+        raise storage.StorageError(f"no {schema.IMPRESSIONS} partitions under {raw}")
+    return days
+
+
+def split_config(cfg: Config, days: list[date], test_from: date) -> Config:
+    """Instances config whose test split is exactly the days from ``test_from``."""
+    test_days = sum(1 for d in days if d >= test_from)
+    train_days = len(days) - test_days - 1
+    if test_days == 0 or train_days < 1:
+        raise ValueError(f"--test-from {test_from} leaves {test_days} test and {max(train_days, 0)} training days in {days[0]}..{days[-1]}; "
+                         "need at least one of each plus one validation day")
+    return cfg.with_overrides({"instances": {"test_days": test_days, "validation_days": 1}})
+
+
+def row(model: str, evaluation: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """One table row: each metric per head with its 95% interval."""
+    k = evaluation["hit_k"]
+    out: dict[str, Any] = {"model": model}
+    for head in schema.HEADS:
+        for metric in METRIC_COLUMNS:
+            name = f"{'hit%d' % k if metric == 'hit' else metric}_{head}"
+            lo, hi = evaluation["intervals"]["overall"][head][metric]
+            out[name], out[f"{name}_lo"], out[f"{name}_hi"] = evaluation["overall"][head][metric], lo, hi
+    out["train_seconds"] = round(seconds, 1)
+    return out
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else str(value)
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path, k: int, title: str) -> None:
+    with (out / "comparison.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    columns = [f"auc_{h}" for h in schema.HEADS] + [f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}"]
+    lines = [f"# {title}", "", "95% intervals: percentile bootstrap over requests. "
+             f"HIT@{k} {schema.NEGATIVE_HEAD}: lower is better (ranked by the feed utility).", "",
+             "| model | " + " | ".join(columns) + " | train s |", "| --- |" + " ---: |" * (len(columns) + 1)]
+    for r in rows:
+        cells = [f"{_fmt(r[c])} [{_fmt(r[c + '_lo'])}, {_fmt(r[c + '_hi'])}]" for c in columns]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['train_seconds']} |")
+    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, out / "comparison.png", k)
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [f"auc_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.5 * len(rows) + 2))
+    names = [r["model"] for r in rows]
+    for axis, metric in zip(axes, metrics):
+        values = [r[metric] for r in rows]
+        errors = [[v - r[f"{metric}_lo"] for v, r in zip(values, rows)], [r[f"{metric}_hi"] - v for v, r in zip(values, rows)]]
+        axis.barh(names, values, xerr=errors, color="#4c72b0", capsize=3)
+        axis.set_title(metric + (" (lower is better)" if metric.endswith(schema.NEGATIVE_HEAD) else ""))
+        low = min(r[f"{metric}_lo"] for r in rows)
+        axis.set_xlim(max(0.0, low - 0.02), None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config) -> list[dict[str, Any]]:
+    from homefeed import evaluate, registry, train as trainer
+    from homefeed.data import read_split
+    from homefeed.spark import get_spark
+    from jobs import build_instances as job
+    from models import MODEL_NAMES
+    from models.zoo import load_scorer
+
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; known: {list(MODEL_NAMES)}")
+    days = raw_days(raw)
+    cfg = split_config(cfg, days, test_from)
+    out.mkdir(parents=True, exist_ok=True)
+    instances = out / "instances"
+    job.run(get_spark(cfg.spark, "homefeed-compare", cfg.instances.shuffle_partitions), raw, str(instances), cfg, days[0], days[-1])
+    test = read_split(str(instances), "test")
+    tracking = cfg.with_overrides({"registry": {"experiment": cfg.registry.experiment + EXPERIMENT_SUFFIX}})
+    mlflow_client = registry.client(tracking)
+    experiment = registry.experiment_id(tracking)
+    rows = []
+    for model in models:
+        model_cfg = cfg.with_overrides({"train": {"model": model}})
+        started = time.perf_counter()
+        result = trainer.train(str(instances), str(out / "models" / model), model_cfg)
+        seconds = time.perf_counter() - started
+        evaluation = evaluate.evaluate_scorer(load_scorer(result.model_dir), test, model_cfg)
+        rows.append(row(model, evaluation, seconds))
+        run = mlflow_client.create_run(experiment, run_name=f"{out.name}/{model}", tags={"homefeed.compare": str(out)})
+        for key, value in model_cfg.train.model_dump(mode="json").items():
+            mlflow_client.log_param(run.info.run_id, f"train.{key}", value)
+        for key, value in rows[-1].items():
+            if isinstance(value, float) and not math.isnan(value):
+                mlflow_client.log_metric(run.info.run_id, key.replace("@", ""), value)
+        mlflow_client.set_terminated(run.info.run_id)
+    write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from})")
+    return rows

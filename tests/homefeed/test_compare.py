@@ -1,0 +1,48 @@
+"""`homefeed compare`: several models, one instance build, one table, one MLflow experiment."""
+
+import csv
+from datetime import date
+
+import pytest
+from typer.testing import CliRunner
+
+from homefeed import compare, registry
+from homefeed.cli import app
+
+
+@pytest.fixture()
+def cfg(base_config, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return base_config.with_overrides({"storage": {"root": str(tmp_path / "store")}})
+
+
+def test_models_share_instances_and_test_days_and_land_in_one_table(cfg, raw_dir, tmp_path):
+    out = tmp_path / "cmp"
+    rows = compare.compare(str(raw_dir), ["lr", "none"], date(2026, 1, 9), out, cfg)
+    with (out / "comparison.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["model"] for r in table] == ["lr", "none"]
+    for column in ("auc_repin", "auc_repin_lo", "auc_repin_hi", "hit3_repin", "hit3_hide", "logloss_click"):
+        assert column in table[0]
+    for r in rows:
+        assert r["auc_repin_lo"] <= r["auc_repin"] <= r["auc_repin_hi"]
+    assert "| lr |" in (out / "comparison.md").read_text()
+    assert (out / "comparison.png").stat().st_size > 1000
+    # The test split is exactly the days from --test-from.
+    from homefeed import storage
+
+    assert storage.read_manifest(out / "instances")["config"]["test_days"] == 1
+    tracking = cfg.with_overrides({"registry": {"experiment": "homefeed-compare"}})
+    runs = registry.client(tracking).search_runs([registry.experiment_id(tracking)])
+    assert sorted(r.data.params["train.model"] for r in runs) == ["lr", "none"]
+
+
+def test_bad_arguments_exit_2_naming_the_problem(raw_dir, tmp_path):
+    runner = CliRunner()
+    args = ["compare", "--raw", str(raw_dir), "--out", str(tmp_path / "x")]
+    unknown = runner.invoke(app, [*args, "--models", "lr,deepfm", "--test-from", "2026-01-09"])
+    assert unknown.exit_code == 2 and "deepfm" in unknown.output
+    too_early = runner.invoke(app, [*args, "--models", "lr", "--test-from", "2026-01-06"])
+    assert too_early.exit_code == 2 and "training days" in too_early.output
+    bad_date = runner.invoke(app, [*args, "--models", "lr", "--test-from", "Jan 9"])
+    assert bad_date.exit_code == 2
