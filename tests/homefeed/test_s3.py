@@ -60,6 +60,7 @@ class SeaweedServer:
             except Exception:
                 pass
             time.sleep(0.5)
+        self.stop()  # do not leave a half-started server behind
         raise RuntimeError(f"SeaweedFS did not start: {(self.directory / 'weed.log').read_text()[-2000:]}")
 
     def stop(self) -> None:
