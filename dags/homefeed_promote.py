@@ -14,6 +14,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
+from homefeed.orchestration import fail_fast
+
 
 @dag(
     dag_id="homefeed_promote",
@@ -36,19 +38,13 @@ from airflow.sdk import Param, dag, get_current_context, task
 )
 def homefeed_promote():
     @task
+    @fail_fast  # a refusal is a decision, not a transient error: retrying cannot change it
     def change_registry():
-        from airflow.sdk.exceptions import AirflowFailException
-
         from homefeed import registry
         from homefeed.config import load_config
-        from homefeed.errors import PermanentError
 
         params = get_current_context()["params"]
-        try:
-            return registry.apply_manual_change(load_config(), dict(params), actor="airflow:homefeed_promote")
-        except PermanentError as refused:
-            # A refusal is a decision, not a transient error: retrying cannot change it.
-            raise AirflowFailException(f"{type(refused).__name__}: {refused}") from refused
+        return registry.apply_manual_change(load_config(), dict(params), actor="airflow:homefeed_promote")
 
     change_registry()
 

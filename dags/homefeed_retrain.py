@@ -16,12 +16,12 @@ Every task writes under `<storage root>/runs/<run>/` and is idempotent on retry.
 
 from __future__ import annotations
 
-import functools
 from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task, teardown
 
+from homefeed.orchestration import fail_fast
 from models import MODEL_NAMES
 
 SEMIWEEKLY = "0 3 * * 1,4"
@@ -37,23 +37,6 @@ def _run():
     directory = pipeline.run_dir(cfg, params.get("run_label") or context["run_id"])
     logical = context.get("logical_date") or pendulum.now("UTC")
     return cfg, directory, params, pipeline.data_window(params, logical.date())
-
-
-def _fail_fast(stage):
-    """Bad input and refusals fail the task at once; retries are kept for transient trouble."""
-
-    @functools.wraps(stage)
-    def run_stage():
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from homefeed.errors import PermanentError
-
-        try:
-            return stage()
-        except PermanentError as error:
-            raise AirflowFailException(f"{type(error).__name__}: {error}") from error
-
-    return run_stage
 
 
 def _on_failure(context) -> None:
@@ -92,7 +75,7 @@ def _on_failure(context) -> None:
 )
 def homefeed_retrain():
     @task
-    @_fail_fast
+    @fail_fast
     def check_raw():
         from homefeed import pipeline
 
@@ -100,7 +83,7 @@ def homefeed_retrain():
         return pipeline.check_raw(cfg, pipeline.raw_root(cfg, params), directory)
 
     @task
-    @_fail_fast
+    @fail_fast
     def validate_raw():
         from homefeed import pipeline
 
@@ -108,7 +91,7 @@ def homefeed_retrain():
         return pipeline.validate_raw(cfg, pipeline.raw_root(cfg, params), directory)
 
     @task
-    @_fail_fast
+    @fail_fast
     def build_instances():
         from homefeed import pipeline
 
@@ -116,7 +99,7 @@ def homefeed_retrain():
         return pipeline.build_instances(cfg, pipeline.raw_root(cfg, params), directory, start, end)["rows"]
 
     @task
-    @_fail_fast
+    @fail_fast
     def validate_instances():
         from homefeed import pipeline
 
@@ -124,7 +107,7 @@ def homefeed_retrain():
         return pipeline.validate_instances(cfg, directory)
 
     @task
-    @_fail_fast
+    @fail_fast
     def train():
         from homefeed import pipeline
 
@@ -132,7 +115,7 @@ def homefeed_retrain():
         return pipeline.train(cfg, directory)["validation_auc"]
 
     @task
-    @_fail_fast
+    @fail_fast
     def evaluate():
         from homefeed import pipeline
 
@@ -152,7 +135,7 @@ def homefeed_retrain():
         return decision["summary"]
 
     @task
-    @_fail_fast
+    @fail_fast
     def register():
         from homefeed import pipeline
 
@@ -160,7 +143,7 @@ def homefeed_retrain():
         return pipeline.register(cfg, directory)["version"]
 
     @task
-    @_fail_fast
+    @fail_fast
     def promote():
         from homefeed import pipeline
 

@@ -123,8 +123,7 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
         evaluation = evaluate.evaluate_scorer(load_scorer(result.model_dir), test, model_cfg)
         rows.append(row(model, evaluation, seconds))
         run = mlflow_client.create_run(experiment, run_name=f"{out.name}/{model}", tags={"homefeed.compare": str(out)})
-        for key, value in model_cfg.train.model_dump(mode="json").items():
-            mlflow_client.log_param(run.info.run_id, f"train.{key}", value)
+        registry.log_train_params(mlflow_client, run.info.run_id, model_cfg.train)
         for key, value in rows[-1].items():
             if isinstance(value, float) and not math.isnan(value):
                 mlflow_client.log_metric(run.info.run_id, key.replace("@", ""), value)

@@ -67,18 +67,18 @@ def _slice_intervals(cols: dict[str, np.ndarray], probs: np.ndarray, scores: dic
     if len(rows) == 0 or len(counts) == 0:
         return {h: dict.fromkeys(METRICS, nan) for h in schema.HEADS}
     codes = cols["request_code"][rows]
-    out = {}
-    for i, head in enumerate(schema.HEADS):
-        labels = cols["labels"][rows, i]
-        hit, has_positive = metrics.hits_per_group(codes, labels, scores[head][rows], k, counts.shape[1])
-        replicates: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
-        for chunk in range(0, len(counts), BOOTSTRAP_CHUNK):
-            block = counts[chunk:chunk + BOOTSTRAP_CHUNK]
-            for name, values in metrics.head_metric_replicates(labels, probs[rows, i], block[:, codes] * cols["weights"][rows]).items():
-                replicates[name].append(values)
-            replicates["hit"].append(metrics.hit_replicates(block, hit, has_positive))
-        out[head] = {m: metrics.percentile_interval(np.concatenate(v)) for m, v in replicates.items()}
-    return out
+    labels = cols["labels"][rows]
+    # Per-request HIT@k outcomes do not depend on the replicate: computed once per head.
+    hits = {head: metrics.hits_per_group(codes, labels[:, i], scores[head][rows], k, counts.shape[1]) for i, head in enumerate(schema.HEADS)}
+    replicates: dict[str, dict[str, list[np.ndarray]]] = {h: {m: [] for m in METRICS} for h in schema.HEADS}
+    for chunk in range(0, len(counts), BOOTSTRAP_CHUNK):
+        block = counts[chunk:chunk + BOOTSTRAP_CHUNK]
+        weights = block[:, codes] * cols["weights"][rows]  # one (replicates × rows) matrix for every head
+        for i, head in enumerate(schema.HEADS):
+            for name, values in metrics.head_metric_replicates(labels[:, i], probs[rows, i], weights).items():
+                replicates[head][name].append(values)
+            replicates[head]["hit"].append(metrics.hit_replicates(block, *hits[head]))
+    return {h: {m: metrics.percentile_interval(np.concatenate(v)) for m, v in per_metric.items()} for h, per_metric in replicates.items()}
 
 
 def evaluate_probabilities(table: pa.Table, probs: np.ndarray, cfg: Config) -> dict[str, Any]:

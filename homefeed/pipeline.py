@@ -89,7 +89,7 @@ def check_drift(cfg: Config, spark, instances: str, directory: Path) -> str:
 
     if not cfg.validation.drift.enabled:
         return "disabled"
-    frame = spark.read.option("pathGlobFilter", "*.parquet").parquet(instances)
+    frame = validation.read_dataset(spark, "instances", instances)
     current = drift.profile(frame, storage.read_manifest(instances)["feature_stats"])
     previous = drift.previous_profile(cfg.storage.root, directory.name)
     report = drift.compare(current, previous[1], cfg.validation.drift, previous[0]) if previous else None
@@ -118,8 +118,7 @@ def train(cfg: Config, directory: Path) -> dict[str, Any]:
     instances = _load(directory, "build_instances")["instances"]
     result = trainer.train(instances, str(directory / "train"), cfg)
     mlflow_client, run_id = registry.client(cfg), _mlflow_run(cfg, directory)
-    for key, value in cfg.train.model_dump(mode="json").items():
-        mlflow_client.log_param(run_id, f"train.{key}", json.dumps(value) if isinstance(value, dict) else value)
+    registry.log_train_params(mlflow_client, run_id, cfg.train)
     for entry in result.history:
         for head, auc in entry["val_auc"].items():
             if auc == auc:  # skip NaN

@@ -67,6 +67,12 @@ def experiment_id(cfg: Config) -> str:
     return client(cfg).get_experiment_by_name(cfg.registry.experiment).experiment_id
 
 
+def log_train_params(mlflow_client, run_id: str, train: Any) -> None:
+    """The training config as ``train.<key>`` params (dicts as JSON)."""
+    for key, value in train.model_dump(mode="json").items():
+        mlflow_client.log_param(run_id, f"train.{key}", json.dumps(value) if isinstance(value, dict) else value)
+
+
 # --------------------------------------------------------------------------- the served model
 class HomefeedModel:
     """The pyfunc model: instance rows (pandas) → per-head probabilities and the ranking score."""

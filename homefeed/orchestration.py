@@ -1,0 +1,26 @@
+"""What Airflow tasks share, kept light: DAG files import it while they parse."""
+
+from __future__ import annotations
+
+import functools
+
+
+def fail_fast(stage):
+    """Wrap a task body: bad input and refusals fail the task at once, without its retries.
+
+    A :class:`homefeed.errors.PermanentError` gives the same answer on every try; retries are
+    kept for transient trouble (a busy database, a lost Spark executor, a network hiccup).
+    """
+
+    @functools.wraps(stage)
+    def run_stage(*args, **kwargs):
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from homefeed.errors import PermanentError
+
+        try:
+            return stage(*args, **kwargs)
+        except PermanentError as error:
+            raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+
+    return run_stage
