@@ -288,6 +288,27 @@ def compare(
     typer.echo(f"wrote {out / 'comparison.csv'} ({len(rows)} models), comparison.md, comparison.png")
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default serving.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serving.port)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve `POST /rank` with the model behind `serving.alias` (champion) of the registry."""
+    import uvicorn
+
+    from homefeed.serving.app import create_app
+    from homefeed.serving.service import NoServableModel
+
+    cfg = _config(config)
+    try:
+        application = create_app(cfg)
+    except NoServableModel as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(application, host=host or cfg.serving.host, port=port or cfg.serving.port, log_level="info")
+
+
 # --------------------------------------------------------------------------- the main job
 def airflow_env(cfg: Config, config_files: list[Path] | None = None) -> dict[str, str]:
     """Environment for an embedded Airflow: SQLite metadata under the storage root, our DAGs.

@@ -186,6 +186,19 @@ class HoldoutConfig(_Section):
     salt: str = Field("homefeed-holdout-v1", min_length=1)
 
 
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    alias: str = Field("champion", min_length=1)
+    max_candidates: int = Field(1000, ge=1)
+    # Where the pins/users snapshot is read; empty: the raw root the champion was trained from.
+    features_root: str = ""
+    # Seconds between checks of the alias (0: only POST /admin/reload reloads).
+    reload_poll_s: float = Field(30.0, ge=0)
+    # Candidates are scored as if shown here (the position-bias feature has no value before ranking).
+    position: int = Field(0, ge=0)
+
+
 class Config(_Section):
     storage: StorageConfig = StorageConfig()
     simulator: SimulatorConfig = SimulatorConfig()
@@ -198,6 +211,7 @@ class Config(_Section):
     gates: GatesConfig = GatesConfig()
     registry: RegistryConfig = RegistryConfig()
     holdout: HoldoutConfig = HoldoutConfig()
+    serving: ServingConfig = ServingConfig()
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Config":
         """A copy with a nested dict of overrides applied and validated again."""

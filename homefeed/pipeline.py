@@ -183,7 +183,9 @@ def register(cfg: Config, directory: Path) -> dict[str, Any]:
     run_id = _mlflow_run(cfg, directory)
     checks = _log_lineage(cfg, run_id, directory)
     tags.update({f"validation.{stage}": summary for stage, summary in checks.items()})
-    version = registry.log_and_register(cfg, run_id, _load(directory, "train")["model_dir"], example, tags)
+    version = registry.log_and_register(
+        cfg, run_id, _load(directory, "train")["model_dir"], example, tags, features=registry.serving_features(manifest)
+    )
     return _record(directory, "register", {"version": version, "model_name": cfg.registry.model_name})
 
 

@@ -43,6 +43,22 @@ def tracking_uri(cfg: Config) -> str:
     return f"sqlite:///{storage.local_path(cfg.storage.root)}/mlflow.db"
 
 
+def _set_mlflow_uris(uri: str) -> None:
+    """Point MLflow's fluent API at ``uri`` without exporting it: ``mlflow.set_tracking_uri``
+    also writes MLFLOW_TRACKING_URI, which would make every later config in this process (a
+    reloading service, in-process DAG runs) use the first store instead of its own."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def client(cfg: Config):
     """An MlflowClient on the configured store, with the experiment created if needed."""
     import mlflow
@@ -52,8 +68,7 @@ def client(cfg: Config):
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    _set_mlflow_uris(uri)
     mlflow_client = MlflowClient(uri, uri)
     if mlflow_client.get_experiment_by_name(cfg.registry.experiment) is None:
         artifacts = None
@@ -82,6 +97,9 @@ class HomefeedModel:
 
         self.scorer = load_scorer(context.artifacts["model"])
         self.utility = json.loads(Path(context.artifacts["ranking"]).read_text())["utility"]
+        # What serving needs to rebuild the training features (absent on models logged without it).
+        features = context.artifacts.get("features")
+        self.features = json.loads(Path(features).read_text()) if features else None
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from homefeed.metrics import ranking_utility
@@ -105,18 +123,39 @@ def pip_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("torch", "numpy", "pandas", "pyarrow", "scikit-learn", "lightgbm", "mlflow")]
 
 
-def log_and_register(cfg: Config, run_id: str, model_dir: str, input_example: pd.DataFrame, tags: dict[str, str]) -> str:
-    """Log the model to the run, register a version, tag it and point ``challenger`` at it."""
+def serving_features(manifest: dict[str, Any]) -> dict[str, Any]:
+    """From an instances manifest: what serving needs to compute the same features online."""
+    return {
+        "feature_stats": manifest["feature_stats"],
+        "delay_ms": manifest["config"]["delay_ms"],
+        "seq_len": manifest["config"]["seq_len"],
+        "raw_root": manifest["raw_root"],
+    }
+
+
+def log_and_register(
+    cfg: Config, run_id: str, model_dir: str, input_example: pd.DataFrame, tags: dict[str, str],
+    features: dict[str, Any] | None = None,
+) -> str:
+    """Log the model to the run, register a version, tag it and point ``challenger`` at it.
+
+    ``features`` (see :func:`serving_features`) travels with the model so a service can score it.
+    """
     import mlflow
 
     mlflow_client = client(cfg)
     ranking_file = Path(model_dir).parent / "ranking.json"
     storage.write_json(ranking_file, {"utility": cfg.ranking.utility})
+    artifacts = {"model": str(model_dir), "ranking": str(ranking_file)}
+    if features is not None:
+        features_file = Path(model_dir).parent / "serving_features.json"
+        storage.write_json(features_file, features)
+        artifacts["features"] = str(features_file)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=_pyfunc_model(),
-            artifacts={"model": str(model_dir), "ranking": str(ranking_file)},
+            artifacts=artifacts,
             pip_requirements=pip_requirements(),
             input_example=input_example,
             registered_model_name=cfg.registry.model_name,
@@ -251,8 +290,8 @@ def history(cfg: Config) -> list[dict[str, Any]]:
 
 
 def input_example(table: pa.Table, rows: int = 3) -> pd.DataFrame:
-    """A few instance rows, with list columns as Python lists (what a JSON client would send)."""
-    frame = table.slice(0, rows).to_pandas()
+    """A few rows of the model's inputs, with list columns as Python lists (what a JSON client would send)."""
+    frame = table.select(list(schema.MODEL_INPUT_COLUMNS)).slice(0, rows).to_pandas()
     for column in frame.columns:
         if len(frame) and isinstance(frame[column].iloc[0], np.ndarray):
             # Python numbers: a JSON round trip must give back the types the signature records.

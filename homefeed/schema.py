@@ -181,5 +181,10 @@ CATEGORICAL_FEATURES: dict[str, int] = {
     "user_gender": len(GENDERS) + 1,
 }
 PIN_EMBEDDING = "pin_embedding"
+# What a served model reads per candidate (labels, weights and bookkeeping columns are not inputs).
+MODEL_INPUT_COLUMNS = (
+    "user_id", "pin_id", "ts", "source", "position",
+    *DENSE_FEATURES, *CATEGORICAL_FEATURES, PIN_EMBEDDING, *SEQUENCE_COLUMNS,
+)
 # Published beside the instances (ignored by Parquet readers: it starts with "_").
 PIN_FEATURES_DIR = "_pin_features"

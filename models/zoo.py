@@ -33,11 +33,12 @@ class NeuralScorer:
         from homefeed.data import to_tensors
 
         seq_len = self.ranker.cfg.sequence.seq_len
+        device = self.ranker.pins.content.device
         out = []
         with torch.inference_mode():
             for start in range(0, table.num_rows, self.batch_size):
-                batch = to_tensors(table.slice(start, self.batch_size), seq_len)
-                out.append(torch.sigmoid(self.ranker(batch).float()).numpy())
+                batch = {k: v.to(device) for k, v in to_tensors(table.slice(start, self.batch_size), seq_len).items()}
+                out.append(torch.sigmoid(self.ranker(batch).float()).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(schema.HEADS)), dtype=np.float32)
 
 

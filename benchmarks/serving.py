@@ -1,0 +1,160 @@
+"""Ranking latency: 500 candidates × a 100-action sequence, side by side in one run.
+
+Variants, each timed over the same requests:
+
+- ``per-candidate loop``: the straightforward service: features and one model call per candidate;
+- ``batched``: ``RankingService.rank``, the platform's path: the request's history is read
+  once, features for all candidates are built as one Arrow table, one model call;
+- ``batched + HTTP``: the same through the FastAPI app (JSON in and out; in-process ASGI client).
+
+Models: TransAct v1.1 at the paper's sizes (d_model 96, 2 layers, 2 heads, ff 32, seq 100)
+and at the platform's default training sizes (``train.*`` in the default config). Random
+weights: latency does not depend on them. Prints p50 / p99 latency, requests/s, candidates/s
+and peak resident memory.
+
+    .venv/bin/python benchmarks/serving.py [--candidates 500] [--requests 30] [--threads 2]
+    .venv/bin/python benchmarks/serving.py --device cuda        # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from homefeed import features, schema  # noqa: E402
+from homefeed.config import load_config  # noqa: E402
+from homefeed.serving.service import RankingService, ServedModel  # noqa: E402
+from models.ranker import Ranker, RankerConfig  # noqa: E402
+from models.sequence import SequenceConfig  # noqa: E402
+from models.zoo import NeuralScorer  # noqa: E402
+
+NUM_PINS = 100_000
+NUM_USERS = 1_000
+REQUEST_TS = 1_800_000_000_000
+
+
+def synthetic_snapshot(rng: np.random.Generator) -> features.FeatureSnapshot:
+    pins = {
+        p: {"pin_id": p, "embedding": rng.standard_normal(schema.EMBEDDING_DIM).astype(np.float32).tolist(),
+            "created_ts": REQUEST_TS - int(rng.integers(1, 10**9)), "category": int(rng.integers(0, 32)), "owner_id": int(rng.integers(1, 5000)),
+            "repin_count": int(rng.integers(0, 1000)), "click_count": int(rng.integers(0, 1000)),
+            "impression_count": int(rng.integers(0, 10**5)), "spam_score": float(rng.random())}
+        for p in range(1, NUM_PINS + 1)
+    }
+    users = {
+        u: {"user_id": u, "signup_ts": REQUEST_TS - 10**10, "last_active_ts": REQUEST_TS, "board_count": 10,
+            "follower_count": 100, "pin_count": 50, "actions_28d": 40, "gender": "female", "country": "US"}
+        for u in range(1, NUM_USERS + 1)
+    }
+    return features.FeatureSnapshot(pins, users)
+
+
+def service_for(sizes: str, snapshot: features.FeatureSnapshot, device: torch.device, rng: np.random.Generator) -> RankingService:
+    if sizes == "paper":
+        seq = SequenceConfig(seq_len=100, action_dim=32, d_model=96, num_layers=2, num_heads=2, dim_feedforward=32)
+        id_dim = 32
+    else:
+        t = load_config(environ={}).train
+        seq = SequenceConfig(seq_len=100, action_dim=t.embedding_dim, d_model=t.d_model, num_layers=t.num_layers,
+                             num_heads=t.num_heads, dim_feedforward=t.dim_feedforward)
+        id_dim = t.embedding_dim
+    content = torch.zeros(NUM_PINS + 1, schema.EMBEDDING_DIM)
+    for p, pin in snapshot.pins.items():
+        content[p] = torch.tensor(pin["embedding"])
+    ranker = Ranker(RankerConfig(sequence_module="transact_v11", sequence=seq, id_dim=id_dim, cross_layers=2), content).to(device).eval()
+    scorer = NeuralScorer("transact_v11", ranker, batch_size=4096)
+    stats = {f: {"mean": 1.0, "std": 2.0} for f in schema.DENSE_FEATURES}
+    model = ServedModel("bench", scorer, {"repin": 1.0, "hide": -2.0}, stats, 30_000, 100, "", 0.0, "bench")
+    store = features.InMemorySequenceStore(snapshot)
+    for user in range(1, NUM_USERS + 1):
+        for i in range(100):
+            store.append(user, int(rng.integers(1, NUM_PINS)), schema.ACTION_NAMES[int(rng.integers(0, 6))], REQUEST_TS - 60_000 - 1000 * i)
+    return RankingService(model, snapshot, store)
+
+
+def requests(n: int, candidates: int, rng: np.random.Generator) -> list[tuple[int, list[features.Candidate]]]:
+    out = []
+    for _ in range(n):
+        pins = rng.integers(1, NUM_PINS, size=candidates)
+        out.append((int(rng.integers(1, NUM_USERS)), [features.Candidate(int(p), REQUEST_TS - 1000 * i, "pfy") for i, p in enumerate(pins)]))
+    return out
+
+
+def per_candidate_loop(service: RankingService, user: int, candidates: list[features.Candidate]) -> list[int]:
+    scores = [float(service.score(user, REQUEST_TS, [c])[1][0]) for c in candidates]
+    return sorted(range(len(candidates)), key=lambda i: -scores[i])
+
+
+def time_variant(call, workload, warmup: int = 2) -> list[float]:
+    for user, cands in workload[:warmup]:
+        call(user, cands)
+    latencies = []
+    for user, cands in workload:
+        started = time.perf_counter()
+        call(user, cands)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", type=int, default=500)
+    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--loop-requests", type=int, default=3, help="the per-candidate loop is slow; fewer requests")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", default="paper,default")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rng = np.random.default_rng(0)
+    snapshot = synthetic_snapshot(rng)
+    workload = requests(args.requests, args.candidates, rng)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    print(f"Ranking {args.candidates} candidates with a 100-action sequence, TransAct v1.1, on {where}, torch {torch.__version__}")
+    print(f"| {'model sizes':<12} | {'variant':<20} | {'requests':>8} | {'p50 ms':>8} | {'p99 ms':>8} | {'req/s':>7} | {'cand/s':>9} | {'peak RSS MiB':>12} |")
+    print(f"|{'-' * 14}|{'-' * 22}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 9}|{'-' * 11}|{'-' * 14}|")
+    for sizes in args.sizes.split(","):
+        service = service_for(sizes, snapshot, device, rng)
+        app_client = _http_client(service)
+        variants = {
+            "per-candidate loop": (lambda u, c: per_candidate_loop(service, u, c), workload[: args.loop_requests]),
+            "batched": (lambda u, c: service.rank(u, REQUEST_TS, c), workload),
+            "batched + HTTP": (lambda u, c: _post(app_client, u, c), workload),
+        }
+        for name, (call, work) in variants.items():
+            with torch.inference_mode():
+                latencies = time_variant(call, work, warmup=1 if name == "per-candidate loop" else 2)
+            p50, p99 = statistics.median(latencies), float(np.percentile(latencies, 99))
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"| {sizes:<12} | {name:<20} | {len(work):>8} | {1000 * p50:>8.1f} | {1000 * p99:>8.1f} | {1 / p50:>7.1f} | "
+                  f"{args.candidates / p50:>9,.0f} | {rss:>12,.0f} |", flush=True)
+
+
+def _http_client(service: RankingService):
+    from fastapi.testclient import TestClient
+
+    from homefeed.serving.app import create_app
+
+    cfg = load_config(environ={}, overrides={"serving": {"reload_poll_s": 0}})
+    return TestClient(create_app(cfg, service))
+
+
+def _post(client, user: int, candidates: list[features.Candidate]) -> dict:
+    body = {"user_id": user, "request_ts": REQUEST_TS, "candidates": [{"pin_id": c.pin_id, "ts": c.ts, "source": c.source} for c in candidates]}
+    answer = client.post("/rank", json=body)
+    answer.raise_for_status()
+    return answer.json()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Online features: the instance row for one (user, candidate, request time), without Spark.
+
+The Spark job (``jobs/build_instances.py``) computes the same columns over whole logs; this module
+computes them for one request from a feature snapshot and a user's event history, so the service
+and the closed-loop simulator score exactly what the model was trained on. The rules both follow:
+
+- the sequence holds the actions strictly before ``request_ts - delay_ms``, newest first, ordered
+  by (ts, pin_id, action code) like the job's window, truncated to ``seq_len``;
+- interaction counts (``user_prior_actions``, positives on the candidate's category / owner) count
+  the same actions;
+- counts get ``log1p`` (negatives and nulls → 0), then every dense feature is standardised with the
+  training window's statistics (``feature_stats`` of the instances manifest; nulls → the mean);
+- categoricals: unknown → 0. Unknown pins and users (cold start) take exactly these defaults.
+
+``tests/homefeed/test_features.py`` proves equality with the Spark job's rows for the same events.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from homefeed import schema, storage
+from homefeed.errors import PermanentError
+
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+POSITIVE_CODES = frozenset(schema.ACTION_CODES[a] for a in schema.POSITIVE_ACTIONS)
+
+
+class FeatureSnapshotMissing(PermanentError, FileNotFoundError):
+    """No pins/users snapshot where the champion's instances were built from."""
+
+
+# --------------------------------------------------------------------------- the snapshot
+def _latest_partition(table_dir: Path) -> Path:
+    partitions = sorted(p for p in table_dir.glob(f"{schema.DT}=*") if p.is_dir())
+    if not partitions:
+        raise FeatureSnapshotMissing(f"no {schema.DT}=… snapshot under {table_dir}")
+    return partitions[-1]
+
+
+def _read_partition(directory: Path) -> pa.Table:
+    files = storage.list_files(directory)
+    if not files:
+        raise FeatureSnapshotMissing(f"no Parquet files under {directory}")
+    return pa.concat_tables(pq.ParquetFile(f).read() for f in files)
+
+
+@dataclass
+class FeatureSnapshot:
+    """The latest pins and users snapshot of a raw root, indexed by id."""
+
+    pins: dict[int, dict]
+    users: dict[int, dict]
+    pin_snapshot_dt: str = ""
+    user_snapshot_dt: str = ""
+
+    @classmethod
+    def load(cls, raw_root: str | Path) -> "FeatureSnapshot":
+        root = storage.local_path(raw_root)
+        pins_dir, users_dir = _latest_partition(root / schema.PINS), _latest_partition(root / schema.USERS)
+        pins = _read_partition(pins_dir).to_pylist()
+        users = _read_partition(users_dir).to_pylist()
+        return cls(
+            pins={int(p["pin_id"]): p for p in pins},
+            users={int(u["user_id"]): u for u in users},
+            pin_snapshot_dt=pins_dir.name.split("=", 1)[1],
+            user_snapshot_dt=users_dir.name.split("=", 1)[1],
+        )
+
+    def pin_keys(self, pin_id: int) -> tuple[int | None, int | None]:
+        """(category, owner_id) of a pin; (None, None) when unknown, as the job's left join gives."""
+        pin = self.pins.get(int(pin_id))
+        return (None, None) if pin is None else (pin["category"], pin["owner_id"])
+
+
+# --------------------------------------------------------------------------- user histories
+@dataclass(frozen=True, order=True)
+class Event:
+    ts: int
+    pin_id: int
+    action_code: int
+    category: int | None = field(compare=False, default=None)
+    owner_id: int | None = field(compare=False, default=None)
+
+
+@dataclass
+class UserHistory:
+    """A user's newest events (sorted oldest → newest) and the counts of the events evicted before them.
+
+    Exact as long as fewer than ``keep`` events are newer than any request's cut-off (the delay
+    is seconds; ``keep`` is the sequence length plus a margin).
+    """
+
+    keep: int
+    events: list[Event] = field(default_factory=list)
+    evicted_total: int = 0
+    evicted_category: Counter = field(default_factory=Counter)
+    evicted_owner: Counter = field(default_factory=Counter)
+
+    def add(self, event: Event) -> None:
+        bisect.insort(self.events, event)
+        while len(self.events) > self.keep:
+            old = self.events.pop(0)
+            self.evicted_total += 1
+            if old.action_code in POSITIVE_CODES:
+                self.evicted_category[old.category] += 1
+                self.evicted_owner[old.owner_id] += 1
+
+    def before(self, cutoff_ts: int) -> list[Event]:
+        """Events strictly before the cut-off, oldest first."""
+        return self.events[: bisect.bisect_left([e.ts for e in self.events], cutoff_ts)]
+
+
+class SequenceStore(Protocol):
+    """Per-user action histories; a key-value store (Redis, DynamoDB) can implement this."""
+
+    def append(self, user_id: int, pin_id: int, action: str, ts: int) -> None: ...
+
+    def history(self, user_id: int) -> UserHistory | None: ...
+
+
+class InMemorySequenceStore:
+    """The default store: one process, histories in a dict."""
+
+    def __init__(self, snapshot: FeatureSnapshot, seq_len: int = schema.SEQ_LEN, margin: int = 100):
+        self.snapshot, self.keep = snapshot, seq_len + margin
+        self.users: dict[int, UserHistory] = {}
+
+    def append(self, user_id: int, pin_id: int, action: str, ts: int) -> None:
+        if action not in schema.ACTION_CODES:
+            raise ValueError(f"unknown action {action!r}; expected one of {list(schema.ACTION_NAMES)}")
+        category, owner = self.snapshot.pin_keys(pin_id)
+        event = Event(int(ts), int(pin_id), schema.ACTION_CODES[action], category, owner)
+        self.users.setdefault(int(user_id), UserHistory(self.keep)).add(event)
+
+    def history(self, user_id: int) -> UserHistory | None:
+        return self.users.get(int(user_id))
+
+
+def history_from_events(snapshot: FeatureSnapshot, events: list[dict], seq_len: int = schema.SEQ_LEN) -> UserHistory:
+    """A history from an explicit list of {pin_id, action, ts} (the request's optional sequence)."""
+    store = InMemorySequenceStore(snapshot, seq_len, margin=max(len(events), 1))
+    for e in events:
+        store.append(0, e["pin_id"], e["action"], e["ts"])
+    return store.history(0) or UserHistory(store.keep)
+
+
+# --------------------------------------------------------------------------- one request
+@dataclass(frozen=True)
+class Candidate:
+    pin_id: int
+    ts: int
+    source: str
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class VisibleHistory:
+    """What a request may see of a history: the actions before its cut-off, and their counts."""
+
+    newest_first: list[Event]
+    prior_actions: int
+    positives_by_category: Counter
+    positives_by_owner: Counter
+
+
+def visible_history(history: UserHistory | None, cutoff_ts: int) -> VisibleHistory:
+    if history is None:
+        return VisibleHistory([], 0, Counter(), Counter())
+    visible = history.before(cutoff_ts)
+    positive = [e for e in visible if e.action_code in POSITIVE_CODES]
+    return VisibleHistory(
+        visible[::-1],
+        history.evicted_total + len(visible),
+        history.evicted_category + Counter(e.category for e in positive),
+        history.evicted_owner + Counter(e.owner_id for e in positive),
+    )
+
+
+def _code(value, vocabulary: tuple[str, ...]) -> int:
+    return vocabulary.index(value) + 1 if value in vocabulary else 0
+
+
+def raw_rows(
+    snapshot: FeatureSnapshot, history: UserHistory | None, user_id: int, request_ts: int,
+    candidates: list[Candidate], delay_ms: int, seq_len: int,
+) -> list[dict]:
+    """Instance rows before log1p and standardisation, one per candidate."""
+    user = snapshot.users.get(int(user_id), {})
+    signup = user.get("signup_ts")
+    seen = visible_history(history, request_ts - delay_ms)
+    newest = seen.newest_first[:seq_len]
+    sequence = {
+        schema.SEQ_PIN_ID: [e.pin_id for e in newest],
+        schema.SEQ_ACTION: [e.action_code for e in newest],
+        schema.SEQ_TS: [e.ts for e in newest],
+    }
+    rows = []
+    for c in candidates:
+        pin = snapshot.pins.get(int(c.pin_id), {})
+        category, owner = snapshot.pin_keys(c.pin_id)
+        created = pin.get("created_ts")
+        rows.append({
+            "user_id": int(user_id), "pin_id": int(c.pin_id), "ts": int(request_ts), "source": c.source, "position": c.position,
+            "pin_repin_count": pin.get("repin_count"),
+            "pin_click_count": pin.get("click_count"),
+            "pin_impression_count": pin.get("impression_count"),
+            "pin_age_hours": None if created is None else max((request_ts - created) / HOUR_MS, 0.0),
+            "pin_spam_score": pin.get("spam_score"),
+            "user_board_count": user.get("board_count"),
+            "user_follower_count": user.get("follower_count"),
+            "user_pin_count": user.get("pin_count"),
+            "user_account_age_days": None if signup is None else max((request_ts - signup) / DAY_MS, 0.0),
+            "user_category_engagements": seen.positives_by_category[category],
+            "user_owner_engagements": seen.positives_by_owner[owner],
+            "user_prior_actions": seen.prior_actions,
+            "feed_position": float(c.position),
+            "pin_category": (category or 0) % schema.NUM_CATEGORIES,
+            "source_id": _code(c.source, schema.SOURCES),
+            "user_gender": _code(user.get("gender"), schema.GENDERS),
+            schema.PIN_EMBEDDING: list(pin.get("embedding") or [0.0] * schema.EMBEDDING_DIM),
+            **sequence,
+        })
+    return rows
+
+
+def transform_dense(rows: list[dict], feature_stats: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
+    """log1p on counts, then standardisation: the job's ``log_transform`` + ``standardize``."""
+    out = {}
+    for name in schema.DENSE_FEATURES:
+        values = np.array([np.nan if r[name] is None else float(r[name]) for r in rows], dtype=np.float64)
+        if name in schema.LOG1P_FEATURES:
+            values = np.log1p(np.maximum(np.nan_to_num(values, nan=0.0), 0.0))
+        stats = feature_stats[name]
+        values = np.where(np.isnan(values), stats["mean"], values)
+        out[name] = ((values - stats["mean"]) / stats["std"]).astype(np.float32)
+    return out
+
+
+def instance_table(rows: list[dict], feature_stats: dict[str, dict[str, float]]) -> pa.Table:
+    """Rows → an Arrow table in the instance format every scorer reads."""
+    dense = transform_dense(rows, feature_stats)
+    columns = {
+        "user_id": pa.array([r["user_id"] for r in rows], pa.int64()),
+        "pin_id": pa.array([r["pin_id"] for r in rows], pa.int64()),
+        "ts": pa.array([r["ts"] for r in rows], pa.int64()),
+        "source": pa.array([r["source"] for r in rows], pa.string()),
+        "position": pa.array([r["position"] for r in rows], pa.int32()),
+        **{name: pa.array(values, pa.float32()) for name, values in dense.items()},
+        **{name: pa.array([r[name] for r in rows], pa.int32()) for name in schema.CATEGORICAL_FEATURES},
+        schema.PIN_EMBEDDING: pa.array([r[schema.PIN_EMBEDDING] for r in rows], pa.list_(pa.float32())),
+        schema.SEQ_PIN_ID: pa.array([r[schema.SEQ_PIN_ID] for r in rows], pa.list_(pa.int64())),
+        schema.SEQ_ACTION: pa.array([r[schema.SEQ_ACTION] for r in rows], pa.list_(pa.int32())),
+        schema.SEQ_TS: pa.array([r[schema.SEQ_TS] for r in rows], pa.list_(pa.int64())),
+    }
+    return pa.table(columns)

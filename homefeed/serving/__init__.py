@@ -1,0 +1,1 @@
+"""Online ranking: the champion scores candidates; holdout users keep the chronological feed."""

@@ -1,0 +1,124 @@
+"""The HTTP face of the ranking service (FastAPI).
+
+    GET  /health          the process is up
+    GET  /ready           a model is loaded (its version)
+    POST /rank            {user_id, request_ts, candidates: [{pin_id, ts, source}], sequence?}
+    POST /events          {user_id, pin_id, action, ts}: append to the user's realtime sequence
+    POST /admin/reload    load the version the alias points at now
+
+Requests are validated strictly (unknown fields, wrong types, too many candidates → 422 with the
+reason). The app is built around a service that already holds a model: ``create_app`` raises
+before serving when there is no champion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Literal
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from homefeed import features, schema
+from homefeed.config import Config
+from homefeed.serving.service import RankingService
+
+log = logging.getLogger(__name__)
+
+Source = Literal[schema.SOURCES]  # type: ignore[valid-type]
+ActionName = Literal[schema.ACTION_NAMES]  # type: ignore[valid-type]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CandidateIn(_Strict):
+    pin_id: int = Field(ge=0)
+    ts: int = Field(ge=0, description="the pin's timestamp, ms (orders the chronological feed)")
+    source: Source
+
+
+class SequenceEventIn(_Strict):
+    pin_id: int = Field(ge=0)
+    action: ActionName
+    ts: int = Field(ge=0)
+
+
+class RankRequest(_Strict):
+    user_id: int = Field(ge=0)
+    request_ts: int = Field(ge=0, description="ms")
+    candidates: list[CandidateIn] = Field(min_length=1)
+    sequence: list[SequenceEventIn] | None = None
+
+
+class EventIn(SequenceEventIn):
+    user_id: int = Field(ge=0)
+
+
+class RankedPin(BaseModel):
+    pin_id: int
+    score: float
+    scores: dict[str, float]
+
+
+class RankResponse(BaseModel):
+    model_version: str
+    holdout: bool
+    ranked: list[RankedPin]
+
+
+def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
+    """The app; loads the model behind ``serving.alias`` unless a service is given."""
+    service = service or RankingService.from_registry(cfg)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        poller = asyncio.create_task(_poll_alias(cfg, service)) if cfg.serving.reload_poll_s > 0 else None
+        yield
+        if poller:
+            poller.cancel()
+
+    app = FastAPI(title="homefeed ranking service", lifespan=lifespan)
+    app.state.service = service
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> dict:
+        return {"status": "ready", "model_version": service.model.version}
+
+    @app.post("/rank", response_model=RankResponse)
+    def rank(request: RankRequest) -> dict:
+        if len(request.candidates) > cfg.serving.max_candidates:
+            raise HTTPException(422, f"{len(request.candidates)} candidates; at most {cfg.serving.max_candidates} per request")
+        candidates = [features.Candidate(c.pin_id, c.ts, c.source) for c in request.candidates]
+        sequence = None if request.sequence is None else [e.model_dump() for e in request.sequence]
+        return service.rank(request.user_id, request.request_ts, candidates, sequence).to_dict()
+
+    @app.post("/events")
+    def events(event: EventIn) -> dict:
+        service.record_event(event.user_id, event.pin_id, event.action, event.ts)
+        return {"stored": True}
+
+    @app.post("/admin/reload")
+    def reload() -> dict:
+        changed = service.reload(cfg)
+        return {"model_version": service.model.version, "changed": changed}
+
+    return app
+
+
+async def _poll_alias(cfg: Config, service: RankingService) -> None:
+    """Follow alias changes (a promotion or rollback) without a restart."""
+    while True:
+        await asyncio.sleep(cfg.serving.reload_poll_s)
+        try:
+            if await asyncio.to_thread(service.reload, cfg):
+                log.info("alias %s now serves version %s", cfg.serving.alias, service.model.version)
+        except Exception:  # a registry hiccup must not stop serving the loaded model
+            log.exception("reload check failed; still serving version %s", service.model.version)

@@ -1,0 +1,205 @@
+"""The ranking service against a real MLflow store (SQLite) with a promoted model."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from homefeed import features, holdout, registry, storage
+from homefeed.data import read_split
+from homefeed.serving.app import create_app
+from homefeed.serving.service import NoServableModel, RankingService
+
+
+
+@pytest.fixture(scope="module")
+def neural_model(instances_dir, tmp_path_factory, base_config):
+    from homefeed import train as trainer
+
+    out = tmp_path_factory.mktemp("serving-model")
+    cfg = base_config.with_overrides({"train": {"model": "transact_v11", "epochs": 1}})
+    return trainer.train(str(instances_dir), str(out), cfg).model_dir
+
+
+@pytest.fixture(scope="module")
+def cfg(base_config, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving-root")
+    # A large holdout fraction so the sample holds users of both groups.
+    return base_config.with_overrides({
+        "storage": {"root": str(root)}, "holdout": {"fraction": 0.3},
+        "serving": {"max_candidates": 50, "reload_poll_s": 0},
+    })
+
+
+def register_and_promote(cfg, model_dir, instances_dir) -> str:
+    mlflow_client = registry.client(cfg)
+    run = mlflow_client.create_run(registry.experiment_id(cfg))
+    example = registry.input_example(read_split(str(instances_dir), "test"))
+    manifest = storage.read_manifest(instances_dir)
+    version = registry.log_and_register(cfg, run.info.run_id, model_dir, example, {}, features=registry.serving_features(manifest))
+    registry.promote(cfg, version, reason="serving test", force=True)
+    return version
+
+
+@pytest.fixture(scope="module")
+def champion(cfg, neural_model, instances_dir):
+    return register_and_promote(cfg, neural_model, instances_dir)
+
+
+@pytest.fixture(scope="module")
+def client(cfg, champion):
+    with TestClient(create_app(cfg)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def test_rows(instances_dir):
+    return read_split(str(instances_dir), "test").to_pylist()
+
+
+def _users(test_rows, cfg, held_out: bool) -> list[int]:
+    users = sorted({r["user_id"] for r in test_rows})
+    return [u for u in users if holdout.is_holdout(u, cfg.holdout.fraction, cfg.holdout.salt) == held_out]
+
+
+def _request(test_rows, user_id: int, n: int = 20) -> dict:
+    rows = test_rows[:n]
+    return {
+        "user_id": user_id,
+        "request_ts": max(r["ts"] for r in test_rows),
+        "candidates": [{"pin_id": r["pin_id"], "ts": r["ts"] - 1000 * i, "source": r["source"]} for i, r in enumerate(rows)],
+    }
+
+
+def test_ranking_order_follows_the_model_scores(client, cfg, champion, test_rows, raw_dir):
+    user = _users(test_rows, cfg, held_out=False)[0]
+    body = client.post("/rank", json=_request(test_rows, user)).json()
+    assert body["model_version"] == champion and body["holdout"] is False
+    scores = [p["score"] for p in body["ranked"]]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) > 1
+    # The same candidates scored by the registered pyfunc model, on the same online features.
+    import mlflow.pyfunc
+
+    service = client.app.state.service
+    request = _request(test_rows, user)
+    candidates = [features.Candidate(c["pin_id"], c["ts"], c["source"]) for c in request["candidates"]]
+    rows = features.raw_rows(features.FeatureSnapshot.load(raw_dir), None, user, request["request_ts"], candidates,
+                             service.model.delay_ms, service.model.seq_len)
+    frame = registry.input_example(features.instance_table(rows, service.model.feature_stats), rows=len(rows))
+    expected = mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}@champion").predict(frame)["score"].to_numpy()
+    by_pin = {p["pin_id"]: p["score"] for p in body["ranked"]}
+    assert [by_pin[c.pin_id] for c in candidates] == pytest.approx(expected, rel=1e-5)
+    assert set(body["ranked"][0]["scores"]) == {"repin", "click", "closeup", "hide"}
+
+
+def test_holdout_users_get_the_chronological_feed(client, cfg, test_rows):
+    for user in _users(test_rows, cfg, held_out=True)[:3]:
+        request = _request(test_rows, user)
+        body = client.post("/rank", json=request).json()
+        assert body["holdout"] is True
+        by_time = sorted(request["candidates"], key=lambda c: -c["ts"])
+        assert [p["pin_id"] for p in body["ranked"]] == [c["pin_id"] for c in by_time]
+
+
+def test_events_feed_the_sequence_used_at_ranking(client, cfg, test_rows):
+    user = 10_000_000 + _users(test_rows, cfg, held_out=False)[0]  # a user with no history at all
+    while holdout.is_holdout(user, cfg.holdout.fraction, cfg.holdout.salt):
+        user += 1
+    request = {**_request(test_rows, user), "user_id": user}
+    before = client.post("/rank", json=request).json()["ranked"]
+    for i, row in enumerate(test_rows[:30]):
+        answer = client.post("/events", json={"user_id": user, "pin_id": row["pin_id"], "action": "repin", "ts": request["request_ts"] - 3_600_000 + i})
+        assert answer.status_code == 200
+    after = client.post("/rank", json=request).json()["ranked"]
+    assert {p["pin_id"]: p["score"] for p in before} != pytest.approx({p["pin_id"]: p["score"] for p in after})
+    # An explicit sequence in the request is used instead of the store.
+    explicit = client.post("/rank", json={**request, "sequence": []}).json()["ranked"]
+    assert {p["pin_id"]: p["score"] for p in explicit} == pytest.approx({p["pin_id"]: p["score"] for p in before})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"extra": 1}, "extra"),
+        ({"user_id": "12"}, "user_id"),
+        ({"candidates": []}, "candidates"),
+        ({"candidates": [{"pin_id": 1, "ts": 1, "source": "search"}]}, "source"),
+        ({"candidates": [{"pin_id": 1, "ts": 1, "source": "pfy", "score": 3}]}, "score"),
+        ({"candidates": [{"pin_id": i, "ts": 1, "source": "pfy"} for i in range(51)]}, "at most 50"),
+        ({"sequence": [{"pin_id": 1, "action": "upvote", "ts": 1}]}, "action"),
+    ],
+)
+def test_bad_requests_get_422_with_the_reason(client, test_rows, change, message):
+    answer = client.post("/rank", json={**_request(test_rows, 1), **change})
+    assert answer.status_code == 422
+    assert message in answer.text
+
+
+def test_health_and_readiness(client, champion):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json()["model_version"] == champion
+
+
+def test_reload_picks_up_a_newly_promoted_champion(client, cfg, champion, neural_model, instances_dir):
+    assert client.post("/admin/reload").json() == {"model_version": champion, "changed": False}
+    newer = register_and_promote(cfg, neural_model, instances_dir)
+    answer = client.post("/admin/reload").json()
+    assert answer == {"model_version": newer, "changed": True}
+    assert client.post("/rank", json={"user_id": 1, "request_ts": 10, "candidates": [{"pin_id": 1, "ts": 1, "source": "pfy"}]}).json()["model_version"] == newer
+    registry.rollback(cfg, "back to the first")
+    assert client.post("/admin/reload").json()["model_version"] == champion
+
+
+def test_the_service_refuses_to_start_without_a_champion(base_config, tmp_path):
+    cfg = base_config.with_overrides({"storage": {"root": str(tmp_path)}})
+    with pytest.raises(NoServableModel, match="homefeed promote"):
+        RankingService.from_registry(cfg)
+
+
+def test_homefeed_serve_answers_over_http(cfg, champion, tmp_path, test_rows):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    overlay = tmp_path / "serve.yaml"
+    overlay.write_text(yaml.safe_dump({"storage": {"root": cfg.storage.root}, "holdout": {"fraction": 0.3}}))
+    homefeed = str(Path(sys.executable).with_name("homefeed"))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    process = subprocess.Popen([homefeed, "serve", "--port", str(port), "--config", str(overlay)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"homefeed serve did not become ready: {process.stdout.read().decode()[-2000:]}")
+                time.sleep(0.5)
+        user = _users(test_rows, cfg, held_out=False)[0]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/rank", data=json.dumps(_request(test_rows, user)).encode(),
+                                         headers={"Content-Type": "application/json"})
+        body = json.loads(urllib.request.urlopen(request, timeout=30).read())
+        assert len(body["ranked"]) == 20 and body["holdout"] is False
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+
+
+def test_homefeed_serve_without_a_champion_says_how_to_promote(tmp_path):
+    overlay = tmp_path / "serve.yaml"
+    overlay.write_text(yaml.safe_dump({"storage": {"root": str(tmp_path / "empty")}}))
+    homefeed = str(Path(sys.executable).with_name("homefeed"))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([homefeed, "serve", "--config", str(overlay)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "homefeed promote" in done.stderr
