@@ -288,6 +288,38 @@ def compare(
     typer.echo(f"wrote {out / 'comparison.csv'} ({len(rows)} models), comparison.md, comparison.png")
 
 
+@app.command("score-pool")
+def score_pool(
+    raw: Annotated[Path, typer.Option(help="Raw data root: the users snapshot and the action log")],
+    pins: Annotated[str, typer.Option(help="Comma-separated pin ids to insert")],
+    out: Annotated[Path, typer.Option(help="Output directory (Parquet + manifest.json)")],
+    users: Annotated[str, typer.Option(help="Comma-separated user ids (default: every user)")] = "",
+    request_ts: Annotated[Optional[int], typer.Option(help="Scoring time, ms (default: now)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Pool insertion: score pins against many users with the served model (a Spark job)."""
+    from homefeed.errors import PermanentError
+    from homefeed.spark import get_spark
+    from jobs import score_pool as job
+
+    cfg = _config(config)
+    try:
+        pin_ids = [int(p) for p in pins.split(",") if p.strip()]
+        user_ids = [int(u) for u in users.split(",") if u.strip()] or None
+    except ValueError:
+        typer.echo("error: --pins and --users take comma-separated integers", err=True)
+        raise typer.Exit(2) from None
+    started = _step(f"scoring {len(pin_ids)} pins against {'all' if user_ids is None else len(user_ids)} users")
+    try:
+        manifest = job.run(get_spark(cfg.spark, "homefeed-score-pool", cfg.instances.shuffle_partitions),
+                           str(raw), pin_ids, str(out), cfg, user_ids, request_ts)
+    except PermanentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _done(started)
+    typer.echo(json.dumps(manifest))
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default serving.host)")] = None,

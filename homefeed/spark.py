@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -12,7 +13,8 @@ from homefeed.config import SparkConfig
 def get_spark(cfg: SparkConfig, app_name: str = "homefeed", shuffle_partitions: int = 8) -> SparkSession:
     """A session bound to loopback (the default binds to a non-loopback address)."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON", "python3"))
+    # Python workers (pandas UDFs) run this interpreter: the one homefeed and torch live in.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.appName(app_name)
         .master(os.environ.get("HOMEFEED_SPARK_MASTER", cfg.master))
