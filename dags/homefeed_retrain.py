@@ -5,7 +5,8 @@ Retrains the home-feed ranker on the latest window of impression logs and, when 
 serving champion on the same evaluation data, promotes it in the MLflow registry.
 
 Runs **twice a week** (Monday and Thursday, 03:00 UTC): realtime-sequence models go stale within
-days. Trigger it from the UI to retrain on demand; the form sets the window, the architecture,
+days; and whenever `homefeed_monitor` finds the champion stale (the `homefeed_champion_stale`
+asset), with the reason in the run's report. Trigger it from the UI to retrain on demand; the form sets the window, the architecture,
 the sampling rates, the repin AUC floor and whether to promote automatically.
 
 Tasks: check raw data → validate raw (GX) → build instances (Spark) → validate instances (GX) →
@@ -21,7 +22,10 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task, teardown
 
-from homefeed.orchestration import fail_fast
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.trigger import CronTriggerTimetable
+
+from homefeed.orchestration import champion_stale_asset, fail_fast
 from models import MODEL_NAMES
 
 SEMIWEEKLY = "0 3 * * 1,4"
@@ -47,7 +51,7 @@ def _on_failure(context) -> None:
 
 @dag(
     dag_id="homefeed_retrain",
-    schedule=SEMIWEEKLY,
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(SEMIWEEKLY, timezone="UTC"), assets=[champion_stale_asset()]),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -288,6 +288,31 @@ def compare(
     typer.echo(f"wrote {out / 'comparison.csv'} ({len(rows)} models), comparison.md, comparison.png")
 
 
+@app.command()
+def monitor(
+    raw: Annotated[Path, typer.Option(help="Raw data root whose new days are scored")],
+    day: Annotated[Optional[list[str]], typer.Option(help="Day to score, YYYY-MM-DD (repeatable; default: every new day)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Score the champion on days after its training window; mark it stale when it has decayed."""
+    from homefeed import monitor as staleness_monitor
+    from homefeed.errors import PermanentError
+    from homefeed.spark import get_spark
+
+    cfg = _config(config)
+    try:
+        days = [date.fromisoformat(d) for d in day] if day else None
+    except ValueError:
+        typer.echo(f"error: --day must be YYYY-MM-DD, got {day}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        decision = staleness_monitor.run(get_spark(cfg.spark, "homefeed-monitor", cfg.instances.shuffle_partitions), cfg, str(raw), days)
+    except (ValueError, PermanentError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(decision))
+
+
 @app.command("score-pool")
 def score_pool(
     raw: Annotated[Path, typer.Option(help="Raw data root: the users snapshot and the action log")],

@@ -199,6 +199,15 @@ class ServingConfig(_Section):
     position: int = Field(0, ge=0)
 
 
+class MonitorConfig(_Section):
+    # Stale when the primary head's AUC on a new day falls this far below the first day after training…
+    max_auc_drop: float = Field(0.02, gt=0, lt=1)
+    # …or when the champion's training window ended more than this many days before the day scored.
+    max_age_days: int = Field(7, ge=0)
+    # Days with fewer impressions are recorded but do not decide staleness (their AUC is noise).
+    min_impressions: int = Field(500, ge=1)
+
+
 class Config(_Section):
     storage: StorageConfig = StorageConfig()
     simulator: SimulatorConfig = SimulatorConfig()
@@ -212,6 +221,7 @@ class Config(_Section):
     registry: RegistryConfig = RegistryConfig()
     holdout: HoldoutConfig = HoldoutConfig()
     serving: ServingConfig = ServingConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Config":
         """A copy with a nested dict of overrides applied and validated again."""

@@ -24,3 +24,13 @@ def fail_fast(stage):
             raise AirflowFailException(f"{type(error).__name__}: {error}") from error
 
     return run_stage
+
+
+CHAMPION_STALE = "homefeed_champion_stale"
+
+
+def champion_stale_asset():
+    """The asset the monitor emits when the champion has decayed; it triggers homefeed_retrain."""
+    from airflow.sdk import Asset
+
+    return Asset(name=CHAMPION_STALE)

@@ -256,6 +256,13 @@ def config_from_params(params: dict[str, Any], base: Config | None = None) -> Co
     return cfg.with_overrides(overrides)
 
 
+def monitor_champion(cfg: Config, raw: str) -> dict[str, Any]:
+    """The staleness monitor over the days landed since the champion's training window."""
+    from homefeed import monitor
+
+    return monitor.run(_spark(cfg), cfg, raw)
+
+
 def data_window(params: dict[str, Any], logical_date: date) -> tuple[date, date]:
     """The training window: ``window_days`` ending at ``end_date`` (default: the day before the run).
 

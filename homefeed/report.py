@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from homefeed import schema
+from homefeed import monitor, schema
 from homefeed.config import Config
 
 STAGES = ("check_raw", "validate_raw", "build_instances", "validate_instances", "train", "evaluate", "gate", "register", "promote")
@@ -131,6 +131,10 @@ def _drift(saved: dict[str, Any]) -> str:
 def write(cfg: Config, directory: Path, registry_state: dict[str, Any]) -> Path:
     results = {s: json.loads((directory / f"{s}.json").read_text()) for s in STAGES if (directory / f"{s}.json").exists()}
     parts = [f"<h1>homefeed retraining run {html.escape(directory.name)}</h1>"]
+    notice = monitor.stale_notice(cfg, results.get("evaluate", {}).get("champion_version"))
+    if notice:
+        parts.append(f"<h2>Why this run</h2><p>The staleness monitor marked champion v{html.escape(notice['model_version'])} "
+                     f"stale on {html.escape(notice['day'])}: {html.escape(notice['reason'])}</p>")
     parts.append("<h2>Stages</h2>" + _table([[s, "done" if s in results else "did not run"] for s in STAGES], ["stage", "status"]))
     if "build_instances" in results:
         built = results["build_instances"]

@@ -333,7 +333,17 @@ OUTPUT_COLUMNS = (
 )
 
 
-def build_instances(raw: RawTables, start: date, end: date, cfg: InstancesConfig) -> DataFrame:
+def evaluation_split(frame: DataFrame, cfg: InstancesConfig) -> DataFrame:
+    """Every row in ``test`` (unsampled): instances to score an existing model on, not to train."""
+    return frame.withColumns(
+        {
+            schema.SPLIT: F.lit("test"),
+            schema.FOLD: F.pmod(F.xxhash64(F.col("user_id"), F.lit(cfg.seed)), F.lit(schema.NUM_FOLDS)).cast("int"),
+        }
+    )
+
+
+def build_instances(raw: RawTables, start: date, end: date, cfg: InstancesConfig, evaluation_only: bool = False) -> DataFrame:
     """All transforms, before standardisation (which needs the train split's statistics)."""
     labelled = add_labels(raw.impressions, raw.actions, cfg.attribution_window_ms)
     history = raw.actions.filter(F.col("ts") < F.lit((_epoch_ms(end) + segments.DAY_MS)))
@@ -341,7 +351,8 @@ def build_instances(raw: RawTables, start: date, end: date, cfg: InstancesConfig
     sequences = attach_sequences(ranked, cfg.seq_len)
     instances = labelled.join(sequences, list(IMPRESSION_KEY), "inner")
     featured = log_transform(add_features(instances, raw.pins, raw.users))
-    return sample(assign_splits(featured, start, end, cfg), cfg)
+    split = evaluation_split(featured, cfg) if evaluation_only else assign_splits(featured, start, end, cfg)
+    return sample(split, cfg)
 
 
 def _epoch_ms(day: date) -> int:
@@ -381,15 +392,23 @@ def _label_rates(frame: DataFrame) -> dict[str, dict[str, Any]]:
     return result
 
 
-def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, start: date | None = None, end: date | None = None, now_ms: int | None = None) -> dict[str, Any]:
+def run(
+    spark: SparkSession, raw_root: str, out: str, cfg: Config, start: date | None = None, end: date | None = None,
+    now_ms: int | None = None, feature_stats: dict[str, dict[str, float]] | None = None,
+) -> dict[str, Any]:
     """Extract → transform → load. Returns the manifest. Skips work when ``out`` already holds
-    the output of the same inputs and config."""
+    the output of the same inputs and config.
+
+    With ``feature_stats`` (a served model's), the output is for scoring that model: every row in
+    the unsampled ``test`` split, standardised with its statistics instead of fitted ones.
+    """
     import time as _time
 
     icfg = cfg.instances
     storage.require_published(raw_root, "raw data")
     fingerprint = storage.fingerprint(
-        {"inputs": _input_listing(raw_root), "config": icfg.model_dump(mode="json"), "start": str(start), "end": str(end)}
+        {"inputs": _input_listing(raw_root), "config": icfg.model_dump(mode="json"), "start": str(start), "end": str(end),
+         "feature_stats": feature_stats}
     )
     if storage.is_published(out):
         previous = storage.read_manifest(out)
@@ -399,9 +418,10 @@ def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, start: date |
     impression_rows = raw.impressions.count()
     if impression_rows == 0:
         raise InputDataError(f"{schema.IMPRESSIONS}: no rows between {start} and {end}")
-    instances = build_instances(raw, start, end, icfg).persist(StorageLevel.MEMORY_AND_DISK)
+    evaluation_only = feature_stats is not None
+    instances = build_instances(raw, start, end, icfg, evaluation_only).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        stats = fit_standardizer(instances.filter(F.col(schema.SPLIT) == "train"))
+        stats = feature_stats if evaluation_only else fit_standardizer(instances.filter(F.col(schema.SPLIT) == "train"))
         final = standardize(instances, stats).select(*OUTPUT_COLUMNS)
         with storage.publish_dataset(out) as staging:
             final.repartition(icfg.shuffle_partitions, schema.SPLIT).sortWithinPartitions("user_id", "ts").write.mode(
@@ -423,6 +443,7 @@ def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, start: date |
                 "config": icfg.model_dump(mode="json"),
                 "sampling": {"positive_rate": icfg.positive_rate, "negative_rate": icfg.negative_rate, "applies_to": "train"},
                 "feature_stats": stats,
+                "evaluation_only": evaluation_only,
                 "splits": splits,
                 "output_rows": sum(s["rows"] for s in splits.values()),
                 "columns": list(OUTPUT_COLUMNS),

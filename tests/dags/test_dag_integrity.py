@@ -45,7 +45,9 @@ def test_policy_tags_owner_retries_and_docs(dagbag):
 
 def test_retrain_runs_twice_a_week_without_catchup(dagbag):
     dag = dagbag.dags["homefeed_retrain"]
-    assert dag.timetable.expression == "0 3 * * 1,4"
+    assert dag.timetable.timetable.serialize()["expression"] == "0 3 * * 1,4"
+    # …and whenever the staleness monitor emits its asset.
+    assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["homefeed_champion_stale"]
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     order = [t.task_id for t in dag.topological_sort()]
@@ -64,3 +66,12 @@ def test_params_defaults_validate_and_bad_values_are_rejected(dagbag):
         with pytest.raises((ParamValidationError, ValueError)):
             params.update(bad)
             params.validate()
+
+
+def test_monitor_runs_daily_and_only_a_stale_champion_requests_retraining(dagbag):
+    dag = dagbag.dags["homefeed_monitor"]
+    tasks = {t.task_id: t for t in dag.tasks}
+    assert set(tasks) == {"score_new_days", "champion_is_stale", "request_retraining"}
+    assert tasks["request_retraining"].upstream_task_ids >= {"champion_is_stale"}
+    assert [o.name for o in tasks["request_retraining"].outlets] == ["homefeed_champion_stale"]
+    assert all(not t.outlets for name, t in tasks.items() if name != "request_retraining")

@@ -4,11 +4,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from homefeed import features, holdout, registry, storage
-from homefeed.data import read_split
+from homefeed import features, holdout, storage
 from jobs.build_instances import InputDataError
 from homefeed.serving.service import NoServableModel, RankingService
 from jobs import score_pool
+from tests.conftest import register_and_promote
 
 
 def _read(directory):
@@ -22,11 +22,7 @@ def cfg(base_config, tmp_path_factory, instances_dir):
     root = tmp_path_factory.mktemp("pool-root")
     cfg = base_config.with_overrides({"storage": {"root": str(root)}, "holdout": {"fraction": 0.3}, "serving": {"reload_poll_s": 0}})
     model_dir = trainer.train(str(instances_dir), str(root / "train"), cfg.with_overrides({"train": {"model": "avgpool"}})).model_dir
-    run = registry.client(cfg).create_run(registry.experiment_id(cfg))
-    example = registry.input_example(read_split(str(instances_dir), "test"))
-    version = registry.log_and_register(cfg, run.info.run_id, model_dir, example, {},
-                                        features=registry.serving_features(storage.read_manifest(instances_dir)))
-    registry.promote(cfg, version, reason="pool test", force=True)
+    register_and_promote(cfg, model_dir, instances_dir)
     return cfg
 
 

@@ -12,10 +12,11 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from homefeed import features, holdout, registry, storage
+from homefeed import features, holdout, registry
 from homefeed.data import read_split
 from homefeed.serving.app import create_app
 from homefeed.serving.service import NoServableModel, RankingService
+from tests.conftest import register_and_promote
 
 
 
@@ -36,16 +37,6 @@ def cfg(base_config, tmp_path_factory):
         "storage": {"root": str(root)}, "holdout": {"fraction": 0.3},
         "serving": {"max_candidates": 50, "reload_poll_s": 0},
     })
-
-
-def register_and_promote(cfg, model_dir, instances_dir) -> str:
-    mlflow_client = registry.client(cfg)
-    run = mlflow_client.create_run(registry.experiment_id(cfg))
-    example = registry.input_example(read_split(str(instances_dir), "test"))
-    manifest = storage.read_manifest(instances_dir)
-    version = registry.log_and_register(cfg, run.info.run_id, model_dir, example, {}, features=registry.serving_features(manifest))
-    registry.promote(cfg, version, reason="serving test", force=True)
-    return version
 
 
 @pytest.fixture(scope="module")
