@@ -243,6 +243,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def write_worker_config(out_dir: str, tcfg: TrainConfig) -> Path:
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    config_file = Path(out_dir) / "train_config.json"
+    config_file.write_text(json.dumps(tcfg.model_dump(mode="json")))
+    return config_file
+
+
+def torchrun_command(
+    instances_dir: str, out_dir: str, config_file: Path, nproc_per_node: int,
+    nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1", master_port: int = 29500,
+) -> list[str]:
+    """The command one node runs; on N nodes each runs it with its ``node_rank`` (static rendezvous
+    at ``master_addr:master_port``, the rank-0 node). ``out_dir`` must be shared storage."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc_per_node}",
+        f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}",
+        "-m", "homefeed.train", instances_dir, out_dir, str(config_file),
+    ]
+
+
+def worker_env() -> dict[str, str]:
+    # gloo picks an interface by hostname; loopback is the one that always exists.
+    return {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+
+
 def train(instances_dir: str, out_dir: str, cfg: Config) -> TrainResult:
     """Train ``cfg.train.model`` on published instances; the model lands in ``out_dir/model``."""
     storage.require_published(instances_dir, "instances")
@@ -251,16 +276,9 @@ def train(instances_dir: str, out_dir: str, cfg: Config) -> TrainResult:
         return train_baseline(instances_dir, out_dir, tcfg)
     if tcfg.num_processes == 1:
         return train_worker(instances_dir, out_dir, tcfg)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    config_file = Path(out_dir) / "train_config.json"
-    config_file.write_text(json.dumps(tcfg.model_dump(mode="json")))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={tcfg.num_processes}",
-        "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        "-m", "homefeed.train", instances_dir, out_dir, str(config_file),
-    ]
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
-    completed = subprocess.run(command, env=env)
+    config_file = write_worker_config(out_dir, tcfg)
+    command = torchrun_command(instances_dir, out_dir, config_file, tcfg.num_processes, master_port=_free_port())
+    completed = subprocess.run(command, env=worker_env())
     if completed.returncode != 0:
         raise RuntimeError(f"distributed training failed (exit {completed.returncode}): {' '.join(command)}")
     saved = json.loads((Path(out_dir) / METRICS).read_text())

@@ -57,6 +57,33 @@ def test_two_process_gloo_ddp_run_completes(instances_dir, tmp_path, base_config
     assert load_scorer(result.model_dir).name == "transformer"
 
 
+def test_two_nodes_on_loopback_train_the_same_model_as_one_node_with_two_processes(instances_dir, tmp_path, base_config):
+    """torchrun --nnodes 2 (one process each, static rendezvous on 127.0.0.1) vs --nnodes 1 with 2 processes."""
+    import subprocess
+
+    import torch
+
+    tcfg = base_config.with_overrides({"train": {"model": "avgpool", "num_threads": 2}}).train
+    one_node = tmp_path / "one-node"
+    trainer.train(str(instances_dir), str(one_node), base_config.with_overrides({"train": {**tcfg.model_dump(), "num_processes": 2}}))
+    two_nodes = tmp_path / "two-nodes"
+    config_file = trainer.write_worker_config(str(two_nodes), tcfg)
+    port = trainer._free_port()
+    nodes = [
+        subprocess.Popen(trainer.torchrun_command(str(instances_dir), str(two_nodes), config_file, 1, nnodes=2, node_rank=rank, master_port=port),
+                         env=trainer.worker_env())
+        for rank in (0, 1)
+    ]
+    assert [node.wait(timeout=600) for node in nodes] == [0, 0]
+    a = torch.load(one_node / trainer.MODEL_DIR / "ranker.pt", weights_only=True)
+    b = torch.load(two_nodes / trainer.MODEL_DIR / "ranker.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    history = json.loads((two_nodes / trainer.METRICS).read_text())["history"]
+    assert history[0]["examples"] == json.loads((one_node / trainer.METRICS).read_text())["history"][0]["examples"]
+
+
 def test_training_on_unpublished_instances_fails_clearly(tmp_path, base_config):
     from homefeed.storage import StorageError
 
