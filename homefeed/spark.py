@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 from pyspark.sql import SparkSession
@@ -15,12 +16,17 @@ def get_spark(cfg: SparkConfig, app_name: str = "homefeed", shuffle_partitions: 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers (pandas UDFs) run this interpreter: the one homefeed and torch live in.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # Executors on other machines connect back to the driver: give them a name they can resolve
+    # ("auto": this machine's hostname, e.g. a container's); loopback suits a local master.
+    driver_host = os.environ.get("HOMEFEED_SPARK_DRIVER_HOST", "127.0.0.1")
+    if driver_host == "auto":
+        driver_host = socket.gethostname()
     builder = (
         SparkSession.builder.appName(app_name)
         .master(os.environ.get("HOMEFEED_SPARK_MASTER", cfg.master))
         .config("spark.driver.memory", cfg.driver_memory)
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "0.0.0.0" if driver_host != "127.0.0.1" else driver_host)
+        .config("spark.driver.host", driver_host)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
