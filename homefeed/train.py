@@ -47,6 +47,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     seconds: float
     examples_per_second: float
+    model_selection: dict[str, Any] | None = None  # baselines: k-fold / 90-10 results
 
 
 # --------------------------------------------------------------------------- model building
@@ -217,21 +218,52 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainRes
 
 
 # --------------------------------------------------------------------------- baselines
-def train_baseline(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainResult:
+def _labels_weights(table) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.stack([table.column(c).to_numpy() for c in schema.LABEL_COLUMNS], axis=1)
+    return labels, table.column(schema.SAMPLE_WEIGHT).to_numpy()
+
+
+def _fit_and_check(kind: str, cfg: TrainConfig, fit_table, check_table):
     from models.baselines import FlatBaseline
 
+    baseline = FlatBaseline(kind, seed=cfg.seed, num_threads=cfg.num_threads).fit(fit_table, check_table)
+    return baseline, validation_metrics(baseline.predict(check_table), *_labels_weights(check_table))
+
+
+def cross_validate(kind: str, cfg: TrainConfig, train_table) -> dict[str, Any]:
+    """k-fold CV over the user folds of the train days: per-head AUC of each fold, mean and std."""
+    folds = train_table.column(schema.FOLD).to_numpy() % cfg.cv_folds
+    per_fold = []
+    for k in range(cfg.cv_folds):
+        held = folds == k
+        _, metrics_k = _fit_and_check(kind, cfg, train_table.filter(~held), train_table.filter(held))
+        per_fold.append({h: m["auc"] for h, m in metrics_k.items()})
+    summary = {h: {"mean": float(np.nanmean([f[h] for f in per_fold])), "std": float(np.nanstd([f[h] for f in per_fold]))} for h in schema.HEADS}
+    return {"folds": cfg.cv_folds, "auc_per_fold": per_fold, "auc": summary}
+
+
+def train_baseline(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainResult:
+    """LR / GBDT. The returned validation metrics are on the validation day in every mode, so
+    gates compare like with like; k-fold and 90/10 results are saved beside them."""
     started = time.perf_counter()
     train_table = read_split(instances_dir, "train")
     validation_table = read_split(instances_dir, "validation")
-    baseline = FlatBaseline(cfg.model, seed=cfg.seed, num_threads=cfg.num_threads).fit(train_table, validation_table)
+    selection: dict[str, Any] = {"mode": cfg.baseline_validation}
+    if cfg.baseline_validation == "split_90_10":
+        tenth = train_table.column(schema.FOLD).to_numpy() % 10 == 9
+        baseline, held_out = _fit_and_check(cfg.model, cfg, train_table.filter(~tenth), train_table.filter(tenth))
+        selection["auc_10_percent"] = {h: m["auc"] for h, m in held_out.items()}
+        selection["rows"] = {"fit": int((~tenth).sum()), "checked": int(tenth.sum())}
+    else:
+        if cfg.baseline_validation == "kfold":
+            selection |= cross_validate(cfg.model, cfg, train_table)
+        baseline, _ = _fit_and_check(cfg.model, cfg, train_table, validation_table)
     model_dir = Path(out_dir) / MODEL_DIR
     baseline.save(model_dir)
-    write_model_info(model_dir, cfg.model, {"train_config": cfg.model_dump(mode="json")})
-    labels = np.stack([validation_table.column(c).to_numpy() for c in schema.LABEL_COLUMNS], axis=1)
-    weights = validation_table.column(schema.SAMPLE_WEIGHT).to_numpy()
-    val = validation_metrics(baseline.predict(validation_table), labels, weights)
+    write_model_info(model_dir, cfg.model, {"train_config": cfg.model_dump(mode="json"), "model_selection": selection})
+    val = validation_metrics(baseline.predict(validation_table), *_labels_weights(validation_table))
     seconds = time.perf_counter() - started
-    result = TrainResult(str(model_dir), cfg.model, val, [], seconds, train_table.num_rows / max(seconds, 1e-9))
+    result = TrainResult(str(model_dir), cfg.model, val, [], seconds, train_table.num_rows / max(seconds, 1e-9), selection)
     storage.write_json(Path(out_dir) / METRICS, asdict(result))
     return result
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from homefeed import train as trainer
-from homefeed.data import InstanceStream, pad_lists
+from homefeed.data import InstanceStream, pad_lists, read_split
 from models.zoo import load_scorer
 
 
@@ -89,3 +89,29 @@ def test_training_on_unpublished_instances_fails_clearly(tmp_path, base_config):
 
     with pytest.raises(StorageError, match="instances not found"):
         trainer.train(str(tmp_path / "nothing"), str(tmp_path / "out"), base_config)
+
+
+@pytest.mark.parametrize("mode", ["kfold", "split_90_10"])
+def test_baselines_offer_the_seeds_cross_validation_and_90_10_split(instances_dir, tmp_path, base_config, mode):
+    cfg = base_config.with_overrides({"train": {"model": "lr", "baseline_validation": mode, "cv_folds": 3}})
+    result = trainer.train(str(instances_dir), str(tmp_path), cfg)
+    selection = result.model_selection
+    assert selection["mode"] == mode
+    if mode == "kfold":
+        assert len(selection["auc_per_fold"]) == 3
+        assert 0.5 < selection["auc"]["repin"]["mean"] <= 1.0 and selection["auc"]["repin"]["std"] >= 0.0
+    else:
+        rows = selection["rows"]
+        folds = read_split(str(instances_dir), "train", ("fold",)).column("fold").to_numpy()
+        assert (rows["fit"], rows["checked"]) == (int((folds != 9).sum()), int((folds == 9).sum()))  # one user fold of ten
+        assert 0.0 <= selection["auc_10_percent"]["repin"] <= 1.0
+    assert 0.5 < result.validation["repin"]["auc"] <= 1.0  # the validation day, as in every mode
+    saved = json.loads((tmp_path / trainer.METRICS).read_text())
+    assert saved["model_selection"]["mode"] == mode
+
+
+def test_unknown_baseline_validation_mode_is_rejected(base_config):
+    from homefeed.config import ConfigError
+
+    with pytest.raises(ConfigError, match="baseline_validation"):
+        base_config.with_overrides({"train": {"baseline_validation": "loo"}})
