@@ -52,12 +52,27 @@ ACTION_AFFINITY = {"click": 1.0, "closeup": 1.0, "repin": 1.3, "like": 1.0, "com
 HIDE_BASE = -5.5
 
 
+@dataclass
+class World:
+    """The ground truth behind a log: what users like, what pins are. The closed-loop simulation
+    (``homefeed/loop.py``) keeps drawing from it day after day, and lets it drift."""
+
+    pins: pd.DataFrame
+    quality: np.ndarray  # per pin index
+    spam: np.ndarray  # per pin index
+    users: pd.DataFrame
+    activity: np.ndarray  # per user index (user_id - 1)
+    interests: np.ndarray  # (users + 1, categories): long-term interest distribution, row = user_id
+    disliked: np.ndarray  # (users + 1,): the category each user hides
+
+
 @dataclass(frozen=True)
 class SimulatedLog:
     impressions: pd.DataFrame
     actions: pd.DataFrame
     pins: pd.DataFrame
     users: pd.DataFrame
+    world: World | None = None
 
 
 def _epoch_ms(day: date) -> int:
@@ -152,6 +167,115 @@ def _forward_fill_sessions(rng: np.random.Generator, user: np.ndarray, ts: np.nd
     return draw[last_restart]
 
 
+def draw_requests(
+    rng: np.random.Generator, world: World, n_requests: int, start_ms: int, span_ms: int, candidates_min: int, candidates_max: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(user, ts, session interest, candidate count) per request, sorted by (user, ts).
+
+    Requests come in sessions: a user (by activity) opens the app at a uniform time and scrolls
+    through a geometric number of requests a few minutes apart.
+    """
+    activity, n_users = world.activity, len(world.users)
+    n_sessions = max(1, int(round(n_requests / REQUESTS_PER_SESSION)))
+    session_user = rng.choice(np.arange(1, n_users + 1), size=n_sessions, p=activity / activity.sum())
+    session_start = start_ms + rng.integers(0, span_ms - SESSION_GAP_MS, size=n_sessions)
+    per_session = rng.geometric(1.0 / REQUESTS_PER_SESSION, size=n_sessions)
+    session_of = np.repeat(np.arange(n_sessions), per_session)
+    gaps = rng.exponential(REQUEST_GAP_MS, size=len(session_of)).astype(np.int64)
+    first_in_session = np.r_[True, session_of[1:] != session_of[:-1]]
+    gaps[first_in_session] = 0
+    offset = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[first_in_session], per_session)
+    keep_in_window = session_start[session_of] + offset < start_ms + span_ms
+    req_user = session_user[session_of][keep_in_window]
+    req_ts = (session_start[session_of] + offset)[keep_in_window]
+    order = np.lexsort((req_ts, req_user))
+    req_user, req_ts = req_user[order], req_ts[order]
+    req_session = _forward_fill_sessions(rng, req_user, req_ts, world.interests)
+    req_k = rng.integers(candidates_min, candidates_max + 1, size=len(req_user))
+    return req_user, req_ts, req_session, req_k
+
+
+def draw_candidates(
+    rng: np.random.Generator, world: World, req_user: np.ndarray, req_session: np.ndarray, req_k: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates per request: (request index, user, is_follow, pin index) per impression.
+
+    Each candidate's category comes from the user's long-term interests, exploration, or (for
+    PFY) the session's interest; then a pin of that category. A request shows a pin at most once.
+    """
+    pins, interests = world.pins, world.interests
+    n_requests, n_pins = len(req_user), len(pins)
+    req_index = np.repeat(np.arange(n_requests), req_k)
+    n_imp = len(req_index)
+    user = req_user[req_index]
+    is_follow = rng.random(n_imp) < 0.4
+    cum = interests[user].cumsum(axis=1)
+    from_interest = (cum < rng.random((n_imp, 1))).sum(axis=1) + 1
+    explore = rng.random(n_imp) < np.where(is_follow, 0.2, 0.4)
+    cand_cat = np.where(explore, rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n_imp), from_interest)
+    responsive = ~is_follow & (rng.random(n_imp) < SESSION_RETRIEVAL)
+    cand_cat = np.where(responsive, req_session[req_index], cand_cat)
+    by_cat = np.argsort(pins["category"].to_numpy(), kind="stable")
+    cat_start = np.searchsorted(pins["category"].to_numpy()[by_cat], np.arange(NUM_SIM_CATEGORIES + 2))
+    cat_size = np.maximum(cat_start[cand_cat + 1] - cat_start[cand_cat], 1)
+    pick = cat_start[cand_cat] + (rng.random(n_imp) * cat_size).astype(np.int64)
+    pin_index = by_cat[np.minimum(pick, n_pins - 1)]
+    _, first = np.unique(req_index * n_pins + pin_index, return_index=True)
+    keep = np.zeros(n_imp, dtype=bool)
+    keep[first] = True
+    return req_index[keep], user[keep], is_follow[keep], pin_index[keep]
+
+
+def draw_engagement(
+    rng: np.random.Generator, world: World, user: np.ndarray, pin_index: np.ndarray, is_follow: np.ndarray,
+    position: np.ndarray, session: np.ndarray,
+) -> list[tuple[str, np.ndarray]]:
+    """The ground truth: for each action, which impressions it fired on (position matters)."""
+    n_imp = len(user)
+    pin_cat = world.pins["category"].to_numpy()[pin_index]
+    longterm = np.log(world.interests[user, pin_cat - 1] * NUM_SIM_CATEGORIES + 1e-3)
+    affinity = (
+        SESSION_AFFINITY * (pin_cat == session)
+        + LONG_TERM_AFFINITY * np.clip(longterm, -3.0, 3.0)
+        + world.quality[pin_index]
+        + 0.3 * is_follow
+        - 0.03 * position
+    )
+    action_frames = []
+    for name, base in ACTION_BASE.items():
+        fired = rng.random(n_imp) < _sigmoid(base + ACTION_AFFINITY[name] * affinity)
+        action_frames.append((name, fired))
+    hide_logit = HIDE_BASE + 3.0 * (pin_cat == world.disliked[user]) + 8.0 * world.spam[pin_index] - 1.5 * (pin_cat == session)
+    action_frames.append(("hide", rng.random(n_imp) < _sigmoid(hide_logit)))
+    return action_frames
+
+
+ACTION_DELAY_MS = {"click": 15_000, "closeup": 20_000, "repin": 40_000, "like": 30_000, "comment": 90_000, "hide": 10_000}
+
+
+def actions_frame(
+    rng: np.random.Generator, user: np.ndarray, pin_index: np.ndarray, imp_ts: np.ndarray, action_frames: list[tuple[str, np.ndarray]]
+) -> pd.DataFrame:
+    """The raw action rows of fired actions, a second or more after their impression."""
+    actions = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "user_id": user[fired].astype(np.int64),
+                    "pin_id": (pin_index[fired] + 1).astype(np.int64),
+                    "ts": (imp_ts[fired] + 1_000 + rng.exponential(ACTION_DELAY_MS[name], size=int(fired.sum()))).astype(np.int64),
+                    "action": name,
+                }
+            )
+            for name, fired in action_frames
+        ],
+        ignore_index=True,
+    )
+    # Several actions on the same impression at the same millisecond would collide on the key.
+    actions = actions.drop_duplicates(list(schema.RAW_KEYS[schema.ACTIONS])).sort_values(["user_id", "ts"], kind="stable")
+    return actions.reset_index(drop=True)
+
+
 def simulate(cfg: SimulatorConfig, heavy_users: int = 0, heavy_factor: float = 100.0) -> SimulatedLog:
     """Draw a whole log. ``heavy_users`` users get ``heavy_factor`` × the median activity (skew)."""
     rng = np.random.default_rng(cfg.seed)
@@ -168,71 +292,19 @@ def simulate(cfg: SimulatorConfig, heavy_users: int = 0, heavy_factor: float = 1
         activity[:heavy_users] = np.median(activity) * heavy_factor
     interests = rng.dirichlet(np.full(NUM_SIM_CATEGORIES, 0.3), size=n_users + 1)
     disliked = rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n_users + 1)
+    world = World(pins, quality, spam, users, activity, interests, disliked)
 
-    # Requests come in sessions: a user (by activity) opens the app at a uniform time and
-    # scrolls through a geometric number of requests a few minutes apart.
-    n_sessions = max(1, int(round(n_requests / REQUESTS_PER_SESSION)))
-    session_user = rng.choice(np.arange(1, n_users + 1), size=n_sessions, p=activity / activity.sum())
-    session_start = start_ms + rng.integers(0, span_ms - SESSION_GAP_MS, size=n_sessions)
-    per_session = rng.geometric(1.0 / REQUESTS_PER_SESSION, size=n_sessions)
-    session_of = np.repeat(np.arange(n_sessions), per_session)
-    gaps = rng.exponential(REQUEST_GAP_MS, size=len(session_of)).astype(np.int64)
-    first_in_session = np.r_[True, session_of[1:] != session_of[:-1]]
-    gaps[first_in_session] = 0
-    offset = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[first_in_session], per_session)
-    keep_in_window = session_start[session_of] + offset < start_ms + span_ms
-    req_user = session_user[session_of][keep_in_window]
-    req_ts = (session_start[session_of] + offset)[keep_in_window]
+    req_user, req_ts, req_session, req_k = draw_requests(
+        rng, world, n_requests, start_ms, span_ms, cfg.candidates_min, cfg.candidates_max
+    )
     n_requests = len(req_user)
-    order = np.lexsort((req_ts, req_user))
-    req_user, req_ts = req_user[order], req_ts[order]
-    req_session = _forward_fill_sessions(rng, req_user, req_ts, interests)
-    req_k = rng.integers(cfg.candidates_min, cfg.candidates_max + 1, size=n_requests)
-
-    # Candidates: explode requests, then draw each candidate's category and a pin of it.
-    req_index = np.repeat(np.arange(n_requests), req_k)
-    n_imp = len(req_index)
-    user = req_user[req_index]
-    is_follow = rng.random(n_imp) < 0.4
-    cum = interests[user].cumsum(axis=1)
-    from_interest = (cum < rng.random((n_imp, 1))).sum(axis=1) + 1
-    explore = rng.random(n_imp) < np.where(is_follow, 0.2, 0.4)
-    cand_cat = np.where(explore, rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n_imp), from_interest)
-    responsive = ~is_follow & (rng.random(n_imp) < SESSION_RETRIEVAL)
-    cand_cat = np.where(responsive, req_session[req_index], cand_cat)
-    by_cat = np.argsort(pins["category"].to_numpy(), kind="stable")
-    cat_start = np.searchsorted(pins["category"].to_numpy()[by_cat], np.arange(NUM_SIM_CATEGORIES + 2))
-    cat_size = np.maximum(cat_start[cand_cat + 1] - cat_start[cand_cat], 1)
-    pick = cat_start[cand_cat] + (rng.random(n_imp) * cat_size).astype(np.int64)
-    pin_index = by_cat[np.minimum(pick, n_pins - 1)]
-    # A request shows a pin at most once.
-    _, first = np.unique(req_index * n_pins + pin_index, return_index=True)
-    keep = np.zeros(n_imp, dtype=bool)
-    keep[first] = True
-    req_index, user, is_follow, pin_index = req_index[keep], user[keep], is_follow[keep], pin_index[keep]
+    req_index, user, is_follow, pin_index = draw_candidates(rng, world, req_user, req_session, req_k)
     n_imp = len(req_index)
     shown = np.bincount(req_index, minlength=n_requests)
     position = (np.arange(n_imp) - np.repeat(np.cumsum(shown) - shown, shown)).astype(np.int32)
-    pin_cat = pins["category"].to_numpy()[pin_index]
 
-    # Ground-truth engagement.
-    session = req_session[req_index]
-    longterm = np.log(interests[user, pin_cat - 1] * NUM_SIM_CATEGORIES + 1e-3)
-    affinity = (
-        SESSION_AFFINITY * (pin_cat == session)
-        + LONG_TERM_AFFINITY * np.clip(longterm, -3.0, 3.0)
-        + quality[pin_index]
-        + 0.3 * is_follow
-        - 0.03 * position
-    )
     imp_ts = req_ts[req_index]
-    action_frames = []
-    for name, base in ACTION_BASE.items():
-        fired = rng.random(n_imp) < _sigmoid(base + ACTION_AFFINITY[name] * affinity)
-        action_frames.append((name, fired))
-    hide_logit = HIDE_BASE + 3.0 * (pin_cat == disliked[user]) + 8.0 * spam[pin_index] - 1.5 * (pin_cat == session)
-    action_frames.append(("hide", rng.random(n_imp) < _sigmoid(hide_logit)))
-
+    action_frames = draw_engagement(rng, world, user, pin_index, is_follow, position, req_session[req_index])
     impressions = pd.DataFrame(
         {
             "request_id": pd.Series(req_user[req_index]).astype(str).to_numpy()
@@ -244,24 +316,8 @@ def simulate(cfg: SimulatorConfig, heavy_users: int = 0, heavy_factor: float = 1
             "position": position,
         }
     )
-    delay_scale = {"click": 15_000, "closeup": 20_000, "repin": 40_000, "like": 30_000, "comment": 90_000, "hide": 10_000}
-    actions = pd.concat(
-        [
-            pd.DataFrame(
-                {
-                    "user_id": user[fired].astype(np.int64),
-                    "pin_id": (pin_index[fired] + 1).astype(np.int64),
-                    "ts": (imp_ts[fired] + 1_000 + rng.exponential(delay_scale[name], size=int(fired.sum()))).astype(np.int64),
-                    "action": name,
-                }
-            )
-            for name, fired in action_frames
-        ],
-        ignore_index=True,
-    )
-    # Several actions on the same impression at the same millisecond would collide on the key.
-    actions = actions.drop_duplicates(list(schema.RAW_KEYS[schema.ACTIONS])).sort_values(["user_id", "ts"], kind="stable")
-    return SimulatedLog(impressions, actions.reset_index(drop=True), pins, users)
+    actions = actions_frame(rng, user, pin_index, imp_ts, action_frames)
+    return SimulatedLog(impressions, actions, pins, users, world)
 
 
 # --------------------------------------------------------------------------- writing
