@@ -313,6 +313,35 @@ def monitor(
     typer.echo(json.dumps(decision))
 
 
+@app.command("simulate-loop")
+def simulate_loop(
+    out: Annotated[Path, typer.Option(help="Output directory: one loop per (model, cadence), summary.md/.csv, lift.png")],
+    days: Annotated[int, typer.Option(help="Simulated days after the warm-up")] = 14,
+    retrain_every: Annotated[str, typer.Option(help="Comma-separated cadences in days; 0 = never (after the first model)")] = "0,7,3",
+    models: Annotated[str, typer.Option(help="Comma-separated model names")] = "none,transact_v11",
+    impressions_per_day: Annotated[int, typer.Option(help="Impressions per simulated day")] = 4000,
+    warmup_days: Annotated[int, typer.Option(help="Chronological days before the first model")] = 5,
+    holdout_fraction: Annotated[float, typer.Option(help="Share of users in the holdout group")] = 0.2,
+    config: ConfigOption = None,
+) -> None:
+    """Closed loop: the champion ranks simulated feeds, users react, the platform retrains."""
+    from homefeed import loop
+
+    cfg = _config(config)
+    try:
+        cadences = [int(k) for k in retrain_every.split(",") if k.strip()]
+    except ValueError:
+        typer.echo(f"error: --retrain-every takes comma-separated integers, got {retrain_every!r}", err=True)
+        raise typer.Exit(2) from None
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    started = _step(f"closed loop: {days} days, models {names}, retraining every {cadences} days")
+    loop.compare_loops(cfg, out, days, cadences, names, warmup_days=warmup_days, window_days=warmup_days,
+                       holdout_fraction=holdout_fraction, impressions_per_day=impressions_per_day)
+    _done(started)
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"wrote {out / 'summary.csv'}, {out / 'lift.png'} and one days.csv per loop")
+
+
 @app.command("score-pool")
 def score_pool(
     raw: Annotated[Path, typer.Option(help="Raw data root: the users snapshot and the action log")],

@@ -256,6 +256,29 @@ def config_from_params(params: dict[str, Any], base: Config | None = None) -> Co
     return cfg.with_overrides(overrides)
 
 
+def retrain_in_process(cfg: Config, raw: str, directory: Path, start: date, end: date) -> dict[str, Any]:
+    """The homefeed_retrain stages in their DAG order, in this process, without Airflow.
+
+    For simulations that retrain many times (``homefeed simulate-loop``), where an Airflow run per
+    simulated retraining would cost more than the retraining. A failed gate stops before
+    registration, as in the DAG; the report is written either way.
+    """
+    try:
+        check_raw(cfg, raw, directory)
+        validate_raw(cfg, raw, directory)
+        build_instances(cfg, raw, directory, start, end)
+        validate_instances(cfg, directory)
+        train(cfg, directory)
+        evaluate(cfg, directory)
+        decision = gate(cfg, directory)
+        if decision["passed"]:
+            register(cfg, directory)
+            promote(cfg, directory)
+        return decision
+    finally:
+        report(cfg, directory)
+
+
 def monitor_champion(cfg: Config, raw: str) -> dict[str, Any]:
     """The staleness monitor over the days landed since the champion's training window."""
     from homefeed import monitor

@@ -64,6 +64,7 @@ class World:
     activity: np.ndarray  # per user index (user_id - 1)
     interests: np.ndarray  # (users + 1, categories): long-term interest distribution, row = user_id
     disliked: np.ndarray  # (users + 1,): the category each user hides
+    centroids: np.ndarray  # (categories + 1, embedding dim): where a category's pin embeddings sit
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _simulate_pins(rng: np.random.Generator, n_pins: int, start_ms: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def _simulate_pins(rng: np.random.Generator, n_pins: int, start_ms: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
     centroids = rng.normal(size=(NUM_SIM_CATEGORIES + 1, schema.EMBEDDING_DIM))
     category = rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n_pins)
     embedding = centroids[category] + 0.5 * rng.normal(size=(n_pins, schema.EMBEDDING_DIM))
@@ -106,7 +107,7 @@ def _simulate_pins(rng: np.random.Generator, n_pins: int, start_ms: int) -> tupl
             "spam_score": spam,
         }
     )
-    return pins, quality, spam
+    return pins, quality, spam, centroids
 
 
 def _simulate_users(rng: np.random.Generator, n_users: int, start_ms: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -286,13 +287,13 @@ def simulate(cfg: SimulatorConfig, heavy_users: int = 0, heavy_factor: float = 1
     n_users = max(50, cfg.impressions // 300)
     n_pins = max(200, min(200_000, cfg.impressions // 20))
 
-    pins, quality, spam = _simulate_pins(rng, n_pins, start_ms)
+    pins, quality, spam, centroids = _simulate_pins(rng, n_pins, start_ms)
     users, activity = _simulate_users(rng, n_users, start_ms)
     if heavy_users:
         activity[:heavy_users] = np.median(activity) * heavy_factor
     interests = rng.dirichlet(np.full(NUM_SIM_CATEGORIES, 0.3), size=n_users + 1)
     disliked = rng.integers(1, NUM_SIM_CATEGORIES + 1, size=n_users + 1)
-    world = World(pins, quality, spam, users, activity, interests, disliked)
+    world = World(pins, quality, spam, users, activity, interests, disliked, centroids)
 
     req_user, req_ts, req_session, req_k = draw_requests(
         rng, world, n_requests, start_ms, span_ms, cfg.candidates_min, cfg.candidates_max

@@ -107,6 +107,13 @@ class RankingService:
                 self.store.snapshot = snapshot
         return True
 
+    def use_snapshot(self, snapshot: features.FeatureSnapshot) -> None:
+        """Serve with a newer pins/users snapshot (a new day's pins); histories are kept."""
+        with self._lock:
+            self.snapshot = snapshot
+            if isinstance(self.store, features.InMemorySequenceStore):
+                self.store.snapshot = snapshot
+
     def is_holdout(self, user_id: int) -> bool:
         return holdout.is_holdout(user_id, self.model.holdout_fraction, self.model.holdout_salt)
 
