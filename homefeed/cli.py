@@ -319,7 +319,8 @@ def simulate_loop(
     days: Annotated[int, typer.Option(help="Simulated days after the warm-up")] = 14,
     retrain_every: Annotated[str, typer.Option(help="Comma-separated cadences in days; 0 = never (after the first model)")] = "0,7,3",
     models: Annotated[str, typer.Option(help="Comma-separated model names")] = "none,transact_v11",
-    impressions_per_day: Annotated[int, typer.Option(help="Impressions per simulated day")] = 4000,
+    impressions_per_day: Annotated[int, typer.Option(help="Impressions per simulated day")] = 6000,
+    users: Annotated[int, typer.Option(help="Simulated users")] = 300,
     warmup_days: Annotated[int, typer.Option(help="Chronological days before the first model")] = 5,
     holdout_fraction: Annotated[float, typer.Option(help="Share of users in the holdout group")] = 0.2,
     config: ConfigOption = None,
@@ -336,7 +337,7 @@ def simulate_loop(
     names = [m.strip() for m in models.split(",") if m.strip()]
     started = _step(f"closed loop: {days} days, models {names}, retraining every {cadences} days")
     loop.compare_loops(cfg, out, days, cadences, names, warmup_days=warmup_days, window_days=warmup_days,
-                       holdout_fraction=holdout_fraction, impressions_per_day=impressions_per_day)
+                       holdout_fraction=holdout_fraction, impressions_per_day=impressions_per_day, users=users)
     _done(started)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"wrote {out / 'summary.csv'}, {out / 'lift.png'} and one days.csv per loop")

@@ -50,6 +50,7 @@ class SimulatorConfig(_Section):
     seed: int = 7
     candidates_min: int = Field(20, ge=3)
     candidates_max: int = Field(50, ge=3)
+    users: int | None = Field(None, ge=10)  # empty: one user per 300 impressions (at least 50)
 
     @model_validator(mode="after")
     def _candidates_ordered(self) -> "SimulatorConfig":

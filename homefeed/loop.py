@@ -54,7 +54,8 @@ class LoopSettings:
     warmup_days: int = 5
     window_days: int = 5
     holdout_fraction: float = 0.2
-    impressions_per_day: int = 4000
+    impressions_per_day: int = 6000
+    users: int = 300
 
 
 @dataclass
@@ -197,7 +198,9 @@ def run_loop(cfg: Config, out: Path, settings: LoopSettings) -> list[DayRecord]:
         shutil.rmtree(out)
     cfg = loop_config(cfg, out, settings)
     raw = out / "raw"
-    warmup = cfg.simulator.model_copy(update={"days": settings.warmup_days, "impressions": settings.impressions_per_day * settings.warmup_days})
+    warmup = cfg.simulator.model_copy(update={
+        "days": settings.warmup_days, "impressions": settings.impressions_per_day * settings.warmup_days, "users": settings.users,
+    })
     log = simulate.simulate(warmup)
     simulate.write_raw(log, raw, snapshot_ts=simulate._epoch_ms(warmup.start_date), manifest_extra={"source": "simulate-loop"})
     rng = np.random.default_rng(cfg.simulator.seed + 1)

@@ -284,7 +284,7 @@ def simulate(cfg: SimulatorConfig, heavy_users: int = 0, heavy_factor: float = 1
     span_ms = cfg.days * DAY_MS
     mean_candidates = (cfg.candidates_min + cfg.candidates_max) / 2
     n_requests = max(1, int(round(cfg.impressions / mean_candidates)))
-    n_users = max(50, cfg.impressions // 300)
+    n_users = cfg.users or max(50, cfg.impressions // 300)
     n_pins = max(200, min(200_000, cfg.impressions // 20))
 
     pins, quality, spam, centroids = _simulate_pins(rng, n_pins, start_ms)

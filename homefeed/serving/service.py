@@ -97,14 +97,11 @@ class RankingService:
         if registry.alias_version(cfg, cfg.serving.alias) == self.model.version:
             return False
         model = load_served_model(cfg, cfg.serving.alias)
-        snapshot = self.snapshot
         root = cfg.serving.features_root or model.raw_root
         if root != (cfg.serving.features_root or self.model.raw_root):
-            snapshot = features.FeatureSnapshot.load(root)
+            self.use_snapshot(features.FeatureSnapshot.load(root))
         with self._lock:
-            self.model, self.snapshot = model, snapshot
-            if isinstance(self.store, features.InMemorySequenceStore):
-                self.store.snapshot = snapshot
+            self.model = model
         return True
 
     def use_snapshot(self, snapshot: features.FeatureSnapshot) -> None:
