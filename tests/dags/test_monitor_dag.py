@@ -4,6 +4,8 @@ import pytest
 
 from tests.conftest import register_and_promote
 
+pytestmark = pytest.mark.slow  # two DAG runs, each building instances with Spark
+
 
 @pytest.fixture()
 def monitor_env(monkeypatch, tmp_path, instances_dir):

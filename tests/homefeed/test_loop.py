@@ -9,6 +9,8 @@ import pytest
 from homefeed import loop, schema, simulate, storage
 from homefeed.holdout import is_holdout
 
+pytestmark = pytest.mark.slow  # two retraining runs and a simulated feed per request
+
 
 def _read(directory) -> pd.DataFrame:
     return pa.concat_tables(pq.ParquetFile(f).read() for f in storage.list_files(directory)).to_pandas()

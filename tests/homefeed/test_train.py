@@ -57,6 +57,7 @@ def test_two_process_gloo_ddp_run_completes(instances_dir, tmp_path, base_config
     assert load_scorer(result.model_dir).name == "transformer"
 
 
+@pytest.mark.slow
 def test_two_nodes_on_loopback_train_the_same_model_as_one_node_with_two_processes(instances_dir, tmp_path, base_config):
     """torchrun --nnodes 2 (one process each, static rendezvous on 127.0.0.1) vs --nnodes 1 with 2 processes."""
     import subprocess
