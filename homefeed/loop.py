@@ -63,7 +63,7 @@ class DayRecord:
     day: str
     model_version: str
     model_age_days: int
-    retrained: bool
+    retrained: bool  # a retraining ran at the end of the day and passed its gate (the next day is served by it)
     treatment_impressions: int
     treatment_repins_per_impression: float
     treatment_hides_per_impression: float
@@ -266,7 +266,7 @@ def compare_loops(cfg: Config, out: Path, days: int, cadences: list[int], models
             frame = pd.DataFrame([asdict(r) for r in records])
             lift = frame["treatment_repins_per_impression"] - frame["holdout_repins_per_impression"]
             summary.append({
-                "model": model, "retrain_every": every or "never", "retrainings": int(frame["retrained"].sum()),
+                "model": model, "retrain_every": every or "never", "promoted_retrainings": int(frame["retrained"].sum()),
                 "treatment_repins_per_impression": float(frame["treatment_repins_per_impression"].mean()),
                 "holdout_repins_per_impression": float(frame["holdout_repins_per_impression"].mean()),
                 "repin_lift_first_half": float(lift[: days // 2].mean()), "repin_lift_second_half": float(lift[days // 2 :].mean()),
