@@ -22,8 +22,9 @@ $(STAMP): setup.cfg pyproject.toml scripts/check_prereqs.sh
 	@$(BIN)/python -c "import torch, sys; sys.exit(0 if '+cpu' in torch.__version__ or not torch.version.cuda else 'a CUDA torch build was installed: ' + torch.__version__)"
 	@touch $(STAMP)
 
+# `make run S3=1`: the same run with S3 as the storage of record (a local SeaweedFS server).
 run: $(STAMP)
-	$(BIN)/homefeed run
+	$(BIN)/homefeed run $(if $(filter 1,$(S3)),--s3,)
 
 test: $(STAMP)
 	@bash scripts/install_browser.sh

@@ -397,6 +397,51 @@ def serve(
 
 
 # --------------------------------------------------------------------------- the main job
+LOCAL_BUCKET = "homefeed"
+
+
+def _start_local_s3(root: Path):
+    """SeaweedFS under <root>/s3, with credentials generated once and kept there (mode 600)."""
+    import secrets
+
+    from homefeed.local_s3 import SeaweedServer
+
+    directory = root.resolve() / "s3"
+    directory.mkdir(parents=True, exist_ok=True)
+    credentials = directory / "credentials.json"
+    if not credentials.exists():
+        credentials.write_text(json.dumps({"access_key": f"homefeed-{secrets.token_hex(4)}", "secret_key": secrets.token_urlsafe(24)}))
+        credentials.chmod(0o600)
+    keys = json.loads(credentials.read_text())
+    started = _step(f"starting a local S3 server (SeaweedFS) with its data in {directory}")
+    server = SeaweedServer(directory, keys["access_key"], keys["secret_key"], LOCAL_BUCKET).start()
+    _done(started)
+    return server
+
+
+def _use_local_s3(server, cfg: Config, raw: Path) -> tuple[Config, str]:
+    """Point this process and the DAG run at the server; the raw data goes there first."""
+    from homefeed import s3
+
+    s3_uri = f"s3://{LOCAL_BUCKET}"
+    os.environ.update({**server.environment(), "HOMEFEED__STORAGE__S3_URI": s3_uri})
+    raw_uri = f"{s3_uri}/raw/{raw.name}"
+    client = s3.client()
+    if not s3.is_published(client, raw_uri) or s3.read_manifest(client, raw_uri) != json.loads((raw / "manifest.json").read_text()):
+        started = _step(f"publishing {raw} to {raw_uri}")
+        s3.publish_directory(client, raw, raw_uri)
+        _done(started)
+    return cfg.with_overrides({"storage": {"s3_uri": s3_uri}}), raw_uri
+
+
+def _summarise_s3(cfg: Config, label: str) -> None:
+    from homefeed import s3
+
+    client = s3.client()
+    for uri in (f"{cfg.storage.s3_uri}/runs/{label}", f"{cfg.storage.s3_uri}/mlflow"):
+        typer.echo(f"{uri}/: {len(s3.list_keys(client, uri))} objects")
+
+
 def airflow_env(cfg: Config, config_files: list[Path] | None = None) -> dict[str, str]:
     """Environment for an embedded Airflow: SQLite metadata under the storage root, our DAGs.
 
@@ -474,6 +519,7 @@ def airflow(
 def run(
     raw: Annotated[Optional[Path], typer.Option(help="Raw data root; default: generate synthetic data under the storage root")] = None,
     label: Annotated[Optional[str], typer.Option(help="Run name; default: a timestamp")] = None,
+    s3: Annotated[bool, typer.Option("--s3", help="S3 as the storage of record: a local SeaweedFS server (what `make run S3=1` runs)")] = False,
     config: ConfigOption = None,
 ) -> None:
     """The main job: a full retraining run of the `homefeed_retrain` DAG on the embedded default."""
@@ -490,11 +536,20 @@ def run(
     end_day = max(p.name.split("=", 1)[1] for p in (Path(raw) / "impressions").glob("dt=*"))
     label = label or time.strftime("run-%Y%m%dT%H%M%S")
     conf = {"raw": str(Path(raw).resolve()), "end_date": end_day, "window_days": cfg.simulator.days, "run_label": label}
-    started = _step(f"running DAG homefeed_retrain on {raw} (window ending {end_day})")
-    # A fresh logical date per run: `airflow dags test` resumes an existing run of the same date.
-    logical_date = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-    run_dag(cfg, "homefeed_retrain", conf, logical_date, config)
-    _done(started)
+    server = _start_local_s3(root) if s3 else None
+    try:
+        if server is not None:
+            cfg, conf["raw"] = _use_local_s3(server, cfg, Path(raw))
+        started = _step(f"running DAG homefeed_retrain on {conf['raw']} (window ending {end_day})")
+        # A fresh logical date per run: `airflow dags test` resumes an existing run of the same date.
+        logical_date = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+        run_dag(cfg, "homefeed_retrain", conf, logical_date, config)
+        _done(started)
+        if server is not None:
+            _summarise_s3(cfg, label)
+    finally:
+        if server is not None:
+            server.stop()
     directory = pipeline.run_dir(cfg, label)
     state = registry.state(cfg)
     gate = json.loads((directory / "gate.json").read_text()) if (directory / "gate.json").exists() else {}

