@@ -18,6 +18,7 @@ and the closed-loop simulator score exactly what the model was trained on. The r
 from __future__ import annotations
 
 import bisect
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,16 +135,25 @@ class InMemorySequenceStore:
     def __init__(self, snapshot: FeatureSnapshot, seq_len: int = schema.SEQ_LEN, margin: int = 100):
         self.snapshot, self.keep = snapshot, seq_len + margin
         self.users: dict[int, UserHistory] = {}
+        # The HTTP service appends and reads from a thread pool; an insert + eviction is not atomic.
+        self._lock = threading.Lock()
 
     def append(self, user_id: int, pin_id: int, action: str, ts: int) -> None:
         if action not in schema.ACTION_CODES:
             raise ValueError(f"unknown action {action!r}; expected one of {list(schema.ACTION_NAMES)}")
         category, owner = self.snapshot.pin_keys(pin_id)
         event = Event(int(ts), int(pin_id), schema.ACTION_CODES[action], category, owner)
-        self.users.setdefault(int(user_id), UserHistory(self.keep)).add(event)
+        with self._lock:
+            self.users.setdefault(int(user_id), UserHistory(self.keep)).add(event)
 
     def history(self, user_id: int) -> UserHistory | None:
-        return self.users.get(int(user_id))
+        """A copy: the caller reads it while other requests keep appending."""
+        with self._lock:
+            history = self.users.get(int(user_id))
+            if history is None:
+                return None
+            return UserHistory(history.keep, list(history.events), history.evicted_total,
+                               Counter(history.evicted_category), Counter(history.evicted_owner))
 
 
 def history_from_events(snapshot: FeatureSnapshot, events: list[dict], seq_len: int = schema.SEQ_LEN) -> UserHistory:

@@ -92,3 +92,23 @@ def test_unknown_action_is_rejected():
     store = features.InMemorySequenceStore(features.FeatureSnapshot(pins={}, users={}))
     with pytest.raises(ValueError, match="unknown action 'upvote'"):
         store.append(1, 2, "upvote", 3)
+
+
+def test_concurrent_appends_lose_nothing_and_keep_the_order():
+    import threading
+
+    store = features.InMemorySequenceStore(features.FeatureSnapshot(pins={}, users={}), seq_len=20, margin=10)
+
+    def writer(offset: int) -> None:
+        for i in range(500):
+            store.append(1, offset, "click", (i * 8 + offset) * 1000)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    history = store.history(1)
+    assert history.evicted_total + len(history.events) == 4000
+    assert history.events == sorted(history.events) and len(history.events) == 30
+    assert history.events[-1].ts == (499 * 8 + 7) * 1000
