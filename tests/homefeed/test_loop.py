@@ -21,7 +21,7 @@ def looped(base_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("loop") / "lr-every2"
     cfg = base_config.with_overrides({"train": {"epochs": 1}})
     settings = loop.LoopSettings(days=3, retrain_every=2, model="lr", warmup_days=4, window_days=4,
-                                 holdout_fraction=0.3, impressions_per_day=1500, users=40)
+                                 holdout_fraction=0.5, impressions_per_day=2000, users=30)
     records = loop.run_loop(cfg, out, settings)
     return out, records, loop.loop_config(cfg, out, settings)
 

@@ -8,6 +8,7 @@ import urllib.request
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
@@ -86,7 +87,10 @@ def test_ranking_order_follows_the_model_scores(client, cfg, champion, test_rows
     frame = registry.input_example(features.instance_table(rows, service.model.feature_stats), rows=len(rows))
     expected = mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}@champion").predict(frame)["score"].to_numpy()
     by_pin = {p["pin_id"]: p["score"] for p in body["ranked"]}
-    assert [by_pin[c.pin_id] for c in candidates] == pytest.approx(expected, rel=1e-5)
+    got = np.array([by_pin[c.pin_id] for c in candidates])
+    # float32 throughout; the handler runs in a worker thread whose torch thread count can differ
+    # from this one's, which changes the summation order of matmuls, hence not bit-equal.
+    assert np.abs(got - expected).max() < 1e-5, (got, expected)
     assert set(body["ranked"][0]["scores"]) == {"repin", "click", "closeup", "hide"}
 
 
