@@ -21,6 +21,7 @@ from homefeed.config import Config
 
 EXPERIMENT_SUFFIX = "-compare"
 METRIC_COLUMNS = ("auc", "hit", "logloss")
+CONTROL = "none"  # the ranker without a sequence: what every other model is paired against
 
 
 def raw_days(raw: str) -> list[date]:
@@ -53,6 +54,16 @@ def row(model: str, evaluation: dict[str, Any], seconds: float) -> dict[str, Any
     return out
 
 
+def with_paired_differences(rows: list[dict[str, Any]], differences: dict[str, dict[str, dict[str, list[float]]]], k: int) -> None:
+    """Add ``d_auc_<head>`` / ``d_hit<k>_<head>`` (minus the control, paired) with ``_lo``/``_hi``."""
+    for r in rows:
+        for head in schema.HEADS:
+            for metric in ("auc", "hit"):
+                name = f"d_{'hit%d' % k if metric == 'hit' else metric}_{head}"
+                value = differences.get(r["model"], {}).get(head, {}).get(metric, [0.0, 0.0, 0.0] if r["model"] == CONTROL else [math.nan] * 3)
+                r[name], r[f"{name}_lo"], r[f"{name}_hi"] = value
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else str(value)
 
@@ -69,8 +80,28 @@ def write_tables(rows: list[dict[str, Any]], out: Path, k: int, title: str) -> N
     for r in rows:
         cells = [f"{_fmt(r[c])} [{_fmt(r[c + '_lo'])}, {_fmt(r[c + '_hi'])}]" for c in columns]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['train_seconds']} |")
+    if any(f"d_auc_{schema.PRIMARY_HEAD}" in r for r in rows):
+        lines += _paired_table(rows, k)
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     _plot(rows, out / "comparison.png", k)
+
+
+def _paired_table(rows: list[dict[str, Any]], k: int) -> list[str]:
+    columns = [f"d_auc_{h}" for h in schema.HEADS] + [f"d_hit{k}_{schema.PRIMARY_HEAD}", f"d_hit{k}_{schema.NEGATIVE_HEAD}"]
+    lines = ["", f"## Paired difference against `{CONTROL}` (the ranker without a sequence)", "",
+             "Model minus control on the same bootstrap replicates of the test requests; an interval that excludes 0 "
+             "is a difference the test days can tell apart. `*` marks it.", "",
+             "| model | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for r in rows:
+        if r["model"] == CONTROL:
+            continue
+        cells = []
+        for c in columns:
+            lo, hi = r[c + "_lo"], r[c + "_hi"]
+            mark = "*" if (lo > 0 or hi < 0) else ""
+            cells.append(f"{r[c]:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}")
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, k: int) -> None:
@@ -114,13 +145,16 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
     tracking = cfg.with_overrides({"registry": {"experiment": cfg.registry.experiment + EXPERIMENT_SUFFIX}})
     mlflow_client = registry.client(tracking)
     experiment = registry.experiment_id(tracking)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    probs: dict[str, Any] = {}
+    runs: dict[str, str] = {}
     for model in models:
         model_cfg = cfg.with_overrides({"train": {"model": model}})
         started = time.perf_counter()
         result = trainer.train(str(instances), str(out / "models" / model), model_cfg)
         seconds = time.perf_counter() - started
-        evaluation = evaluate.evaluate_scorer(load_scorer(result.model_dir), test, model_cfg)
+        probs[model] = load_scorer(result.model_dir).predict(test)
+        evaluation = evaluate.evaluate_probabilities(test, probs[model], model_cfg)
         rows.append(row(model, evaluation, seconds))
         run = mlflow_client.create_run(experiment, run_name=f"{out.name}/{model}", tags={"homefeed.compare": str(out)})
         registry.log_train_params(mlflow_client, run.info.run_id, model_cfg.train)
@@ -128,5 +162,12 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
             if isinstance(value, float) and not math.isnan(value):
                 mlflow_client.log_metric(run.info.run_id, key.replace("@", ""), value)
         mlflow_client.set_terminated(run.info.run_id)
+        runs[model] = run.info.run_id
+    if CONTROL in probs and len(probs) > 1:
+        with_paired_differences(rows, evaluate.paired_differences(test, probs, CONTROL, cfg), cfg.evaluation.hit_k)
+        for r in rows:
+            for key, value in r.items():
+                if key.startswith("d_") and isinstance(value, float) and not math.isnan(value):
+                    mlflow_client.log_metric(runs[r["model"]], key, value)
     write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from})")
     return rows

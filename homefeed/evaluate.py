@@ -105,6 +105,52 @@ def evaluate_probabilities(table: pa.Table, probs: np.ndarray, cfg: Config) -> d
     }
 
 
+PAIRED_METRICS = ("auc", "hit")
+
+
+def paired_differences(table: pa.Table, probs: dict[str, np.ndarray], reference: str, cfg: Config) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Each model's AUC and HIT@k per head minus the reference model's, with a 95% interval.
+
+    Both models are scored on the same resampled requests in every replicate, so the interval is
+    of the difference itself: much narrower than comparing two separate intervals, because most of
+    the sampling noise (which requests happen to be in the test days) is shared.
+    Returns ``{model: {head: {metric: [difference, lo, hi]}}}`` for every model but the reference.
+    """
+    cols = _columns(table)
+    k = cfg.evaluation.hit_k
+    n_requests = int(cols["request_code"].max()) + 1 if table.num_rows else 0
+    if not n_requests or not cfg.evaluation.bootstrap_samples:
+        raise ValueError("paired differences need a non-empty test split and evaluation.bootstrap_samples > 0")
+    counts = metrics.bootstrap_request_counts(n_requests, cfg.evaluation.bootstrap_samples, cfg.evaluation.seed)
+    codes, labels = cols["request_code"], cols["labels"]
+    scores = {model: _head_scores(p, cfg) for model, p in probs.items()}
+    hits = {
+        model: {h: metrics.hits_per_group(codes, labels[:, i], s[h], k, n_requests) for i, h in enumerate(schema.HEADS)}
+        for model, s in scores.items()
+    }
+    replicates = {m: {h: {name: [] for name in PAIRED_METRICS} for h in schema.HEADS} for m in probs}
+    for chunk in range(0, len(counts), BOOTSTRAP_CHUNK):
+        block = counts[chunk:chunk + BOOTSTRAP_CHUNK]
+        weights = block[:, codes] * cols["weights"]
+        for model, p in probs.items():
+            for i, head in enumerate(schema.HEADS):
+                replicates[model][head]["auc"].append(metrics.weighted_auc_replicates(labels[:, i], p[:, i], weights))
+                replicates[model][head]["hit"].append(metrics.hit_replicates(block, *hits[model][head]))
+    point = {model: _slice_metrics(cols, p, scores[model], np.arange(table.num_rows), k) for model, p in probs.items()}
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for model in probs:
+        if model == reference:
+            continue
+        out[model] = {}
+        for head in schema.HEADS:
+            out[model][head] = {}
+            for name in PAIRED_METRICS:
+                delta = np.concatenate(replicates[model][head][name]) - np.concatenate(replicates[reference][head][name])
+                observed = point[model][head][name] - point[reference][head][name]
+                out[model][head][name] = [float(observed), *metrics.percentile_interval(delta)]
+    return out
+
+
 def evaluate_scorer(scorer, table: pa.Table, cfg: Config) -> dict[str, Any]:
     return {"model": scorer.name, **evaluate_probabilities(table, scorer.predict(table), cfg)}
 

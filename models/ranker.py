@@ -149,7 +149,15 @@ def weighted_bce(
 
 
 def pin_content_table(pin_ids: np.ndarray, embeddings: np.ndarray) -> torch.Tensor:
-    """A dense (max_id + 1, E) table; row 0 and unknown ids are zeros."""
+    """A dense (max_id + 1, E) table of standardised content embeddings; row 0 and unknown ids are zeros.
+
+    Each dimension is scaled to mean 0 and standard deviation 1 over the known pins. Raw content
+    embeddings are unit-norm (each component ≈ 1/√E), far smaller than the N(0, 1) learned action
+    embeddings they are summed or fused with, so without this the sequence modules barely read them.
+    """
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if len(embeddings):
+        embeddings = (embeddings - embeddings.mean(axis=0)) / np.maximum(embeddings.std(axis=0), 1e-6)
     table = np.zeros((int(pin_ids.max(initial=0)) + 1, embeddings.shape[1]), dtype=np.float32)
     table[pin_ids] = embeddings
     return torch.from_numpy(table)

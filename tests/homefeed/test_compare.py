@@ -26,6 +26,12 @@ def test_models_share_instances_and_test_days_and_land_in_one_table(cfg, raw_dir
         assert column in table[0]
     for r in rows:
         assert r["auc_repin_lo"] <= r["auc_repin"] <= r["auc_repin_hi"]
+    # Every model is also paired against the no-sequence control on the same replicates.
+    control, lr = table[1], table[0]
+    assert float(control["d_auc_repin"]) == 0.0
+    assert float(lr["d_auc_repin_lo"]) <= float(lr["d_auc_repin"]) <= float(lr["d_auc_repin_hi"])
+    assert float(lr["d_auc_repin"]) == pytest.approx(float(lr["auc_repin"]) - float(control["auc_repin"]))
+    assert "Paired difference against `none`" in (out / "comparison.md").read_text()
     assert "| lr |" in (out / "comparison.md").read_text()
     assert (out / "comparison.png").stat().st_size > 1000
     # The test split is exactly the days from --test-from.

@@ -48,3 +48,26 @@ def test_hide_hit_ranks_by_the_feed_utility_not_the_hide_head(base_config):
     result = evaluate.evaluate_probabilities(t, probs, base_config)
     assert result["overall"]["hide"]["auc"] == pytest.approx(1.0)
     assert result["overall"]["hide"]["hit"] == pytest.approx(0.0)  # no hidden pin in anyone's top 3
+
+
+def test_paired_differences_are_zero_for_the_same_model_and_separate_a_better_one(base_config):
+    t = table(n_requests=200)
+    labels = np.stack([t.column(c).to_numpy() for c in schema.LABEL_COLUMNS], axis=1).astype(float)
+    rng = np.random.default_rng(1)
+    noise = rng.random(labels.shape)
+    weak = 0.2 * labels + noise  # informative but noisy
+    strong = 0.8 * labels + noise
+    result = evaluate.paired_differences(t, {"control": weak, "same": weak.copy(), "strong": strong}, "control", base_config)
+    assert set(result) == {"same", "strong"}  # the reference is not paired with itself
+    assert result["same"]["repin"]["auc"] == pytest.approx([0.0, 0.0, 0.0])
+    difference, lo, hi = result["strong"]["repin"]["auc"]
+    assert 0.0 < lo <= difference <= hi
+    # The paired interval is narrower than the two separate intervals put together.
+    separate = {name: evaluate.evaluate_probabilities(t, p, base_config)["intervals"]["overall"]["repin"]["auc"] for name, p in (("weak", weak), ("strong", strong))}
+    assert hi - lo < (separate["weak"][1] - separate["weak"][0]) + (separate["strong"][1] - separate["strong"][0])
+
+
+def test_paired_differences_refuse_an_empty_split(base_config):
+    empty = table().slice(0, 0)
+    with pytest.raises(ValueError, match="non-empty test split"):
+        evaluate.paired_differences(empty, {"a": np.zeros((0, len(schema.HEADS)))}, "a", base_config)

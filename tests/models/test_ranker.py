@@ -39,6 +39,27 @@ def test_unknown_pin_ids_use_a_zero_content_vector():
     assert torch.all(vec[0, :4] == 0)
 
 
+def test_content_table_is_standardised_per_dimension_with_a_zero_padding_row():
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(200, 4)) / 2.0
+    raw /= np.linalg.norm(raw, axis=1, keepdims=True)  # unit-norm, as pin embeddings arrive
+    table = pin_content_table(np.arange(3, 203), raw.astype(np.float32)).numpy()
+    assert table.shape == (203, 4)
+    assert np.all(table[:3] == 0)  # padding id 0 and pins without content
+    known = table[3:]
+    np.testing.assert_allclose(known.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(known.std(axis=0), 1.0, atol=1e-4)
+    # Standardising keeps which pins are alike: the nearest neighbour of every pin is unchanged.
+    def nearest(x):
+        d = ((x[:, None] - x[None]) ** 2).sum(-1)
+        np.fill_diagonal(d, np.inf)
+        return d.argmin(1)
+    assert (nearest(known) == nearest(raw)).mean() > 0.9
+    # A constant dimension does not divide by zero.
+    flat = pin_content_table(np.arange(1, 4), np.ones((3, 2), np.float32)).numpy()
+    assert np.isfinite(flat).all() and np.all(flat == 0)
+
+
 def test_overfits_a_tiny_batch():
     torch.manual_seed(0)
     model = ranker("avgpool", cross=0)
