@@ -71,7 +71,10 @@ def ranker_config(cfg: TrainConfig) -> RankerConfig:
 
 def build_ranker(cfg: TrainConfig, instances_dir: str) -> Ranker:
     pin_ids, embeddings = read_pin_features(instances_dir)
-    return Ranker(ranker_config(cfg), pin_content_table(pin_ids, embeddings))
+    model = Ranker(ranker_config(cfg), pin_content_table(pin_ids, embeddings))
+    # The manifest's train rates are weighted by sample_weight, as the loss is.
+    model.init_head_bias(storage.read_manifest(instances_dir)["splits"]["train"]["label_rates"])
+    return model
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

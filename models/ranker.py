@@ -112,6 +112,17 @@ class Ranker(nn.Module):
         self.mlp = nn.Sequential(*mlp)
         self.heads = nn.Linear(width, len(schema.HEADS))  # one logit per action head
 
+    def init_head_bias(self, label_rates: dict[str, float]) -> None:
+        """Start each head at its base rate: logit(rate).
+
+        Adam moves a bias by about the learning rate per step, so a hide head (≈1% positives)
+        starting at p = 0.5 would spend the whole default budget walking its bias down, and
+        the shared layers would learn "hide is rare" instead of what predicts it.
+        """
+        rates = torch.tensor([label_rates[h] for h in schema.HEADS], dtype=self.heads.bias.dtype).clamp(1e-4, 1 - 1e-4)
+        with torch.no_grad():
+            self.heads.bias.copy_(torch.log(rates / (1 - rates)))
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         candidate = self.pins(batch["pin_id"])  # (B, E + id_dim)
         tokens = self.pins.content_of(batch[schema.SEQ_PIN_ID])  # (B, L, E)

@@ -60,6 +60,16 @@ def test_content_table_is_standardised_per_dimension_with_a_zero_padding_row():
     assert np.isfinite(flat).all() and np.all(flat == 0)
 
 
+def test_head_bias_starts_each_head_at_its_base_rate():
+    model = ranker()
+    rates = {"repin": 0.1, "click": 0.3, "closeup": 0.18, "hide": 0.0}  # a head with no positives is clamped
+    model.init_head_bias(rates)
+    bias = torch.sigmoid(model.heads.bias).detach().numpy()
+    expected = [max(rates[h], 1e-4) for h in schema.HEADS]
+    np.testing.assert_allclose(bias, expected, rtol=1e-4)
+    assert np.isfinite(model.heads.bias.detach().numpy()).all()
+
+
 def test_overfits_a_tiny_batch():
     torch.manual_seed(0)
     model = ranker("avgpool", cross=0)
