@@ -25,16 +25,23 @@ def auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = Non
 
 
 def hit_at_k(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = 3) -> float:
-    """Share of groups with ≥1 positive whose top-``k`` by score holds a positive; NaN if none."""
+    """Share of counted groups whose top-``k`` by score holds a positive; NaN if none is counted.
+
+    A group counts when it has a positive and more than ``k`` members: a request of ``k`` or
+    fewer candidates holds its positive in the top ``k`` whatever the order.
+    """
     _, codes = np.unique(np.asarray(groups), return_inverse=True)
-    hit, has_positive = hits_per_group(codes, labels, scores, k, int(codes.max()) + 1 if len(codes) else 0)
-    if not has_positive.any():
+    hit, counted = hits_per_group(codes, labels, scores, k, int(codes.max()) + 1 if len(codes) else 0)
+    if not counted.any():
         return float("nan")
-    return float(hit[has_positive].mean())
+    return float(hit[counted].mean())
 
 
 def hits_per_group(codes: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per group code in ``range(n_groups)``: (top-``k`` holds a positive, has a positive)."""
+    """Per group code in ``range(n_groups)``: (top-``k`` holds a positive, counted by HIT@k).
+
+    Counted: the group has a positive and more than ``k`` members (see :func:`hit_at_k`).
+    """
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     # Sort by group, then score descending; ties broken by original order (stable).
     order = np.lexsort((-scores, codes))
@@ -42,8 +49,9 @@ def hits_per_group(codes: np.ndarray, labels: np.ndarray, scores: np.ndarray, k:
     start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1] if len(g) else np.zeros(0, int)
     rank = np.arange(len(g)) - np.repeat(start, np.diff(np.r_[start, len(g)]))
     has_positive = np.bincount(g, weights=y, minlength=n_groups) > 0
+    counted = has_positive & (np.bincount(g, minlength=n_groups) > k)
     hit = np.bincount(g, weights=y & (rank < k), minlength=n_groups) > 0
-    return hit, has_positive
+    return hit, counted
 
 
 def ranking_utility(probabilities: np.ndarray, heads: tuple[str, ...], utility: dict[str, float]) -> np.ndarray:
@@ -131,10 +139,10 @@ def head_metric_replicates(labels: np.ndarray, scores: np.ndarray, weights: np.n
         }
 
 
-def hit_replicates(request_counts: np.ndarray, hit: np.ndarray, has_positive: np.ndarray) -> np.ndarray:
+def hit_replicates(request_counts: np.ndarray, hit: np.ndarray, counted: np.ndarray) -> np.ndarray:
     """HIT@k per replicate from per-request outcomes (see :func:`hits_per_group`)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return request_counts @ hit.astype(np.float64) / (request_counts @ has_positive.astype(np.float64))
+        return request_counts @ (hit & counted).astype(np.float64) / (request_counts @ counted.astype(np.float64))
 
 
 def percentile_interval(replicates: np.ndarray, alpha: float = 0.05) -> list[float]:

@@ -8,12 +8,13 @@ from homefeed import metrics
 
 def test_hit_at_k_matches_a_hand_computed_example():
     # request a: positive ranked 2nd -> hit; request b: positive ranked 4th -> miss;
-    # request c: no positive -> not counted.
-    groups = np.array(["a"] * 4 + ["b"] * 4 + ["c"] * 3)
-    labels = np.array([0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0])
-    scores = np.array([0.9, 0.8, 0.1, 0.2, 0.9, 0.8, 0.7, 0.1, 0.5, 0.4, 0.3])
+    # request c: no positive -> not counted; request d: 3 candidates, a hit in any order -> not counted.
+    groups = np.array(["a"] * 4 + ["b"] * 4 + ["c"] * 3 + ["d"] * 3)
+    labels = np.array([0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1])
+    scores = np.array([0.9, 0.8, 0.1, 0.2, 0.9, 0.8, 0.7, 0.1, 0.5, 0.4, 0.3, 0.9, 0.8, 0.1])
     assert metrics.hit_at_k(groups, labels, scores, k=3) == pytest.approx(0.5)
-    assert metrics.hit_at_k(groups, labels, scores, k=4) == pytest.approx(1.0)
+    assert metrics.hit_at_k(groups, labels, scores, k=2) == pytest.approx(1 / 3)  # d counts now: its positive is 3rd
+    assert math.isnan(metrics.hit_at_k(groups, labels, scores, k=4))  # no request is longer than 4
 
 
 def test_hit_at_k_is_nan_without_positives():
