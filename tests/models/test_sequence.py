@@ -35,6 +35,15 @@ def test_output_widths_follow_the_paper():
     assert build_sequence_module("none", CFG).out_dim == 0
 
 
+@pytest.mark.parametrize("name", ["transact_v10", "transact_v11"])
+def test_flattened_output_has_the_norm_of_one_token(name):
+    # Post-LayerNorm tokens have squared norm ≈ D; unscaled, the flattened block would have ≈ tokens·D.
+    module = build_sequence_module(name, CFG).eval()
+    out = module(*inputs())
+    squared_norm = out.pow(2).sum(dim=1).mean().item()
+    assert 0.5 * CFG.d_model < squared_norm < 2 * CFG.d_model
+
+
 def test_unknown_module_is_rejected():
     with pytest.raises(ValueError, match="unknown sequence module"):
         build_sequence_module("mamba", CFG)
