@@ -60,12 +60,9 @@ def _slice_metrics(cols: dict[str, np.ndarray], probs: np.ndarray, scores: dict[
     return out
 
 
-def _slice_intervals(cols: dict[str, np.ndarray], probs: np.ndarray, scores: dict[str, np.ndarray], rows: np.ndarray,
-                     counts: np.ndarray, k: int) -> dict[str, dict[str, list[float]]]:
-    """95% bootstrap interval of every metric of every head, from shared request replicates."""
-    nan = [float("nan"), float("nan")]
-    if len(rows) == 0 or len(counts) == 0:
-        return {h: dict.fromkeys(METRICS, nan) for h in schema.HEADS}
+def _metric_replicates(cols: dict[str, np.ndarray], probs: np.ndarray, scores: dict[str, np.ndarray], rows: np.ndarray,
+                       counts: np.ndarray, k: int) -> dict[str, dict[str, np.ndarray]]:
+    """Every metric of every head on each bootstrap replicate (rows of ``counts``) of the requests."""
     codes = cols["request_code"][rows]
     labels = cols["labels"][rows]
     # Per-request HIT@k outcomes do not depend on the replicate: computed once per head.
@@ -78,7 +75,17 @@ def _slice_intervals(cols: dict[str, np.ndarray], probs: np.ndarray, scores: dic
             for name, values in metrics.head_metric_replicates(labels[:, i], probs[rows, i], weights).items():
                 replicates[head][name].append(values)
             replicates[head]["hit"].append(metrics.hit_replicates(block, *hits[head]))
-    return {h: {m: metrics.percentile_interval(np.concatenate(v)) for m, v in per_metric.items()} for h, per_metric in replicates.items()}
+    return {h: {m: np.concatenate(v) for m, v in per_metric.items()} for h, per_metric in replicates.items()}
+
+
+def _slice_intervals(cols: dict[str, np.ndarray], probs: np.ndarray, scores: dict[str, np.ndarray], rows: np.ndarray,
+                     counts: np.ndarray, k: int) -> dict[str, dict[str, list[float]]]:
+    """95% bootstrap interval of every metric of every head, from shared request replicates."""
+    nan = [float("nan"), float("nan")]
+    if len(rows) == 0 or len(counts) == 0:
+        return {h: dict.fromkeys(METRICS, nan) for h in schema.HEADS}
+    replicates = _metric_replicates(cols, probs, scores, rows, counts, k)
+    return {h: {m: metrics.percentile_interval(v) for m, v in per_metric.items()} for h, per_metric in replicates.items()}
 
 
 def evaluate_probabilities(table: pa.Table, probs: np.ndarray, cfg: Config) -> dict[str, Any]:
@@ -122,21 +129,10 @@ def paired_differences(table: pa.Table, probs: dict[str, np.ndarray], reference:
     if not n_requests or not cfg.evaluation.bootstrap_samples:
         raise ValueError("paired differences need a non-empty test split and evaluation.bootstrap_samples > 0")
     counts = metrics.bootstrap_request_counts(n_requests, cfg.evaluation.bootstrap_samples, cfg.evaluation.seed)
-    codes, labels = cols["request_code"], cols["labels"]
+    rows = np.arange(table.num_rows)
     scores = {model: _head_scores(p, cfg) for model, p in probs.items()}
-    hits = {
-        model: {h: metrics.hits_per_group(codes, labels[:, i], s[h], k, n_requests) for i, h in enumerate(schema.HEADS)}
-        for model, s in scores.items()
-    }
-    replicates = {m: {h: {name: [] for name in PAIRED_METRICS} for h in schema.HEADS} for m in probs}
-    for chunk in range(0, len(counts), BOOTSTRAP_CHUNK):
-        block = counts[chunk:chunk + BOOTSTRAP_CHUNK]
-        weights = block[:, codes] * cols["weights"]
-        for model, p in probs.items():
-            for i, head in enumerate(schema.HEADS):
-                replicates[model][head]["auc"].append(metrics.weighted_auc_replicates(labels[:, i], p[:, i], weights))
-                replicates[model][head]["hit"].append(metrics.hit_replicates(block, *hits[model][head]))
-    point = {model: _slice_metrics(cols, p, scores[model], np.arange(table.num_rows), k) for model, p in probs.items()}
+    replicates = {model: _metric_replicates(cols, p, scores[model], rows, counts, k) for model, p in probs.items()}
+    point = {model: _slice_metrics(cols, p, scores[model], rows, k) for model, p in probs.items()}
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
     for model in probs:
         if model == reference:
@@ -145,7 +141,7 @@ def paired_differences(table: pa.Table, probs: dict[str, np.ndarray], reference:
         for head in schema.HEADS:
             out[model][head] = {}
             for name in PAIRED_METRICS:
-                delta = np.concatenate(replicates[model][head][name]) - np.concatenate(replicates[reference][head][name])
+                delta = replicates[model][head][name] - replicates[reference][head][name]
                 observed = point[model][head][name] - point[reference][head][name]
                 out[model][head][name] = [float(observed), *metrics.percentile_interval(delta)]
     return out
