@@ -460,6 +460,7 @@ def airflow_env(cfg: Config, config_files: list[Path] | None = None) -> dict[str
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "homefeed.orchestration.SQLITE_CONNECT_ARGS",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -513,6 +514,36 @@ def airflow(
     typer.echo("DAGs: homefeed_retrain (trigger with the parameter form), homefeed_promote. Ctrl-C stops it.")
     airflow_bin = str(Path(sys.executable).with_name("airflow"))
     os.execve(airflow_bin, [airflow_bin, "standalone"], env)
+
+
+@app.command()
+def backfill(
+    from_date: Annotated[str, typer.Option("--from-date", help="First logical date, YYYY-MM-DD")],
+    to_date: Annotated[str, typer.Option("--to-date", help="Last logical date, YYYY-MM-DD")],
+    conf: Annotated[str, typer.Option("--conf", help="homefeed_retrain params as JSON, e.g. {\"raw\": \"/data/raw\", \"window_days\": 7}")] = "{}",
+    config: ConfigOption = None,
+) -> None:
+    """Backfill homefeed_retrain on the embedded Airflow: one run per scheduled date in the range.
+
+    `airflow backfill create` with the embedded Airflow's environment; the scheduler of
+    `homefeed airflow` runs the runs, one at a time.
+    """
+    cfg = _config(config)
+    try:
+        if date.fromisoformat(from_date) > date.fromisoformat(to_date):
+            raise ValueError(f"--from-date {from_date} is after --to-date {to_date}")
+        if not isinstance(json.loads(conf), dict):
+            raise ValueError(f"--conf must be a JSON object, got {conf}")
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    airflow_bin = str(Path(sys.executable).with_name("airflow"))
+    completed = subprocess.run(
+        [airflow_bin, "backfill", "create", "--dag-id", "homefeed_retrain", "--from-date", from_date, "--to-date", to_date,
+         "--dag-run-conf", conf, "--max-active-runs", "1"],
+        env=airflow_env(cfg, config),
+    )
+    if completed.returncode != 0:
+        raise typer.Exit(completed.returncode)
 
 
 @app.command()

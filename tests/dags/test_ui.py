@@ -151,12 +151,9 @@ def test_backfill_over_a_date_range_runs_the_scheduled_dates(standalone, raw_dir
     base, password, root, env = standalone
     token = call(f"{base}/auth/token", method="POST", body={"username": "admin", "password": password})["access_token"]
     wait_for_dag(base, token, "homefeed_retrain")
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    airflow_env = {**env, "AIRFLOW_HOME": str(root / "airflow"), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root}/airflow/airflow.db",
-                   "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parents[2] / "dags")}
+    homefeed = str(Path(sys.executable).with_name("homefeed"))
     conf = json.dumps({"raw": str(raw_dir), "window_days": 3})
-    subprocess.run([airflow, "backfill", "create", "--dag-id", "homefeed_retrain", "--from-date", "2026-01-08",
-                    "--to-date", "2026-01-09", "--dag-run-conf", conf, "--max-active-runs", "1"], env=airflow_env, check=True)
+    subprocess.run([homefeed, "backfill", "--from-date", "2026-01-08", "--to-date", "2026-01-09", "--conf", conf], env=env, check=True)
     runs = wait_for_runs(base, token, "backfill", 1)
     assert [r["logical_date"][:16] for r in runs] == ["2026-01-08T03:00"]  # Thursday; Friday is not scheduled
     assert runs[0]["state"] == "success"

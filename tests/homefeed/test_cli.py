@@ -13,7 +13,7 @@ HOMEFEED = str(Path(sys.executable).with_name("homefeed"))
 
 def test_installed_console_script_lists_the_commands():
     out = subprocess.run([HOMEFEED, "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("generate", "import-kuairand", "build-instances", "validate", "models", "train", "evaluate", "promote", "rollback", "registry", "run"):
+    for command in ("generate", "import-kuairand", "build-instances", "validate", "models", "train", "evaluate", "promote", "rollback", "registry", "run", "backfill"):
         assert command in out
 
 
@@ -42,3 +42,24 @@ def test_generate_writes_the_contract(tmp_path):
     result = runner.invoke(app, ["generate", "--out", str(tmp_path / "raw"), "--impressions", "2000", "--days", "3"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "raw" / "_SUCCESS").exists()
+
+
+def test_backfill_refuses_a_reversed_range_or_a_conf_that_is_not_an_object(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path))
+    reversed_range = runner.invoke(app, ["backfill", "--from-date", "2026-01-09", "--to-date", "2026-01-08"])
+    assert reversed_range.exit_code == 2 and "after --to-date" in reversed_range.output
+    not_an_object = runner.invoke(app, ["backfill", "--from-date", "2026-01-08", "--to-date", "2026-01-09", "--conf", "[1]"])
+    assert not_an_object.exit_code == 2 and "JSON object" in not_an_object.output
+    assert not (tmp_path / "airflow").exists()  # refused before Airflow was touched
+
+
+def test_embedded_airflow_waits_for_the_sqlite_lock(tmp_path, monkeypatch):
+    """Airflow imports the connect args by name: the name must resolve to a busy timeout."""
+    from airflow.configuration import conf
+
+    from homefeed.cli import _config, airflow_env
+
+    monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path))
+    key = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"
+    monkeypatch.setenv(key, airflow_env(_config(None))[key])
+    assert conf.getimport("database", "sql_alchemy_connect_args")["timeout"] >= 30
