@@ -56,8 +56,10 @@ def _label(scope: str, name: str) -> str:
 
 
 def _floor(scope: str, head: str, auc: float | None, floor: float) -> GateCheck:
-    return GateCheck(_label(scope, f"auc/{head} >= {floor}"), auc is not None and auc >= floor, auc, floor,
-                     _label(scope, f"auc/{head} is {auc if auc is None else round(auc, 4)}, below the floor {floor}"))
+    passed = auc is not None and auc >= floor
+    where = "at or above" if passed else "below"
+    return GateCheck(_label(scope, f"auc/{head} >= {floor}"), passed, auc, floor,
+                     _label(scope, f"auc/{head} is {auc if auc is None else round(auc, 4)}, {where} the floor {floor}"))
 
 
 def _relative(scope: str, metric: str, new: float | None, old: float | None, limit: float, worse: str) -> GateCheck | None:
@@ -68,7 +70,8 @@ def _relative(scope: str, metric: str, new: float | None, old: float | None, lim
     passed = change >= -limit if worse == "drop" else change <= limit
     verb = "fell" if worse == "drop" else "rose"
     return GateCheck(_label(scope, f"{metric} {worse} <= {limit}"), passed, change, limit if worse == "rise" else -limit,
-                     _label(scope, f"{metric} {verb} by {abs(change):.4f} (champion {old:.4f} → challenger {new:.4f}), more than {limit}"))
+                     _label(scope, f"{metric} {verb} by {abs(change):.4f} (champion {old:.4f} → challenger {new:.4f}), "
+                                   f"{'within' if passed else 'more than'} {limit}"))
 
 
 def decide(cfg: GatesConfig, challenger: dict[str, Any], champion: dict[str, Any] | None, champion_version: str | None = None) -> GateDecision:

@@ -30,6 +30,15 @@ def test_better_challenger_passes():
     assert decide(CFG, evaluation(0.72, 0.52, 0.10), evaluation(0.70, 0.50, 0.10), "3").passed
 
 
+def test_a_passing_check_does_not_read_as_a_failure():
+    """gate.json keeps every check's sentence; a passed one must not say "below" or "more than"."""
+    decision = decide(CFG, evaluation(0.695, 0.50, 0.10), evaluation(0.70, 0.50, 0.10), "3")
+    assert decision.passed and decision.reasons == []
+    sentences = {c.name: c.reason for c in decision.checks}
+    assert sentences["auc/repin >= 0.6"] == "auc/repin is 0.695, at or above the floor 0.6"
+    assert sentences["auc/repin drop <= 0.01"] == "auc/repin fell by 0.0050 (champion 0.7000 → challenger 0.6950), within 0.01"
+
+
 def test_each_relative_failure_is_reported():
     auc_drop = decide(CFG, evaluation(0.68, 0.50, 0.10), evaluation(0.70, 0.50, 0.10), "3")
     assert not auc_drop.passed and "auc/repin fell by 0.0200" in auc_drop.summary()
