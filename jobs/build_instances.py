@@ -346,13 +346,16 @@ def evaluation_split(frame: DataFrame, cfg: InstancesConfig) -> DataFrame:
 def build_instances(raw: RawTables, start: date, end: date, cfg: InstancesConfig, evaluation_only: bool = False) -> DataFrame:
     """All transforms, before standardisation (which needs the train split's statistics)."""
     labelled = add_labels(raw.impressions, raw.actions, cfg.attribution_window_ms)
+    split = evaluation_split(labelled, cfg) if evaluation_only else assign_splits(labelled, start, end, cfg)
+    # Sampling needs only the labels and the split, so the rows it drops never reach the sequence
+    # and feature joins, which cost per row. The sequences do not depend on which impressions are
+    # kept: an impression's cut-off counts actions only.
+    kept = sample(split, cfg)
     history = raw.actions.filter(F.col("ts") < F.lit((_epoch_ms(end) + segments.DAY_MS)))
-    ranked = rank_events(raw.impressions, history, raw.pins, cfg.delay_ms)
+    ranked = rank_events(kept, history, raw.pins, cfg.delay_ms)
     sequences = attach_sequences(ranked, cfg.seq_len)
-    instances = labelled.join(sequences, list(IMPRESSION_KEY), "inner")
-    featured = log_transform(add_features(instances, raw.pins, raw.users))
-    split = evaluation_split(featured, cfg) if evaluation_only else assign_splits(featured, start, end, cfg)
-    return sample(split, cfg)
+    instances = kept.join(sequences, list(IMPRESSION_KEY), "inner")
+    return log_transform(add_features(instances, raw.pins, raw.users))
 
 
 def _epoch_ms(day: date) -> int:

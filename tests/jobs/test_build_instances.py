@@ -134,6 +134,25 @@ def test_sampling_rates_and_weights(spark):
     assert job.sample(frame, cfg).count() == job.sample(frame, cfg).count()
 
 
+def test_sampling_before_the_sequence_join_keeps_every_kept_row_unchanged(spark, raw_dir, base_config):
+    """build_instances samples before computing sequences: the rows it keeps must carry what the
+    sequence stage gives when it sees every impression, and the dropped rows must be the ones
+    ``sample`` drops."""
+    icfg = base_config.instances.model_copy(update={"negative_rate": 0.3})
+    raw, start, end = job.extract(spark, str(raw_dir), None, None, now_ms=T0 + 400 * DAY)
+    built = job.build_instances(raw, start, end, icfg)
+    keys = list(job.IMPRESSION_KEY)
+    every = job.attach_sequences(job.rank_events(raw.impressions, raw.actions, raw.pins, icfg.delay_ms), icfg.seq_len)
+    labelled = job.assign_splits(job.add_labels(raw.impressions, raw.actions, icfg.attribution_window_ms), start, end, icfg)
+    expected_keys = job.sample(labelled, icfg).select(*keys)
+    columns = [*keys, "user_prior_actions", "user_category_engagements", *schema.SEQUENCE_COLUMNS]
+    kept = built.select(*columns)
+    assert 0 < kept.count() < raw.impressions.count()  # the sample dropped some rows
+    assertDataFrameEqual(kept.select(*keys), expected_keys, checkRowOrder=False)
+    counts = {c: F.log1p(F.col(c).cast("double")) for c in ("user_prior_actions", "user_category_engagements")}  # log1p'd in the job
+    assertDataFrameEqual(kept, every.join(expected_keys, keys).withColumns(counts).select(*columns), checkRowOrder=False)
+
+
 def test_validation_and_test_rows_are_never_sampled(spark):
     frame = spark.range(1000).select(
         F.col("id").cast("string").alias("request_id"), F.col("id").alias("pin_id"), F.lit("test").alias(schema.SPLIT),
