@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -74,13 +73,33 @@ def standalone(tmp_path_factory):
         password = json.loads((root / "airflow" / "passwords.json").read_text())["admin"]
         yield base, password, root, env
     finally:
-        # Standalone's children (scheduler, API server, task runners) share its process group.
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_tree(process)
         log.close()
+
+
+def stop_process_tree(process: subprocess.Popen) -> None:
+    """Stop standalone and everything it started. Task runners move to process groups of their
+    own (Airflow's supervisor calls setpgid), so killing standalone's group would leave a run
+    still in flight (Spark JVM, training) going on behind the later tests."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:
+        try:
+            member.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    for member in alive:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    process.wait(timeout=10)
 
 
 def wait_for_dag(base: str, token: str, dag_id: str) -> None:
