@@ -471,13 +471,22 @@ def airflow_env(cfg: Config, config_files: list[Path] | None = None) -> dict[str
     }
 
 
-def run_dag(cfg: Config, dag_id: str, conf: dict, logical_date: str, config_files: list[Path] | None = None) -> None:
-    env = airflow_env(cfg, config_files)
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
-    completed = subprocess.run([airflow, "dags", "test", dag_id, logical_date, "-c", json.dumps(conf)], env=env)
+def _airflow_bin() -> str:
+    """The venv's airflow, beside this interpreter (not whichever is first on PATH)."""
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def _run_airflow(env: dict[str, str], *args: str) -> None:
+    """``airflow ARGS`` in ``env``; a failure exits this command with airflow's status."""
+    completed = subprocess.run([_airflow_bin(), *args], env=env)
     if completed.returncode != 0:
         raise typer.Exit(completed.returncode)
+
+
+def run_dag(cfg: Config, dag_id: str, conf: dict, logical_date: str, config_files: list[Path] | None = None) -> None:
+    env = airflow_env(cfg, config_files)
+    subprocess.run([_airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    _run_airflow(env, "dags", "test", dag_id, logical_date, "-c", json.dumps(conf))
 
 
 def airflow_login(home: Path) -> tuple[str, str]:
@@ -512,8 +521,7 @@ def airflow(
     })
     typer.echo(f"Airflow UI: http://127.0.0.1:{port}   login: {user} / {password}   (AIRFLOW_HOME={home})")
     typer.echo("DAGs: homefeed_retrain (trigger with the parameter form), homefeed_promote. Ctrl-C stops it.")
-    airflow_bin = str(Path(sys.executable).with_name("airflow"))
-    os.execve(airflow_bin, [airflow_bin, "standalone"], env)
+    os.execve(_airflow_bin(), [_airflow_bin(), "standalone"], env)
 
 
 @app.command()
@@ -536,14 +544,8 @@ def backfill(
             raise ValueError(f"--conf must be a JSON object, got {conf}")
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
-    airflow_bin = str(Path(sys.executable).with_name("airflow"))
-    completed = subprocess.run(
-        [airflow_bin, "backfill", "create", "--dag-id", "homefeed_retrain", "--from-date", from_date, "--to-date", to_date,
-         "--dag-run-conf", conf, "--max-active-runs", "1"],
-        env=airflow_env(cfg, config),
-    )
-    if completed.returncode != 0:
-        raise typer.Exit(completed.returncode)
+    _run_airflow(airflow_env(cfg, config), "backfill", "create", "--dag-id", "homefeed_retrain", "--from-date", from_date,
+                 "--to-date", to_date, "--dag-run-conf", conf, "--max-active-runs", "1")
 
 
 @app.command()
