@@ -71,7 +71,7 @@ def measure_one(raw: str, plan: str, stage: str, out: str) -> dict:
         tables, _, end = job.extract(spark, raw, None, None, int(time.time() * 1000))
         if plan == "homefeed":
             ranked = job.rank_events(tables.impressions, tables.actions, tables.pins, cfg.instances.delay_ms)
-            sequences = job.attach_sequences(ranked, cfg.instances.seq_len)
+            sequences = job.attach_sequences(ranked, tables.actions, cfg.instances.seq_len)
         else:
             sequences = window_frame_sequences(tables.impressions, tables.actions, cfg.instances.seq_len, cfg.instances.delay_ms)
         sequences.write.format("noop").mode("overwrite").save()

@@ -16,9 +16,10 @@ image adds hadoop-aws for s3a:// URIs)::
 workers on 127.0.0.1 and compares the result with a local run.
 
 The sequence plan is linear under skew: every event (impression cut-off or action) of a user is
-ranked once by a running count (a growing ``ROWS`` frame, not a per-row range frame), actions are
-grouped into blocks of ``seq_len`` consecutive ranks, and each impression joins the at most two
-blocks that hold its latest ``seq_len`` actions before ``ts - delay``.
+ranked once by a running count (a growing ``ROWS`` frame, not a per-row range frame), a user's
+actions are grouped into overlapping blocks of ``2 * seq_len`` consecutive positions, and each
+impression joins the one block that holds its latest ``seq_len`` actions before ``ts - delay``
+and slices them out.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ IMPRESSION_KEY = ("request_id", "pin_id")
 _RANK = "_rank"
 _KIND = "_kind"  # 0: an impression's cut-off, 1: an action; cut-offs sort first on ties
 _T = "_t"
+_ROW = "_row"  # an impression's other columns, carried through the sort instead of joined back
 
 
 class InputDataError(PermanentError, ValueError):
@@ -158,28 +160,25 @@ def rank_events(impressions: DataFrame, actions: DataFrame, pins: DataFrame, del
     """Impression cut-offs and actions of each user in one frame, with running counts.
 
     For an impression row: ``_rank`` = actions strictly before ``ts - delay``; the engagement
-    counts = positive actions before it on the pin's category / owner. For an action row:
-    ``_rank`` - 1 is the action's 0-based position in the user's history.
+    counts = positive actions before it on the pin's category / owner. Only impression rows are
+    read afterwards, and their counts do not depend on how tied actions are ordered.
     """
     pin_keys = pins.select("pin_id", "category", "owner_id")
     positive = F.col("action").isin(*schema.POSITIVE_ACTIONS).cast("long")
-    action_code = F.element_at(F.create_map(*[x for a in schema.ACTION_VOCAB for x in (F.lit(a.name), F.lit(a.code))]), F.col("action"))
     queries = impressions.join(F.broadcast(pin_keys), "pin_id", "left").select(
         "user_id", "category", "owner_id", "request_id", "pin_id",
         (F.col("ts") - delay_ms).alias(_T), F.lit(0).alias(_KIND), F.lit(0).cast("long").alias("_positive"),
-        F.lit(None).cast("int").alias("action_code"),
+        F.struct(*[c for c in impressions.columns if c not in ("user_id", "request_id", "pin_id")]).alias(_ROW),
     )
     events = actions.join(F.broadcast(pin_keys), "pin_id", "left").select(
         "user_id", "category", "owner_id", F.lit(None).cast("string").alias("request_id"), "pin_id",
         F.col("ts").alias(_T), F.lit(1).alias(_KIND), positive.alias("_positive"),
-        action_code.cast("int").alias("action_code"),
     )
-    order = [_T, _KIND, "pin_id", "action_code"]
     running = Window.unboundedPreceding, Window.currentRow
-    by_user = Window.partitionBy("user_id").orderBy(*order).rowsBetween(*running)
-    by_category = Window.partitionBy("user_id", "category").orderBy(*order).rowsBetween(*running)
-    by_owner = Window.partitionBy("user_id", "owner_id").orderBy(*order).rowsBetween(*running)
-    return queries.unionByName(events).withColumns(
+    by_user = Window.partitionBy("user_id").orderBy(_T, _KIND).rowsBetween(*running)
+    by_category = Window.partitionBy("user_id", "category").orderBy(_T, _KIND).rowsBetween(*running)
+    by_owner = Window.partitionBy("user_id", "owner_id").orderBy(_T, _KIND).rowsBetween(*running)
+    return queries.unionByName(events, allowMissingColumns=True).withColumns(
         {
             _RANK: F.sum(F.col(_KIND).cast("long")).over(by_user),
             "user_category_engagements": F.sum("_positive").over(by_category),
@@ -188,34 +187,75 @@ def rank_events(impressions: DataFrame, actions: DataFrame, pins: DataFrame, del
     )
 
 
-def attach_sequences(ranked: DataFrame, seq_len: int) -> DataFrame:
-    """Per impression: the latest ``seq_len`` actions before its cut-off, newest first."""
-    actions = ranked.filter(F.col(_KIND) == 1).withColumn("_pos", F.col(_RANK) - 1)
-    blocks = actions.groupBy("user_id", (F.col("_pos") / seq_len).cast("long").alias("_block")).agg(
-        F.sort_array(
-            F.collect_list(F.struct(F.col("_pos").alias("pos"), F.col(_T).alias("ts"), "pin_id", "action_code"))
-        ).alias("_events")
-    )
-    queries = ranked.filter(F.col(_KIND) == 0).select(
-        "request_id", "pin_id", "user_id",
+def impression_cutoffs(ranked: DataFrame, seq_len: int) -> DataFrame:
+    """Per impression: its running counts and where its sequence lies in the user's history.
+
+    ``_lo``.. ``_hi`` are the 0-based positions of the latest ``seq_len`` actions before the
+    cut-off (empty when ``_hi`` < ``_lo``); ``_block`` is the one block that holds all of them.
+    """
+    hi = F.col(_RANK) - 1
+    return ranked.filter(F.col(_KIND) == 0).select(
+        "request_id", "pin_id", "user_id", f"{_ROW}.*",
         F.col(_RANK).alias("user_prior_actions"), "user_category_engagements", "user_owner_engagements",
-        F.greatest(F.col(_RANK) - seq_len, F.lit(0)).alias("_lo"), (F.col(_RANK) - 1).alias("_hi"),
-    ).withColumns({"_b1": (F.col("_lo") / seq_len).cast("long"), "_b2": (F.col("_hi") / seq_len).cast("long")})
-    first = blocks.select("user_id", F.col("_block").alias("_b1"), F.col("_events").alias("_e1"))
-    second = blocks.select("user_id", F.col("_block").alias("_b2"), F.col("_events").alias("_e2"))
-    empty = F.array().cast(blocks.schema["_events"].dataType)
-    joined = queries.join(first, ["user_id", "_b1"], "left").join(second, ["user_id", "_b2"], "left")
-    window_events = F.concat(
-        F.coalesce(F.col("_e1"), empty),
-        F.when(F.col("_b2") != F.col("_b1"), F.coalesce(F.col("_e2"), empty)).otherwise(empty),
+        F.greatest(F.col(_RANK) - seq_len, F.lit(0)).alias("_lo"), hi.alias("_hi"),
+        F.when(hi >= 0, F.floor(hi / seq_len)).alias("_block"),
     )
-    seq = F.reverse(F.filter(window_events, lambda e: (e["pos"] >= F.col("_lo")) & (e["pos"] <= F.col("_hi"))))
-    return joined.select(
-        "request_id", "pin_id", "user_prior_actions", "user_category_engagements", "user_owner_engagements",
-        F.transform(seq, lambda e: e["pin_id"]).alias(schema.SEQ_PIN_ID),
-        F.transform(seq, lambda e: e["action_code"]).alias(schema.SEQ_ACTION),
-        F.transform(seq, lambda e: e["ts"]).alias(schema.SEQ_TS),
+
+
+def action_blocks(actions: DataFrame, seq_len: int) -> DataFrame:
+    """Each user's actions in overlapping blocks: block ``b`` holds positions
+    [(b - 1)·seq_len, (b + 1)·seq_len) of the user's history, so the latest ``seq_len`` actions
+    before any cut-off lie in a single block (the one holding the newest of them) and each
+    impression joins exactly one block. Every action is in two blocks: twice the block rows for
+    one join instead of two.
+
+    The order (ts, pin_id, action code) is the one ``rank_events`` counts in, so a cut-off's rank
+    is the number of positions before it.
+    """
+    code = F.element_at(F.create_map(*[x for a in schema.ACTION_VOCAB for x in (F.lit(a.name), F.lit(a.code))]), F.col("action"))
+    by_user = Window.partitionBy("user_id").orderBy("ts", "pin_id", code)
+    positioned = actions.select(
+        "user_id", "ts", "pin_id", code.cast("int").alias("action_code"), (F.row_number().over(by_user) - 1).alias("_pos")
     )
+    own_block = F.floor(F.col("_pos") / seq_len)
+    events = positioned.select(
+        "user_id", F.explode(F.array(own_block, own_block + 1)).alias("_block"),
+        F.struct("_pos", "ts", "pin_id", "action_code").alias("_event"),
+    )
+    blocks = events.groupBy("user_id", "_block").agg(F.sort_array(F.collect_list("_event")).alias("_events"))
+    return blocks.select(
+        "user_id", "_block",
+        F.col("_events")[0]["_pos"].alias("_first_pos"),
+        *[F.transform("_events", _field_of(field)).alias(f"_block_{field}") for field in ("pin_id", "action_code", "ts")],
+    )
+
+
+def _field_of(field: str):
+    # transform() reads a two-argument lambda as (element, index), so no default-argument binding.
+    return lambda event: event[field]
+
+
+def with_sequences(rows: DataFrame, blocks: DataFrame) -> DataFrame:
+    """Slice each row's sequence out of its block, newest first; rows keep every other column."""
+    joined = rows.join(blocks, ["user_id", "_block"], "left")
+    start = F.col("_lo") - F.col("_first_pos") + 1  # 1-based
+    length = F.greatest(F.col("_hi") - F.col("_lo") + 1, F.lit(0))
+
+    def newest_first(field: str, element: str) -> Column:
+        return F.coalesce(F.reverse(F.slice(F.col(f"_block_{field}"), start, length)), F.array().cast(f"array<{element}>"))
+
+    return joined.withColumns(
+        {
+            schema.SEQ_PIN_ID: newest_first("pin_id", "bigint"),
+            schema.SEQ_ACTION: newest_first("action_code", "int"),
+            schema.SEQ_TS: newest_first("ts", "bigint"),
+        }
+    ).drop("_block", "_lo", "_hi", "_first_pos", "_block_pin_id", "_block_action_code", "_block_ts")
+
+
+def attach_sequences(ranked: DataFrame, actions: DataFrame, seq_len: int) -> DataFrame:
+    """Per impression of ``ranked``: its counts and the latest ``seq_len`` actions before its cut-off."""
+    return with_sequences(impression_cutoffs(ranked, seq_len), action_blocks(actions, seq_len)).drop("user_id")
 
 
 def add_features(instances: DataFrame, pins: DataFrame, users: DataFrame) -> DataFrame:
@@ -343,8 +383,21 @@ def evaluation_split(frame: DataFrame, cfg: InstancesConfig) -> DataFrame:
     )
 
 
-def build_instances(raw: RawTables, start: date, end: date, cfg: InstancesConfig, evaluation_only: bool = False) -> DataFrame:
-    """All transforms, before standardisation (which needs the train split's statistics)."""
+@dataclass(frozen=True)
+class InstanceFrames:
+    """The job's output before standardisation, in two parts: ``rows`` (one per kept impression:
+    metadata, labels, split, weight, features, and where its sequence lies) is narrow enough to
+    cache while the standardiser is fitted; ``blocks`` (the users' action histories) is joined in
+    only on the way to the writer, so the sequence arrays are never cached or shuffled twice."""
+
+    rows: DataFrame
+    blocks: DataFrame
+
+    def instances(self) -> DataFrame:
+        return with_sequences(self.rows, self.blocks)
+
+
+def build_instance_frames(raw: RawTables, start: date, end: date, cfg: InstancesConfig, evaluation_only: bool = False) -> InstanceFrames:
     labelled = add_labels(raw.impressions, raw.actions, cfg.attribution_window_ms)
     split = evaluation_split(labelled, cfg) if evaluation_only else assign_splits(labelled, start, end, cfg)
     # Sampling needs only the labels and the split, so the rows it drops never reach the sequence
@@ -352,10 +405,13 @@ def build_instances(raw: RawTables, start: date, end: date, cfg: InstancesConfig
     # kept: an impression's cut-off counts actions only.
     kept = sample(split, cfg)
     history = raw.actions.filter(F.col("ts") < F.lit((_epoch_ms(end) + segments.DAY_MS)))
-    ranked = rank_events(kept, history, raw.pins, cfg.delay_ms)
-    sequences = attach_sequences(ranked, cfg.seq_len)
-    instances = kept.join(sequences, list(IMPRESSION_KEY), "inner")
-    return log_transform(add_features(instances, raw.pins, raw.users))
+    rows = impression_cutoffs(rank_events(kept, history, raw.pins, cfg.delay_ms), cfg.seq_len)
+    return InstanceFrames(log_transform(add_features(rows, raw.pins, raw.users)), action_blocks(history, cfg.seq_len))
+
+
+def build_instances(raw: RawTables, start: date, end: date, cfg: InstancesConfig, evaluation_only: bool = False) -> DataFrame:
+    """All transforms, before standardisation (which needs the train split's statistics)."""
+    return build_instance_frames(raw, start, end, cfg, evaluation_only).instances()
 
 
 def _epoch_ms(day: date) -> int:
@@ -422,14 +478,16 @@ def run(
     if impression_rows == 0:
         raise InputDataError(f"{schema.IMPRESSIONS}: no rows between {start} and {end}")
     evaluation_only = feature_stats is not None
-    instances = build_instances(raw, start, end, icfg, evaluation_only).persist(StorageLevel.MEMORY_AND_DISK)
+    frames = build_instance_frames(raw, start, end, icfg, evaluation_only)
+    rows = frames.rows.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        stats = feature_stats if evaluation_only else fit_standardizer(instances.filter(F.col(schema.SPLIT) == "train"))
-        final = standardize(instances, stats).select(*OUTPUT_COLUMNS)
+        stats = feature_stats if evaluation_only else fit_standardizer(rows.filter(F.col(schema.SPLIT) == "train"))
+        final = standardize(with_sequences(rows, frames.blocks), stats).select(*OUTPUT_COLUMNS)
         with storage.publish_dataset(out) as staging:
-            final.repartition(icfg.shuffle_partitions, schema.SPLIT).sortWithinPartitions("user_id", "ts").write.mode(
-                "overwrite"
-            ).partitionBy(schema.SPLIT).parquet(str(staging))
+            # No repartition by split: with three values it would put most rows in one task.
+            final.sortWithinPartitions(schema.SPLIT, "user_id", "ts").write.mode("overwrite").partitionBy(
+                schema.SPLIT
+            ).parquet(str(staging))
             # The pin content table the neural ranker embeds engaged pins with (a PinSage stand-in).
             raw.pins.select("pin_id", "embedding").coalesce(1).write.parquet(str(staging / schema.PIN_FEATURES_DIR))
             splits = _label_rates(spark.read.parquet(str(staging)))
@@ -454,7 +512,7 @@ def run(
             }
             storage.write_json(staging / schema.MANIFEST, manifest)
     finally:
-        instances.unpersist()
+        rows.unpersist()
     return manifest
 
 

@@ -54,8 +54,9 @@ def test_labels_count_actions_inside_the_attribution_window_only(spark):
 
 # --------------------------------------------------------------------------- sequences
 def sequences(spark, imps, acts, pins, seq_len=100):
-    ranked = job.rank_events(impressions_frame(spark, imps), actions_frame(spark, acts), pins_frame(spark, pins), DELAY)
-    return job.attach_sequences(ranked, seq_len)
+    actions = actions_frame(spark, acts)
+    ranked = job.rank_events(impressions_frame(spark, imps), actions, pins_frame(spark, pins), DELAY)
+    return job.attach_sequences(ranked, actions, seq_len)
 
 
 def test_sequence_holds_actions_strictly_before_ts_minus_delay_newest_first(spark):
@@ -91,6 +92,23 @@ def test_sequences_of_each_impression_follow_its_own_time(spark):
     rows = {r["request_id"]: r for r in sequences(spark, imps, acts, [20, 21, *range(100, 105)], seq_len=3).collect()}
     assert rows["a"][schema.SEQ_PIN_ID] == [102, 101, 100]
     assert rows["b"][schema.SEQ_PIN_ID] == [104, 103, 102]  # latest 3 of 5, across two blocks
+
+
+def test_sequences_match_a_brute_force_scan_at_every_block_boundary(spark):
+    """seq_len 4 over 37 actions puts cut-offs on every position of every block; each sequence
+    must equal the latest 4 actions before ts - delay found by scanning the whole history."""
+    rng = np.random.default_rng(5)
+    names = list(CODE)
+    times = np.sort(rng.choice(np.arange(1, 5_000), size=37, replace=False)) * 1_000 + T0
+    acts = [(7, 500 + i, int(t), names[i % len(names)]) for i, t in enumerate(times)]
+    cutoffs = [int(t) + DELAY + d for t in times[::2] for d in (0, 1)] + [T0, T0 + 10 * DAY]
+    imps = [(f"r{i}", 7, 20, ts, "pfy", 0) for i, ts in enumerate(cutoffs)]
+    rows = {r["request_id"]: r for r in sequences(spark, imps, acts, [20, *range(500, 537)], seq_len=4).collect()}
+    for request_id, _, _, ts, _, _ in imps:
+        before = [a for a in acts if a[2] < ts - DELAY][::-1][:4]
+        assert rows[request_id][schema.SEQ_PIN_ID] == [a[1] for a in before], request_id
+        assert rows[request_id][schema.SEQ_ACTION] == [CODE[a[3]] for a in before], request_id
+        assert rows[request_id]["user_prior_actions"] == sum(a[2] < ts - DELAY for a in acts)
 
 
 def test_user_without_history_gets_an_empty_sequence(spark):
@@ -142,7 +160,7 @@ def test_sampling_before_the_sequence_join_keeps_every_kept_row_unchanged(spark,
     raw, start, end = job.extract(spark, str(raw_dir), None, None, now_ms=T0 + 400 * DAY)
     built = job.build_instances(raw, start, end, icfg)
     keys = list(job.IMPRESSION_KEY)
-    every = job.attach_sequences(job.rank_events(raw.impressions, raw.actions, raw.pins, icfg.delay_ms), icfg.seq_len)
+    every = job.attach_sequences(job.rank_events(raw.impressions, raw.actions, raw.pins, icfg.delay_ms), raw.actions, icfg.seq_len)
     labelled = job.assign_splits(job.add_labels(raw.impressions, raw.actions, icfg.attribution_window_ms), start, end, icfg)
     expected_keys = job.sample(labelled, icfg).select(*keys)
     columns = [*keys, "user_prior_actions", "user_category_engagements", *schema.SEQUENCE_COLUMNS]
