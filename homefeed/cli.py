@@ -521,7 +521,8 @@ def airflow(
     })
     typer.echo(f"Airflow UI: http://127.0.0.1:{port}   login: {user} / {password}   (AIRFLOW_HOME={home})")
     typer.echo("DAGs: homefeed_retrain (trigger with the parameter form), homefeed_promote. Ctrl-C stops it.")
-    os.execve(_airflow_bin(), [_airflow_bin(), "standalone"], env)
+    airflow_bin = _airflow_bin()
+    os.execve(airflow_bin, [airflow_bin, "standalone"], env)
 
 
 @app.command()

@@ -45,6 +45,8 @@ _RANK = "_rank"
 _KIND = "_kind"  # 0: an impression's cut-off, 1: an action; cut-offs sort first on ties
 _T = "_t"
 _ROW = "_row"  # an impression's other columns, carried through the sort instead of joined back
+# A block event's field → the sequence column sliced from it, and its element type.
+_SEQUENCE_FIELDS = (("pin_id", schema.SEQ_PIN_ID, "bigint"), ("action_code", schema.SEQ_ACTION, "int"), ("ts", schema.SEQ_TS, "bigint"))
 
 
 class InputDataError(PermanentError, ValueError):
@@ -212,7 +214,7 @@ def action_blocks(actions: DataFrame, seq_len: int) -> DataFrame:
     The order (ts, pin_id, action code) is the one ``rank_events`` counts in, so a cut-off's rank
     is the number of positions before it.
     """
-    code = F.element_at(F.create_map(*[x for a in schema.ACTION_VOCAB for x in (F.lit(a.name), F.lit(a.code))]), F.col("action"))
+    code = _lookup(schema.ACTION_CODES, "action")
     by_user = Window.partitionBy("user_id").orderBy("ts", "pin_id", code)
     positioned = actions.select(
         "user_id", "ts", "pin_id", code.cast("int").alias("action_code"), (F.row_number().over(by_user) - 1).alias("_pos")
@@ -226,13 +228,18 @@ def action_blocks(actions: DataFrame, seq_len: int) -> DataFrame:
     return blocks.select(
         "user_id", "_block",
         F.col("_events")[0]["_pos"].alias("_first_pos"),
-        *[F.transform("_events", _field_of(field)).alias(f"_block_{field}") for field in ("pin_id", "action_code", "ts")],
+        *[F.transform("_events", _field_of(field)).alias(f"_block_{field}") for field, _, _ in _SEQUENCE_FIELDS],
     )
 
 
 def _field_of(field: str):
     # transform() reads a two-argument lambda as (element, index), so no default-argument binding.
     return lambda event: event[field]
+
+
+def _lookup(mapping: dict[str, int], column: str) -> Column:
+    """``mapping[column]`` as a literal map lookup (null for a key it does not have)."""
+    return F.element_at(F.create_map(*[F.lit(x) for pair in mapping.items() for x in pair]), F.col(column))
 
 
 def with_sequences(rows: DataFrame, blocks: DataFrame) -> DataFrame:
@@ -245,12 +252,8 @@ def with_sequences(rows: DataFrame, blocks: DataFrame) -> DataFrame:
         return F.coalesce(F.reverse(F.slice(F.col(f"_block_{field}"), start, length)), F.array().cast(f"array<{element}>"))
 
     return joined.withColumns(
-        {
-            schema.SEQ_PIN_ID: newest_first("pin_id", "bigint"),
-            schema.SEQ_ACTION: newest_first("action_code", "int"),
-            schema.SEQ_TS: newest_first("ts", "bigint"),
-        }
-    ).drop("_block", "_lo", "_hi", "_first_pos", "_block_pin_id", "_block_action_code", "_block_ts")
+        {column: newest_first(field, element) for field, column, element in _SEQUENCE_FIELDS}
+    ).drop("_block", "_lo", "_hi", "_first_pos", *[f"_block_{field}" for field, _, _ in _SEQUENCE_FIELDS])
 
 
 def attach_sequences(ranked: DataFrame, actions: DataFrame, seq_len: int) -> DataFrame:
@@ -279,14 +282,8 @@ def add_features(instances: DataFrame, pins: DataFrame, users: DataFrame) -> Dat
         "signup_ts", "last_active_ts", "actions_28d", "gender",
         (F.unix_timestamp(F.to_timestamp("_snapshot_dt")) * 1000).alias("_snapshot_ts"),
     )
-    gender_id = F.coalesce(
-        F.element_at(F.create_map(*[x for i, g in enumerate(schema.GENDERS) for x in (F.lit(g), F.lit(i + 1))]), F.col("gender")),
-        F.lit(0),
-    )
-    source_id = F.coalesce(
-        F.element_at(F.create_map(*[x for i, s in enumerate(schema.SOURCES) for x in (F.lit(s), F.lit(i + 1))]), F.col("source")),
-        F.lit(0),
-    )
+    gender_id = F.coalesce(_lookup({g: i + 1 for i, g in enumerate(schema.GENDERS)}, "gender"), F.lit(0))
+    source_id = F.coalesce(_lookup({s: i + 1 for i, s in enumerate(schema.SOURCES)}, "source"), F.lit(0))
     with_sides = instances.join(F.broadcast(pin_cols), "pin_id", "left").join(F.broadcast(user_cols), "user_id", "left")
     return with_sides.withColumns(
         {
