@@ -1,5 +1,11 @@
 """Training instances: schema, keys, labels, weights, sequence shape and the leakage check.
 
+The dataset has two tables (``jobs/build_instances.py``): ``expectations`` run on ``rows`` (one
+per impression), ``sequence_expectations`` on ``sequences`` (one per request). The leakage check
+reads each sequence with its own request time; ``homefeed.validation`` also proves that every
+row's ``sequence_key`` resolves to a sequence of the same user and time, so "every action of a
+row's sequence happened before that row's ts - delay" still holds for every row.
+
 Label rates are checked on the unsampled splits (validation and test) against
 ``validation.label_rate_bounds``, since the train split is negatively downsampled.
 """
@@ -10,19 +16,31 @@ from homefeed import schema
 from homefeed.config import Config
 
 TABLE = None
+ROWS = schema.ROWS_DIR
+SEQUENCES = schema.SEQUENCES_DIR
 
 
 def expectations(cfg: Config) -> list:
-    delay = cfg.instances.delay_ms
-    seq = schema.SEQUENCE_COLUMNS
     return [
-        *[gxe.ExpectColumnToExist(column=c) for c in (*schema.METADATA_COLUMNS, *schema.LABEL_COLUMNS, schema.SAMPLE_WEIGHT, *seq)],
-        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("request_id", "user_id", "pin_id", "ts", schema.SAMPLE_WEIGHT)],
+        *[gxe.ExpectColumnToExist(column=c) for c in (*schema.METADATA_COLUMNS, *schema.LABEL_COLUMNS, schema.SAMPLE_WEIGHT, schema.SEQUENCE_KEY)],
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("request_id", "user_id", "pin_id", "ts", schema.SAMPLE_WEIGHT, schema.SEQUENCE_KEY)],
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["request_id", "pin_id"]),
         *[gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[0, 1]) for c in schema.LABEL_COLUMNS],
         gxe.ExpectColumnValuesToBeBetween(column=schema.SAMPLE_WEIGHT, min_value=1.0),
         gxe.ExpectColumnValuesToBeInSet(column=schema.SEGMENT, value_set=list(schema.SEGMENTS)),
         *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in schema.DENSE_FEATURES],
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+
+
+def sequence_expectations(cfg: Config) -> list:
+    delay = cfg.instances.delay_ms
+    seq = schema.SEQUENCE_COLUMNS
+    return [
+        *[gxe.ExpectColumnToExist(column=c) for c in schema.SEQUENCE_TABLE_COLUMNS],
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in (schema.SEQUENCE_KEY, "user_id", "ts", *seq)],
+        gxe.ExpectColumnValuesToBeUnique(column=schema.SEQUENCE_KEY),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "ts"]),
         gxe.UnexpectedRowsExpectation(
             description=f"sequences hold at most {cfg.validation.max_seq_len} actions, in three equal-length arrays",
             unexpected_rows_query=(

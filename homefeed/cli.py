@@ -347,7 +347,7 @@ def simulate_loop(
 def score_pool(
     raw: Annotated[Path, typer.Option(help="Raw data root: the users snapshot and the action log")],
     pins: Annotated[str, typer.Option(help="Comma-separated pin ids to insert")],
-    out: Annotated[Path, typer.Option(help="Output directory (Parquet + manifest.json)")],
+    out: Annotated[Path, typer.Option(help="Output directory (Parquet + _manifest.json)")],
     users: Annotated[str, typer.Option(help="Comma-separated user ids (default: every user)")] = "",
     request_ts: Annotated[Optional[int], typer.Option(help="Scoring time, ms (default: now)")] = None,
     config: ConfigOption = None,
@@ -421,13 +421,13 @@ def _start_local_s3(root: Path):
 
 def _use_local_s3(server, cfg: Config, raw: Path) -> tuple[Config, str]:
     """Point this process and the DAG run at the server; the raw data goes there first."""
-    from homefeed import s3
+    from homefeed import s3, storage
 
     s3_uri = f"s3://{LOCAL_BUCKET}"
     os.environ.update({**server.environment(), "HOMEFEED__STORAGE__S3_URI": s3_uri})
     raw_uri = f"{s3_uri}/raw/{raw.name}"
     client = s3.client()
-    if not s3.is_published(client, raw_uri) or s3.read_manifest(client, raw_uri) != json.loads((raw / "manifest.json").read_text()):
+    if not s3.is_published(client, raw_uri) or s3.read_manifest(client, raw_uri) != storage.read_manifest(raw):
         started = _step(f"publishing {raw} to {raw_uri}")
         s3.publish_directory(client, raw, raw_uri)
         _done(started)
@@ -435,7 +435,7 @@ def _use_local_s3(server, cfg: Config, raw: Path) -> tuple[Config, str]:
 
 
 def _summarise_s3(cfg: Config, label: str) -> None:
-    from homefeed import s3
+    from homefeed import s3, storage
 
     client = s3.client()
     for uri in (f"{cfg.storage.s3_uri}/runs/{label}", f"{cfg.storage.s3_uri}/mlflow"):

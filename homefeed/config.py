@@ -79,6 +79,8 @@ class InstancesConfig(_Section):
     validation_days: int = Field(1, ge=1)
     test_days: int = Field(1, ge=1)
     shuffle_partitions: int = Field(8, ge=1)
+    # Both instance tables are bucketed by user into this many buckets (jobs/build_instances.py).
+    buckets: int = Field(8, ge=1, le=1024)
 
 
 class SparkConfig(_Section):

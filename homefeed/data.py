@@ -1,9 +1,21 @@
-"""Streams instance Parquet into padded torch batches, sharded per rank.
+"""Reads published instances: the per-impression view for people and tools, request-level batches
+for training.
 
-Nothing is materialised whole: files are read record batch by record batch, shuffled within a
-buffer of a few batches, and each rank takes every ``world_size``-th batch. For DDP every rank
-yields the same number of batches (the remainder is dropped in training), or ranks would hang
-waiting for each other.
+The instance dataset (``jobs/build_instances.py``) holds two tables bucketed by user: ``rows``
+(one per impression, with a ``sequence_key``) and ``sequences`` (one per request). Two readers:
+
+- :func:`read_instances` joins them back into the per-impression view (the three ``seq_*`` list
+  columns and the candidate's ``pin_embedding`` on every row), for notebooks, tests, baselines
+  and evaluation: ``homefeed instances show DIR --split S``.
+- :class:`InstanceStream` streams one split bucket by bucket, holding one bucket's sequences at a
+  time, and yields batches that carry each sequence of the batch **once**: ``seq_*`` are
+  ``(U, L)`` and ``seq_index`` ``(B,)`` maps each row to its sequence (RecD's inverse index).
+  Rows are shuffled within a buffer of a few batches; rows of one request may land in several
+  batches, whose sequences then simply repeat. For DDP every rank yields the same number of
+  batches (the remainder is dropped in training), or ranks would hang waiting for each other.
+
+:func:`to_tensors` turns any per-impression table (the joined view, the service's online rows)
+into the same request-level batch, deduplicating sequences by (user_id, ts).
 """
 
 from __future__ import annotations
@@ -20,28 +32,55 @@ from torch.utils.data import IterableDataset
 
 from homefeed import schema, storage
 
-
-NEURAL_COLUMNS = (
+ROW_INPUT_COLUMNS = (
     "request_id", "user_id", "pin_id", "ts", "source", "position", schema.SEGMENT,
     *schema.LABEL_COLUMNS, schema.SAMPLE_WEIGHT, *schema.DENSE_FEATURES, *schema.CATEGORICAL_FEATURES,
-    *schema.SEQUENCE_COLUMNS,
+    schema.SEQUENCE_KEY,
 )
 
 
-def split_files(instances_dir: str | Path, split: str) -> list[Path]:
+# --------------------------------------------------------------------------- files
+def instances_root(instances_dir: str | Path) -> Path:
+    """The published dataset's root; a clear error for the per-impression layout of older runs."""
     root = storage.require_published(instances_dir, "instances")
-    files = storage.list_files(root / f"{schema.SPLIT}={split}")
-    if not files:
-        raise storage.StorageError(f"instances at {root} have no rows in split {split!r}")
-    return files
+    if not (root / schema.ROWS_DIR).is_dir():
+        if any(root.glob(f"{schema.SPLIT}=*")):
+            raise storage.StorageError(
+                f"instances at {root} use the old per-impression layout (no {schema.ROWS_DIR}/ and {schema.SEQUENCES_DIR}/ "
+                "tables); rebuild them with `homefeed build-instances --raw RAW --out DIR` (or re-run the pipeline)"
+            )
+        raise storage.StorageError(f"instances at {root} have no {schema.ROWS_DIR}/ table")
+    return root
+
+
+def bucket_files(instances_dir: str | Path, split: str, table: str = schema.ROWS_DIR) -> dict[int, list[Path]]:
+    """``{bucket: [parquet files]}`` of one table's split, in bucket order."""
+    split_root = instances_root(instances_dir) / table / f"{schema.SPLIT}={split}"
+    buckets: dict[int, list[Path]] = {}
+    for directory in sorted(split_root.glob(f"{schema.BUCKET}=*"), key=lambda p: int(p.name.split("=", 1)[1])):
+        files = storage.list_files(directory)
+        if files:
+            buckets[int(directory.name.split("=", 1)[1])] = files
+    if table == schema.ROWS_DIR and not buckets:
+        raise storage.StorageError(f"instances at {instances_root(instances_dir)} have no rows in split {split!r}")
+    return buckets
+
+
+def split_files(instances_dir: str | Path, split: str) -> list[Path]:
+    return [f for files in bucket_files(instances_dir, split).values() for f in files]
 
 
 def split_rows(files: list[Path]) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def read_split(instances_dir: str | Path, split: str, columns: tuple[str, ...] | None = None) -> pa.Table:
-    return pa.concat_tables(pq.read_table(f, columns=list(columns) if columns else None) for f in split_files(instances_dir, split))
+def _read(files: list[Path], columns: tuple[str, ...] | None = None) -> pa.Table:
+    return pa.concat_tables(pq.read_table(f, columns=list(columns) if columns else None) for f in files)
+
+
+def read_rows(instances_dir: str | Path, split: str, columns: tuple[str, ...] | None = None) -> pa.Table:
+    """The ``rows`` table of one split (no sequences): what the baselines' folds and labels need."""
+    return _read(split_files(instances_dir, split), columns)
 
 
 def read_pin_features(instances_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +91,97 @@ def read_pin_features(instances_dir: str | Path) -> tuple[np.ndarray, np.ndarray
     return ids, emb.reshape(len(ids), -1)
 
 
+# --------------------------------------------------------------------------- sequences of one bucket
+@dataclass(frozen=True)
+class BucketSequences:
+    """One bucket's sequences, sorted by key and padded once: (S,), (S, L) × 3."""
+
+    keys: np.ndarray
+    pin_id: np.ndarray
+    action: np.ndarray
+    ts: np.ndarray
+    table: pa.Table  # the same sequences as Arrow lists, in key order
+
+    @classmethod
+    def load(cls, files: list[Path], seq_len: int) -> "BucketSequences":
+        table = _read(files, schema.SEQUENCE_TABLE_COLUMNS) if files else _empty_sequences()
+        table = table.take(pa.array(np.argsort(table.column(schema.SEQUENCE_KEY).to_numpy(), kind="stable")))
+        return cls(
+            table.column(schema.SEQUENCE_KEY).to_numpy(),
+            pad_lists(table.column(schema.SEQ_PIN_ID), seq_len, np.int64),
+            pad_lists(table.column(schema.SEQ_ACTION), seq_len, np.int64),
+            pad_lists(table.column(schema.SEQ_TS), seq_len, np.int64),
+            table,
+        )
+
+    def positions(self, keys: np.ndarray, where: str) -> np.ndarray:
+        """Index of each key's sequence; a key without one is a broken dataset, said so."""
+        found = np.searchsorted(self.keys, keys)
+        found = np.minimum(found, max(len(self.keys) - 1, 0))
+        missing = (len(self.keys) == 0) | (self.keys[found] != keys) if len(keys) else np.zeros(0, bool)
+        if np.any(missing):
+            raise storage.StorageError(
+                f"{where}: {int(np.sum(missing))} rows have a {schema.SEQUENCE_KEY} with no row in {schema.SEQUENCES_DIR}/ "
+                f"(e.g. {int(keys[np.argmax(missing)])})"
+            )
+        return found
+
+
+def _empty_sequences() -> pa.Table:
+    return pa.table({
+        schema.SEQUENCE_KEY: pa.array([], pa.int64()), "user_id": pa.array([], pa.int64()), "ts": pa.array([], pa.int64()),
+        schema.SEQ_PIN_ID: pa.array([], pa.list_(pa.int64())), schema.SEQ_ACTION: pa.array([], pa.list_(pa.int32())),
+        schema.SEQ_TS: pa.array([], pa.list_(pa.int64())),
+    })
+
+
+# --------------------------------------------------------------------------- the per-impression view
+def _pin_embedding_column(pin_id: np.ndarray, pin_ids: np.ndarray, embeddings: np.ndarray) -> pa.Array:
+    """Each row's content embedding by pin id (zeros for a pin the table lacks, as online)."""
+    order = np.argsort(pin_ids)
+    sorted_ids = pin_ids[order]
+    at = np.minimum(np.searchsorted(sorted_ids, pin_id), max(len(sorted_ids) - 1, 0))
+    known = (sorted_ids[at] == pin_id) if len(sorted_ids) else np.zeros(len(pin_id), bool)
+    values = np.where(known[:, None], embeddings[order][at], 0.0).astype(np.float32) if len(sorted_ids) else np.zeros(
+        (len(pin_id), schema.EMBEDDING_DIM), np.float32
+    )
+    width = values.shape[1]
+    return pa.ListArray.from_arrays(pa.array(np.arange(len(pin_id) + 1, dtype=np.int32) * width), pa.array(values.ravel()))
+
+
+def read_instances(instances_dir: str | Path, split: str, columns: tuple[str, ...] | None = None) -> pa.Table:
+    """One split as one row per impression: the ``rows`` columns (or ``columns`` of them), the
+    three ``seq_*`` list columns joined back from ``sequences`` and ``pin_embedding`` from the pin
+    table. Reads bucket by bucket; the result is whole in memory, so it is for tools, tests and
+    evaluation-sized splits, not for training (that is :class:`InstanceStream`)."""
+    root = instances_root(instances_dir)
+    pin_ids, embeddings = read_pin_features(root)
+    sequence_files = bucket_files(root, split, schema.SEQUENCES_DIR)
+    parts = []
+    for bucket, files in bucket_files(root, split).items():
+        rows = _read(files, tuple(dict.fromkeys([*(columns or schema.ROW_COLUMNS), schema.SEQUENCE_KEY, "pin_id"])))
+        sequences = BucketSequences.load(sequence_files.get(bucket, []), 1)
+        at = sequences.positions(rows.column(schema.SEQUENCE_KEY).to_numpy(), f"instances at {root}, split {split}, bucket {bucket}")
+        joined = sequences.table.select(list(schema.SEQUENCE_COLUMNS)).take(pa.array(at))
+        for name in schema.SEQUENCE_COLUMNS:
+            rows = rows.append_column(name, joined.column(name))
+        rows = rows.append_column(schema.PIN_EMBEDDING, _pin_embedding_column(rows.column("pin_id").to_numpy(), pin_ids, embeddings))
+        parts.append(rows)
+    table = pa.concat_tables(parts)
+    if columns:
+        wanted = [c for c in table.column_names if c in columns or c in (*schema.SEQUENCE_COLUMNS, schema.PIN_EMBEDDING)]
+        table = table.select(wanted)
+    return table
+
+
+def read_split(instances_dir: str | Path, split: str, columns: tuple[str, ...] | None = None) -> pa.Table:
+    """:func:`read_instances`, or only the named ``rows`` columns when ``columns`` needs no sequence."""
+    if columns and not set(columns) & {*schema.SEQUENCE_COLUMNS, schema.PIN_EMBEDDING}:
+        return read_rows(instances_dir, split, columns)
+    return read_instances(instances_dir, split, columns)
+
+
+# --------------------------------------------------------------------------- tensors
 def pad_lists(column: pa.ChunkedArray | pa.Array, length: int, dtype: np.dtype) -> np.ndarray:
     """A list column as a (N, length) array, truncated and right-padded with 0."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
@@ -66,17 +196,14 @@ def pad_lists(column: pa.ChunkedArray | pa.Array, length: int, dtype: np.dtype) 
     return out
 
 
-def to_tensors(table: pa.Table | pa.RecordBatch, seq_len: int = schema.SEQ_LEN) -> dict[str, torch.Tensor]:
-    """One Arrow batch of instances → the ranker's input dict (+ labels and weights)."""
+def row_tensors(table: pa.Table | pa.RecordBatch) -> dict[str, torch.Tensor]:
+    """The per-row inputs of one Arrow batch (+ labels and weights when present); no sequence."""
     col = table.column
     dense = np.stack([col(f).to_numpy(zero_copy_only=False).astype(np.float32) for f in schema.DENSE_FEATURES], axis=1)
     batch = {
         "dense": torch.from_numpy(np.nan_to_num(dense)),
         "pin_id": torch.from_numpy(col("pin_id").to_numpy(zero_copy_only=False).astype(np.int64)),
         "ts": torch.from_numpy(col("ts").to_numpy(zero_copy_only=False).astype(np.int64)),
-        schema.SEQ_PIN_ID: torch.from_numpy(pad_lists(col(schema.SEQ_PIN_ID), seq_len, np.int64)),
-        schema.SEQ_ACTION: torch.from_numpy(pad_lists(col(schema.SEQ_ACTION), seq_len, np.int64)),
-        schema.SEQ_TS: torch.from_numpy(pad_lists(col(schema.SEQ_TS), seq_len, np.int64)),
     }
     for name, size in schema.CATEGORICAL_FEATURES.items():
         values = col(name).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -88,9 +215,44 @@ def to_tensors(table: pa.Table | pa.RecordBatch, seq_len: int = schema.SEQ_LEN) 
     return batch
 
 
+def with_sequences(batch: dict[str, torch.Tensor], pin_id: np.ndarray, action: np.ndarray, ts: np.ndarray, index: np.ndarray) -> dict[str, torch.Tensor]:
+    """Add the batch's unique sequences ``(U, L)`` and each row's index into them ``(B,)``."""
+    batch[schema.SEQ_PIN_ID] = torch.from_numpy(np.ascontiguousarray(pin_id, dtype=np.int64))
+    batch[schema.SEQ_ACTION] = torch.from_numpy(np.ascontiguousarray(action, dtype=np.int64))
+    batch[schema.SEQ_TS] = torch.from_numpy(np.ascontiguousarray(ts, dtype=np.int64))
+    batch[schema.SEQ_INDEX] = torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))
+    return batch
+
+
+def unique_requests(user_id: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first row of each distinct (user_id, ts), each row's index into those): one sequence per request."""
+    if len(user_id) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pairs = np.stack([np.asarray(user_id, np.int64), np.asarray(ts, np.int64)], axis=1)
+    _, first, inverse = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
+
+
+def to_tensors(table: pa.Table | pa.RecordBatch, seq_len: int = schema.SEQ_LEN) -> dict[str, torch.Tensor]:
+    """A per-impression Arrow batch (``seq_*`` list columns on every row) → the ranker's
+    request-level input: each (user_id, ts)'s sequence padded once."""
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    first, index = unique_requests(table.column("user_id").to_numpy(), table.column("ts").to_numpy())
+    firsts = table.select(list(schema.SEQUENCE_COLUMNS)).take(pa.array(first))
+    return with_sequences(
+        row_tensors(table),
+        pad_lists(firsts.column(schema.SEQ_PIN_ID), seq_len, np.int64),
+        pad_lists(firsts.column(schema.SEQ_ACTION), seq_len, np.int64),
+        pad_lists(firsts.column(schema.SEQ_TS), seq_len, np.int64),
+        index,
+    )
+
+
+# --------------------------------------------------------------------------- the training stream
 @dataclass
 class InstanceStream(IterableDataset):
-    """Padded batches of one split for one rank."""
+    """Request-level batches of one split for one rank, read bucket by bucket."""
 
     instances_dir: str
     split: str
@@ -105,8 +267,9 @@ class InstanceStream(IterableDataset):
 
     def __post_init__(self) -> None:
         super().__init__()
-        self.files = split_files(self.instances_dir, self.split)
-        self.rows = split_rows(self.files)
+        self.row_files = bucket_files(self.instances_dir, self.split)
+        self.sequence_files = bucket_files(self.instances_dir, self.split, schema.SEQUENCES_DIR)
+        self.rows = split_rows([f for files in self.row_files.values() for f in files])
         self.epoch = 0
 
     def batches_per_rank(self) -> int:
@@ -114,19 +277,21 @@ class InstanceStream(IterableDataset):
             return self.rows // (self.batch_size * self.world_size)
         return -(-self.rows // (self.batch_size * self.world_size))
 
-    def _record_batches(self, rng: np.random.Generator) -> Iterator[pa.Table]:
-        files = list(self.files)
+    def _row_tables(self, rng: np.random.Generator) -> Iterator[pa.Table]:
+        """Rows with a ``bucket`` column, shuffled within a buffer when asked."""
+        buckets = list(self.row_files)
         if self.shuffle:
-            rng.shuffle(files)
-        buffer: list[pa.RecordBatch] = []
-        for path in files:
-            for record_batch in pq.ParquetFile(path).iter_batches(batch_size=self.batch_size, columns=list(NEURAL_COLUMNS)):
-                buffer.append(record_batch)
-                if len(buffer) >= self.shuffle_buffer_batches:
-                    yield from self._drain(buffer, rng)
-                    buffer = []
-        if buffer:
-            yield from self._drain(buffer, rng)
+            rng.shuffle(buckets)
+        for bucket in buckets:
+            buffer: list[pa.RecordBatch] = []
+            for path in self.row_files[bucket]:
+                for record_batch in pq.ParquetFile(path).iter_batches(batch_size=self.batch_size, columns=list(ROW_INPUT_COLUMNS)):
+                    buffer.append(record_batch.append_column(schema.BUCKET, pa.array(np.full(record_batch.num_rows, bucket, np.int32))))
+                    if len(buffer) >= self.shuffle_buffer_batches:
+                        yield from self._drain(buffer, rng)
+                        buffer = []
+            if buffer:
+                yield from self._drain(buffer, rng)
 
     def _drain(self, buffer: list[pa.RecordBatch], rng: np.random.Generator) -> Iterator[pa.Table]:
         table = pa.Table.from_batches(buffer)
@@ -135,13 +300,36 @@ class InstanceStream(IterableDataset):
         for start in range(0, table.num_rows, self.batch_size):
             yield table.slice(start, self.batch_size)
 
+    def _sequences(self, bucket: int, cache: dict[int, BucketSequences]) -> BucketSequences:
+        if bucket not in cache:
+            # Buckets are read one after another and a batch spans at most two (the end of one,
+            # the start of the next), so the oldest loaded bucket is the one to let go.
+            while len(cache) >= 2:
+                cache.pop(next(iter(cache)))
+            cache[bucket] = BucketSequences.load(self.sequence_files.get(bucket, []), self.seq_len)
+        return cache[bucket]
+
+    def _to_batch(self, table: pa.Table, cache: dict[int, BucketSequences]) -> dict[str, torch.Tensor]:
+        keys = table.column(schema.SEQUENCE_KEY).to_numpy()
+        unique_keys, first, index = np.unique(keys, return_index=True, return_inverse=True)
+        key_buckets = table.column(schema.BUCKET).to_numpy()[first]
+        pin_id = np.zeros((len(unique_keys), self.seq_len), np.int64)
+        action, ts = np.zeros_like(pin_id), np.zeros_like(pin_id)
+        for bucket in np.unique(key_buckets):
+            mine = key_buckets == bucket
+            sequences = self._sequences(int(bucket), cache)
+            at = sequences.positions(unique_keys[mine], f"instances at {self.instances_dir}, split {self.split}, bucket {bucket}")
+            pin_id[mine], action[mine], ts[mine] = sequences.pin_id[at], sequences.action[at], sequences.ts[at]
+        return with_sequences(row_tensors(table), pin_id, action, ts, index.reshape(-1))
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         rng = np.random.default_rng((self.seed, self.epoch))
         limit = self.batches_per_rank()
         produced = 0
         pending: pa.Table | None = None
         index = 0
-        for table in self._record_batches(rng):
+        cache: dict[int, BucketSequences] = {}
+        for table in self._row_tables(rng):
             pending = table if pending is None else pa.concat_tables([pending, table])
             while pending.num_rows >= self.batch_size:
                 full, pending = pending.slice(0, self.batch_size), pending.slice(self.batch_size)
@@ -149,7 +337,7 @@ class InstanceStream(IterableDataset):
                     if produced >= limit:
                         return
                     produced += 1
-                    yield to_tensors(full, self.seq_len)
+                    yield self._to_batch(full, cache)
                 index += 1
         if pending is not None and pending.num_rows and not self.drop_remainder and index % self.world_size == self.rank and produced < limit:
-            yield to_tensors(pending, self.seq_len)
+            yield self._to_batch(pending, cache)

@@ -33,13 +33,15 @@ QUANTILES = (0.1, 0.5, 0.9)
 BASELINE = "drift/baseline.json"
 
 
-def profile(instances: DataFrame, feature_stats: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """Summary statistics of the unsampled splits of an instance set."""
-    frame = instances.filter(F.col(schema.SPLIT) != "train")
+def profile(rows: DataFrame, sequences: DataFrame, feature_stats: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Summary statistics of the unsampled splits of an instance set (its ``rows`` and
+    ``sequences`` tables); sequence lengths are counted per row, as the model sees them."""
+    lengths = sequences.select(schema.SEQUENCE_KEY, F.size(schema.SEQ_TS).alias("_seq_len"))
+    frame = rows.filter(F.col(schema.SPLIT) != "train").join(lengths, schema.SEQUENCE_KEY, "left")
     for feature in schema.DENSE_FEATURES:
         stats = feature_stats[feature]
         frame = frame.withColumn(feature, F.col(feature) * F.lit(stats["std"]) + F.lit(stats["mean"]))
-    frame = frame.withColumn("_seq_len", F.size(schema.SEQ_TS))
+    frame = frame.withColumn("_seq_len", F.coalesce(F.col("_seq_len"), F.lit(0)))
     aggregates = [F.count(F.lit(1)).alias("rows")]
     aggregates += [F.avg(schema.label_column(h)).alias(f"label_rate/{h}") for h in schema.HEADS]
     for feature in schema.DENSE_FEATURES:

@@ -94,8 +94,9 @@ def check_drift(cfg: Config, spark, instances: str, directory: Path) -> str:
 
     if not cfg.validation.drift.enabled:
         return "disabled"
-    frame = validation.read_dataset(spark, "instances", instances)
-    current = drift.profile(frame, storage.read_manifest(instances)["feature_stats"])
+    rows = validation.read_dataset(spark, "instances", instances, schema.ROWS_DIR)
+    sequences = validation.read_dataset(spark, "instances", instances, schema.SEQUENCES_DIR)
+    current = drift.profile(rows, sequences, storage.read_manifest(instances)["feature_stats"])
     previous = drift.previous_profile(cfg.storage.root, directory.name)
     report = drift.compare(current, previous[1], cfg.validation.drift, previous[0]) if previous else None
     drift.save(directory, current, report, previous[0] if previous else None)

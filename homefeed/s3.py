@@ -1,7 +1,7 @@
 """S3 as the storage of record, through boto3.
 
 A dataset on S3 is a prefix of objects, published the same way as on disk: every data object is
-uploaded first, then ``manifest.json``, then ``_SUCCESS`` last. Readers check for ``_SUCCESS``,
+uploaded first, then ``_manifest.json``, then ``_SUCCESS`` last. Readers check for ``_SUCCESS``,
 so a crash (or a server that goes away mid-upload) never leaves a dataset that looks complete.
 Big files go up as multipart uploads; transient errors are retried with backoff by botocore's
 ``standard`` retry mode before a clear :class:`S3Error` is raised.

@@ -25,7 +25,10 @@ RAW_TABLES = (IMPRESSIONS, ACTIONS, PINS, USERS)
 
 DT = "dt"
 SUCCESS_MARKER = "_SUCCESS"
-MANIFEST = "manifest.json"
+# Leading "_": Parquet readers (pandas, pyarrow.dataset, Spark) skip it, so a dataset directory
+# reads as its tables without filters. Datasets published before the rename hold the old name.
+MANIFEST = "_manifest.json"
+LEGACY_MANIFEST = "manifest.json"
 
 # --------------------------------------------------------------------------- sources
 SOURCES = ("follow", "pfy")
@@ -146,6 +149,9 @@ SEQ_PIN_ID = "seq_pin_id"
 SEQ_ACTION = "seq_action"
 SEQ_TS = "seq_ts"
 SEQUENCE_COLUMNS = (SEQ_PIN_ID, SEQ_ACTION, SEQ_TS)
+# In a model batch the seq_* tensors hold each distinct sequence once, (U, L); this (B,) index
+# maps every row to its sequence.
+SEQ_INDEX = "seq_index"
 
 SPLIT = "split"
 SPLITS = ("train", "validation", "test")
@@ -186,5 +192,17 @@ MODEL_INPUT_COLUMNS = (
     "user_id", "pin_id", "ts", "source", "position",
     *DENSE_FEATURES, *CATEGORICAL_FEATURES, PIN_EMBEDDING, *SEQUENCE_COLUMNS,
 )
-# Published beside the instances (ignored by Parquet readers: it starts with "_").
+# The published instance dataset: two tables under one manifest, both bucketed by user.
+#   rows/split=S/bucket=B/       one row per kept impression, SEQUENCE_KEY naming its sequence
+#   sequences/split=S/bucket=B/  one row per distinct (user, cut-off): the request's history
+ROWS_DIR = "rows"
+SEQUENCES_DIR = "sequences"
+SEQUENCE_KEY = "sequence_key"
+BUCKET = "bucket"
+ROW_COLUMNS = (
+    *METADATA_COLUMNS, *LABEL_COLUMNS, SAMPLE_WEIGHT, FOLD, *DENSE_FEATURES, *CATEGORICAL_FEATURES, SEQUENCE_KEY,
+)
+SEQUENCE_TABLE_COLUMNS = (SEQUENCE_KEY, "user_id", "ts", *SEQUENCE_COLUMNS)
+# Published beside the instances (ignored by Parquet readers: it starts with "_"); the one copy
+# of each pin's content embedding, joined by pin id wherever a row needs it.
 PIN_FEATURES_DIR = "_pin_features"

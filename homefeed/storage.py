@@ -1,7 +1,7 @@
 """Where datasets live, and how they are published atomically.
 
 A dataset is a directory. It is written under a temporary sibling, finished with a
-``manifest.json`` and a ``_SUCCESS`` marker, then renamed into place, so a reader never sees a
+``_manifest.json`` and a ``_SUCCESS`` marker, then renamed into place, so a reader never sees a
 half-written dataset and a failed writer leaves the previous version untouched.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from homefeed.errors import PermanentError
-from homefeed.schema import MANIFEST, SUCCESS_MARKER
+from homefeed.schema import LEGACY_MANIFEST, MANIFEST, SUCCESS_MARKER
 
 
 class StorageError(PermanentError, RuntimeError):
@@ -50,6 +50,8 @@ def require_published(path: str | Path, what: str) -> Path:
 def read_manifest(path: str | Path) -> dict[str, Any]:
     manifest = local_path(path) / MANIFEST
     if not manifest.exists():
+        manifest = local_path(path) / LEGACY_MANIFEST
+    if not manifest.exists():
         raise StorageError(f"no {MANIFEST} in {local_path(path)}")
     return json.loads(manifest.read_text())
 
@@ -72,7 +74,7 @@ def fingerprint(payload: Any) -> str:
 def publish_dataset(target: str | Path) -> Iterator[Path]:
     """Yield a temporary directory; on success publish it at ``target`` with a ``_SUCCESS`` marker.
 
-    The caller writes its files (and ``manifest.json``) into the yielded directory. An existing
+    The caller writes its files (and ``_manifest.json``) into the yielded directory. An existing
     dataset at ``target`` is replaced only after the new one is complete.
     """
     final = local_path(target)

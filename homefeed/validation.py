@@ -132,19 +132,35 @@ def run_suite(name: str, frame: DataFrame, expectation_list: list, docs_dir: str
     return SuiteReport(name, bool(result.success), int(rows) if isinstance(rows, int) else -1, outcomes, docs)
 
 
-def read_dataset(spark: SparkSession, suite: str, data_root: str) -> DataFrame:
-    """The frame a suite validates: a raw table under the raw root, or a published instance set."""
+def read_dataset(spark: SparkSession, suite: str, data_root: str, table: str | None = None) -> DataFrame:
+    """The frame a suite validates: a raw table under the raw root, or one table (``rows`` by
+    default, or ``sequences``) of a published instance set."""
     module = _suite_module(suite)
-    path = f"{data_root.rstrip('/')}/{module.TABLE}" if module.TABLE else data_root
+    table = table or module.TABLE or getattr(module, "ROWS", None)
+    path = f"{data_root.rstrip('/')}/{table}" if table else data_root
     try:
-        reader = spark.read.option("pathGlobFilter", "*.parquet")
-        if module.TABLE:
-            reader = reader.option("basePath", path)
-        return reader.parquet(path)
+        return spark.read.option("pathGlobFilter", "*.parquet").option("basePath", path).parquet(path)
     except Exception as exc:
         raise ValidationFailed(
             [SuiteReport(suite, False, 0, [ExpectationOutcome("readable_parquet", None, False, str(exc).splitlines()[0], {"path": path})])]
         ) from exc
+
+
+def sequence_keys_resolve(rows: DataFrame, sequences: DataFrame) -> ExpectationOutcome:
+    """Every row's ``sequence_key`` names a sequence of the same user and request time."""
+    targets = sequences.select(
+        F.col(schema.SEQUENCE_KEY), F.col("user_id").alias("_seq_user"), F.col("ts").alias("_seq_ts")
+    )
+    joined = rows.select(schema.SEQUENCE_KEY, "user_id", "ts").join(targets, schema.SEQUENCE_KEY, "left")
+    bad = joined.filter(
+        F.col("_seq_user").isNull() | (F.col("_seq_user") != F.col("user_id")) | (F.col("_seq_ts") != F.col("ts"))
+    )
+    unresolved = bad.count()
+    examples = [r[schema.SEQUENCE_KEY] for r in bad.limit(3).collect()] if unresolved else []
+    return ExpectationOutcome(
+        "sequence_keys_resolve", schema.SEQUENCE_KEY, unresolved == 0, {"unexpected_count": unresolved, "examples": examples},
+        {"every_row": f"has a row in {schema.SEQUENCES_DIR}/ with its user_id and ts"},
+    )
 
 
 def empty_partitions(table_root: Path) -> list[str]:
@@ -169,6 +185,12 @@ def validate(spark: SparkSession, suite: str, data_root: str, cfg: Config, docs_
             empty = empty_partitions(storage.local_path(data_root) / module.TABLE)
             reports[0].outcomes.append(ExpectationOutcome("partitions_not_empty", schema.DT, not empty, empty, {"rows_per_partition": ">= 1"}))
             reports[0].success = reports[0].success and not empty
+        if getattr(module, "SEQUENCES", None):
+            sequences = read_dataset(spark, suite, data_root, module.SEQUENCES)
+            resolved = sequence_keys_resolve(frame, sequences)
+            reports[0].outcomes.append(resolved)
+            reports[0].success = reports[0].success and resolved.success
+            reports.append(run_suite(f"{suite}_sequences", sequences, module.sequence_expectations(cfg), docs_dir))
         if module.TABLE is None and schema.SPLIT in frame.columns:
             unsampled = frame.filter(F.col(schema.SPLIT) != "train")
             reports.append(run_suite(f"{suite}_label_rates", unsampled, module.label_rate_expectations(cfg), docs_dir))

@@ -1,7 +1,7 @@
 """Build labelled training instances with realtime action sequences from the raw contract.
 
 Extract (read and check the four raw tables) → transform (pure DataFrame functions below) →
-load (atomic publish with ``manifest.json`` and ``_SUCCESS``).
+load (atomic publish of two tables with ``_manifest.json`` and ``_SUCCESS``).
 
 Locally: ``homefeed build-instances --raw RAW --out OUT [--start YYYY-MM-DD --end YYYY-MM-DD]``.
 On a cluster, from a machine with homefeed installed (client deploy mode: the driver runs there;
@@ -18,8 +18,26 @@ workers on 127.0.0.1 and compares the result with a local run.
 The sequence plan is linear under skew: every event (impression cut-off or action) of a user is
 ranked once by a running count (a growing ``ROWS`` frame, not a per-row range frame), a user's
 actions are grouped into overlapping blocks of ``2 * seq_len`` consecutive positions, and each
-impression joins the one block that holds its latest ``seq_len`` actions before ``ts - delay``
-and slices them out.
+*request* (one user, one cut-off ``ts - delay``) joins the one block that holds its latest
+``seq_len`` actions and slices them out.
+
+Output layout: two tables under one ``_manifest.json`` and one ``_SUCCESS``::
+
+    rows/split=S/bucket=B/*.parquet       one row per kept impression (metadata, labels, weight,
+                                          fold, features) and ``sequence_key``
+    sequences/split=S/bucket=B/*.parquet  one row per distinct (user_id, ts): ``sequence_key``,
+                                          ``user_id``, ``ts``, ``seq_pin_id``, ``seq_action``,
+                                          ``seq_ts`` (newest first, <= seq_len, before ts - delay)
+    _pin_features/*.parquet               pin_id → content embedding (the one copy of it)
+
+A request's ~28 candidates share one sequence, so it is written once, not once per row (RecD's
+deduplication of request-level features). The key is ``xxhash64(user_id, ts)``; the job checks
+that no two sequences share one. Both tables are **bucketed by user** into
+``instances.buckets`` buckets (``pmod(xxhash64(user_id), buckets)``), and a bucket is written
+by one task: every row's sequence lies in the same split and bucket as the row, so a reader
+streams one bucket's sequences (1/buckets of them) with that bucket's rows and never holds the
+whole sequence table. User buckets, not request buckets, because a user's rows then sit together
+(sorted by user and time), and the split comes first because readers read one split at a time.
 """
 
 from __future__ import annotations
@@ -357,17 +375,8 @@ def standardize(frame: DataFrame, stats: dict[str, dict[str, float]]) -> DataFra
     )
 
 
-OUTPUT_COLUMNS = (
-    *schema.METADATA_COLUMNS,
-    *schema.LABEL_COLUMNS,
-    schema.SAMPLE_WEIGHT,
-    schema.FOLD,
-    *schema.DENSE_FEATURES,
-    *schema.CATEGORICAL_FEATURES,
-    schema.PIN_EMBEDDING,
-    *schema.SEQUENCE_COLUMNS,
-    schema.SPLIT,
-)
+OUTPUT_COLUMNS = (*schema.ROW_COLUMNS, schema.SPLIT, schema.BUCKET)
+SEQUENCE_OUTPUT_COLUMNS = (*schema.SEQUENCE_TABLE_COLUMNS, schema.SPLIT, schema.BUCKET)
 
 
 def evaluation_split(frame: DataFrame, cfg: InstancesConfig) -> DataFrame:
@@ -380,17 +389,39 @@ def evaluation_split(frame: DataFrame, cfg: InstancesConfig) -> DataFrame:
     )
 
 
+def with_sequence_keys(rows: DataFrame, buckets: int) -> DataFrame:
+    """``sequence_key`` (the request's sequence: one user, one cut-off) and the user's bucket."""
+    return rows.withColumns(
+        {
+            schema.SEQUENCE_KEY: F.xxhash64("user_id", "ts"),
+            schema.BUCKET: F.pmod(F.xxhash64("user_id"), F.lit(buckets)).cast("int"),
+        }
+    )
+
+
+def request_sequences(rows: DataFrame, blocks: DataFrame) -> DataFrame:
+    """One row per distinct (user, ts) of ``rows``: its sequence, sliced once for all its candidates."""
+    requests = rows.select(
+        schema.SEQUENCE_KEY, "user_id", "ts", schema.SPLIT, schema.BUCKET, "_block", "_lo", "_hi"
+    ).dropDuplicates(["user_id", "ts"])
+    return with_sequences(requests, blocks).select(*schema.SEQUENCE_TABLE_COLUMNS, schema.SPLIT, schema.BUCKET)
+
+
 @dataclass(frozen=True)
 class InstanceFrames:
     """The job's output before standardisation, in two parts: ``rows`` (one per kept impression:
-    metadata, labels, split, weight, features, and where its sequence lies) is narrow enough to
-    cache while the standardiser is fitted; ``blocks`` (the users' action histories) is joined in
-    only on the way to the writer, so the sequence arrays are never cached or shuffled twice."""
+    metadata, labels, split, weight, features, its sequence key and where its sequence lies) is
+    narrow enough to cache while the standardiser is fitted; ``blocks`` (the users' action
+    histories) is sliced once per request on the way to the writer."""
 
     rows: DataFrame
     blocks: DataFrame
 
+    def sequences(self) -> DataFrame:
+        return request_sequences(self.rows, self.blocks)
+
     def instances(self) -> DataFrame:
+        """The per-impression view (each row with its own copy of the sequence), for tests and benchmarks."""
         return with_sequences(self.rows, self.blocks)
 
 
@@ -403,7 +434,8 @@ def build_instance_frames(raw: RawTables, start: date, end: date, cfg: Instances
     kept = sample(split, cfg)
     history = raw.actions.filter(F.col("ts") < F.lit((_epoch_ms(end) + segments.DAY_MS)))
     rows = impression_cutoffs(rank_events(kept, history, raw.pins, cfg.delay_ms), cfg.seq_len)
-    return InstanceFrames(log_transform(add_features(rows, raw.pins, raw.users)), action_blocks(history, cfg.seq_len))
+    rows = with_sequence_keys(log_transform(add_features(rows, raw.pins, raw.users)), cfg.buckets)
+    return InstanceFrames(rows, action_blocks(history, cfg.seq_len))
 
 
 def build_instances(raw: RawTables, start: date, end: date, cfg: InstancesConfig, evaluation_only: bool = False) -> DataFrame:
@@ -479,15 +511,16 @@ def run(
     rows = frames.rows.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         stats = feature_stats if evaluation_only else fit_standardizer(rows.filter(F.col(schema.SPLIT) == "train"))
-        final = standardize(with_sequences(rows, frames.blocks), stats).select(*OUTPUT_COLUMNS)
         with storage.publish_dataset(out) as staging:
-            # No repartition by split: with three values it would put most rows in one task.
-            final.sortWithinPartitions(schema.SPLIT, "user_id", "ts").write.mode("overwrite").partitionBy(
-                schema.SPLIT
-            ).parquet(str(staging))
-            # The pin content table the neural ranker embeds engaged pins with (a PinSage stand-in).
+            write_bucketed(standardize(rows, stats).select(*OUTPUT_COLUMNS), staging / schema.ROWS_DIR, icfg.buckets)
+            write_bucketed(frames.sequences(), staging / schema.SEQUENCES_DIR, icfg.buckets)
+            # The pin content table: the candidate's and the engaged pins' content embeddings.
             raw.pins.select("pin_id", "embedding").coalesce(1).write.parquet(str(staging / schema.PIN_FEATURES_DIR))
-            splits = _label_rates(spark.read.parquet(str(staging)))
+            sequences = spark.read.parquet(str(staging / schema.SEQUENCES_DIR))
+            check_sequence_keys(sequences)
+            splits = _label_rates(spark.read.parquet(str(staging / schema.ROWS_DIR)))
+            for row in sequences.groupBy(schema.SPLIT).count().collect():
+                splits[row[schema.SPLIT]]["sequences"] = row["count"]
             manifest = {
                 "fingerprint": fingerprint,
                 "raw_root": str(raw_root),
@@ -504,6 +537,12 @@ def run(
                 "evaluation_only": evaluation_only,
                 "splits": splits,
                 "output_rows": sum(s["rows"] for s in splits.values()),
+                "sequence_rows": sum(s.get("sequences", 0) for s in splits.values()),
+                "layout": {
+                    "tables": {schema.ROWS_DIR: list(OUTPUT_COLUMNS), schema.SEQUENCES_DIR: list(SEQUENCE_OUTPUT_COLUMNS)},
+                    "partitioned_by": [schema.SPLIT, schema.BUCKET], "buckets": icfg.buckets,
+                    "bucket": "pmod(xxhash64(user_id), buckets)", "sequence_key": "xxhash64(user_id, ts)",
+                },
                 "columns": list(OUTPUT_COLUMNS),
                 "code_version": _code_version(),
             }
@@ -511,6 +550,25 @@ def run(
     finally:
         rows.unpersist()
     return manifest
+
+
+def write_bucketed(frame: DataFrame, path: Path, buckets: int) -> None:
+    """``path/split=S/bucket=B/``: one task per bucket, so one file per (split, bucket), sorted by
+    user and time. By range, not by hash: hashing ``buckets`` small integers into ``buckets`` tasks
+    leaves some tasks with two buckets and others idle."""
+    frame.repartitionByRange(buckets, schema.BUCKET).sortWithinPartitions(
+        schema.SPLIT, schema.BUCKET, "user_id", "ts"
+    ).write.mode("overwrite").partitionBy(schema.SPLIT, schema.BUCKET).parquet(str(path))
+
+
+def check_sequence_keys(sequences: DataFrame) -> None:
+    """No two requests' sequences may share a key: a row would silently read another's history."""
+    clash = sequences.groupBy(schema.SEQUENCE_KEY).count().filter(F.col("count") > 1).limit(1).collect()
+    if clash:
+        raise InputDataError(
+            f"{schema.SEQUENCES_DIR}: {clash[0]['count']} requests share {schema.SEQUENCE_KEY}={clash[0][schema.SEQUENCE_KEY]} "
+            "(a 64-bit hash collision of (user_id, ts)); rename one of the users"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,9 +6,10 @@ Input batch (a dict of tensors, built by ``homefeed.data``):
     <categorical> (B,)   one long tensor per schema.CATEGORICAL_FEATURES
     pin_id       (B,)    candidate pin ids
     ts           (B,)    request timestamps, ms
-    seq_pin_id   (B, L)  engaged pins, newest first, 0 = padding
-    seq_action   (B, L)  action codes
-    seq_ts       (B, L)  action timestamps, ms
+    seq_pin_id   (U, L)  engaged pins of the batch's U distinct sequences, newest first, 0 = padding
+    seq_action   (U, L)  action codes
+    seq_ts       (U, L)  action timestamps, ms
+    seq_index    (B,)    each example's sequence; absent: one sequence per example (U = B)
 
 Output: logits (B, H), one column per schema.HEADS.
 """
@@ -125,9 +126,12 @@ class Ranker(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         candidate = self.pins(batch["pin_id"])  # (B, E + id_dim)
-        tokens = self.pins.content_of(batch[schema.SEQ_PIN_ID])  # (B, L, E)
+        index = batch.get(schema.SEQ_INDEX)
+        if index is None:
+            index = torch.arange(batch["pin_id"].shape[0], device=batch["pin_id"].device)  # (B,)
+        tokens = self.pins.content_of(batch[schema.SEQ_PIN_ID])  # (U, L, E)
         candidate_content = self.pins.content_of(batch["pin_id"])  # (B, E), fused into the sequence
-        seq = self.sequence(tokens, batch[schema.SEQ_ACTION], batch[schema.SEQ_TS], batch["ts"], candidate_content)  # (B, S)
+        seq = self.sequence(tokens, batch[schema.SEQ_ACTION], batch[schema.SEQ_TS], index, batch["ts"], candidate_content)  # (B, S)
         cats = [emb(batch[name]) for name, emb in self.categorical.items()]  # C × (B, c)
         x = torch.cat([batch["dense"], *cats, candidate, seq], dim=-1)  # (B, W)
         return self.heads(self.mlp(self.cross(x)))  # (B, H)

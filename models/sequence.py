@@ -1,15 +1,23 @@
 """User-sequence modules, compared like for like by the ranker.
 
-Every module takes the same inputs and returns one vector per example:
+A batch holds each distinct sequence once (the ~28 candidates of a request share it), so every
+module takes the U sequences, an index from each of the B examples to its sequence, and returns
+one vector per example:
 
-    tokens     (B, L, P)  engaged-pin vectors of the user's latest L actions, newest first
-    actions    (B, L)     action codes, 0 = padding
-    action_ts  (B, L)     action timestamps in ms (0 where padded)
+    tokens     (U, L, P)  engaged-pin vectors of the user's latest L actions, newest first
+    actions    (U, L)     action codes, 0 = padding
+    action_ts  (U, L)     action timestamps in ms (0 where padded)
+    index      (B,)       the example's sequence, in [0, U)
     request_ts (B,)       the impression's timestamp in ms
     candidate  (B, P)     the candidate pin's vector
     -> (B, out_dim)
 
-``padding`` below is a (B, L) bool tensor, True where a position holds no action.
+What does not depend on the candidate is computed per sequence and gathered: the whole encoder
+of avg-pool, CNN, RNN, LSTM and the pins-only transformer; TransAct's token projection of
+``[action; pin]``. With ``index = arange(B)`` and one sequence per example this is the per-row
+computation, to float rounding (``tests/models/test_sequence.py`` checks every module).
+
+``padding`` below is a bool tensor, True where a position holds no action.
 """
 
 from __future__ import annotations
@@ -54,8 +62,18 @@ def masked_mean(x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
 class SequenceModule(nn.Module):
     out_dim: int = 0
 
-    def forward(self, tokens, actions, action_ts, request_ts, candidate):  # noqa: D401
+    def forward(self, tokens, actions, action_ts, index, request_ts, candidate):  # noqa: D401
         raise NotImplementedError
+
+
+class CandidateIndependent(SequenceModule):
+    """A module whose summary of a sequence ignores the candidate: encoded once per sequence."""
+
+    def encode(self, tokens: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # (U, L, P), (U, L) -> (U, out_dim)
+
+    def forward(self, tokens, actions, action_ts, index, request_ts, candidate):
+        return self.encode(tokens, actions)[index]  # (U, D) -> (B, D)
 
 
 class NoSequence(SequenceModule):
@@ -65,22 +83,22 @@ class NoSequence(SequenceModule):
         super().__init__()
         self.out_dim = 0
 
-    def forward(self, tokens, actions, action_ts, request_ts, candidate):
-        return tokens.new_zeros(tokens.shape[0], 0)  # (B, 0)
+    def forward(self, tokens, actions, action_ts, index, request_ts, candidate):
+        return tokens.new_zeros(index.shape[0], 0)  # (B, 0)
 
 
-class AveragePooling(SequenceModule):
+class AveragePooling(CandidateIndependent):
     def __init__(self, cfg: SequenceConfig):
         super().__init__()
         self.action_emb = nn.Embedding(schema.NUM_ACTION_CODES, cfg.pin_dim, padding_idx=schema.PADDING_ID)
         self.out_dim = cfg.pin_dim
 
-    def forward(self, tokens, actions, action_ts, request_ts, candidate):
-        padding = actions == schema.PADDING_ID  # (B, L)
-        return masked_mean(tokens + self.action_emb(actions), padding)  # (B, P)
+    def encode(self, tokens, actions):
+        padding = actions == schema.PADDING_ID  # (U, L)
+        return masked_mean(tokens + self.action_emb(actions), padding)  # (U, P)
 
 
-class ConvPooling(SequenceModule):
+class ConvPooling(CandidateIndependent):
     """1-D convolutions over the sequence, max-pooled over valid positions."""
 
     def __init__(self, cfg: SequenceConfig):
@@ -93,15 +111,15 @@ class ConvPooling(SequenceModule):
         )
         self.out_dim = cfg.d_model
 
-    def forward(self, tokens, actions, action_ts, request_ts, candidate):
-        padding = actions == schema.PADDING_ID  # (B, L)
+    def encode(self, tokens, actions):
+        padding = actions == schema.PADDING_ID  # (U, L)
         x = (tokens + self.action_emb(actions)).masked_fill(padding.unsqueeze(-1), 0.0)  # kernels at the edge read zeros
-        x = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, L, D)
-        x = x.masked_fill(padding.unsqueeze(-1), float("-inf")).amax(dim=1)  # (B, D)
+        x = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (U, L, D)
+        x = x.masked_fill(padding.unsqueeze(-1), float("-inf")).amax(dim=1)  # (U, D)
         return torch.where(torch.isinf(x), torch.zeros_like(x), x)
 
 
-class RecurrentPooling(SequenceModule):
+class RecurrentPooling(CandidateIndependent):
     """An RNN or LSTM read oldest → newest; the last state summarises the sequence."""
 
     def __init__(self, cfg: SequenceConfig, cell: type[nn.RNNBase]):
@@ -110,14 +128,14 @@ class RecurrentPooling(SequenceModule):
         self.rnn = cell(cfg.pin_dim, cfg.d_model, batch_first=True)
         self.out_dim = cfg.d_model
 
-    def forward(self, tokens, actions, action_ts, request_ts, candidate):
-        x = tokens + self.action_emb(actions)  # (B, L, P), newest first, padding on the right
+    def encode(self, tokens, actions):
+        x = tokens + self.action_emb(actions)  # (U, L, P), newest first, padding on the right
         x = x.flip(1)  # oldest first with padding on the left: the last step is the newest action
-        out, _ = self.rnn(x)  # (B, L, D)
-        return out[:, -1]  # (B, D)
+        out, _ = self.rnn(x)  # (U, L, D)
+        return out[:, -1]  # (U, D)
 
 
-class VanillaTransformer(SequenceModule):
+class VanillaTransformer(CandidateIndependent):
     """Transformer over engaged-pin vectors only (no actions, no candidate), mean-pooled."""
 
     def __init__(self, cfg: SequenceConfig):
@@ -129,10 +147,10 @@ class VanillaTransformer(SequenceModule):
         self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         self.out_dim = cfg.d_model
 
-    def forward(self, tokens, actions, action_ts, request_ts, candidate):
-        padding = never_fully_masked(actions == schema.PADDING_ID)  # (B, L)
-        x = self.encoder(self.proj(tokens), src_key_padding_mask=padding)  # (B, L, D)
-        return masked_mean(x, padding)  # (B, D)
+    def encode(self, tokens, actions):
+        padding = never_fully_masked(actions == schema.PADDING_ID)  # (U, L)
+        x = self.encoder(self.proj(tokens), src_key_padding_mask=padding)  # (U, L, D)
+        return masked_mean(x, padding)  # (U, D)
 
 
 class TransAct(SequenceModule):
@@ -167,17 +185,24 @@ class TransAct(SequenceModule):
         age = request_ts.unsqueeze(1) - action_ts  # (B, L) ms before the request
         return applied.unsqueeze(1) & (age < span.unsqueeze(1))  # (B, L)
 
-    def forward(self, tokens, actions, action_ts, request_ts, candidate):
-        B, L, _ = tokens.shape
-        mask = actions == schema.PADDING_ID  # (B, L)
+    def fused_projection(self, tokens, actions, index, candidate) -> torch.Tensor:
+        """``proj([candidate; action; pin])`` per example, its sequence part computed per sequence:
+        W·[c; a; e] + b = (W_c·c + b) + W_ae·[a; e]."""
+        P = candidate.shape[-1]
+        w_candidate, w_sequence = self.proj.weight[:, :P], self.proj.weight[:, P:]  # (D, P), (D, A+P)
+        per_sequence = nn.functional.linear(torch.cat([self.action_emb(actions), tokens], dim=-1), w_sequence)  # (U, L, D)
+        per_candidate = nn.functional.linear(candidate, w_candidate, self.proj.bias)  # (B, D)
+        return per_sequence[index] + per_candidate.unsqueeze(1)  # (B, L, D)
+
+    def forward(self, tokens, actions, action_ts, index, request_ts, candidate):
+        mask = actions[index] == schema.PADDING_ID  # (B, L)
         if self.training and self.cfg.time_window_ms > 0:
-            mask = mask | self.time_window_mask(action_ts, request_ts)
+            mask = mask | self.time_window_mask(action_ts[index], request_ts)
         mask = never_fully_masked(mask)
-        fused = torch.cat([candidate.unsqueeze(1).expand(B, L, -1), self.action_emb(actions), tokens], dim=-1)  # (B, L, 2P+A)
         # The mask hides keys only, as in the paper: a hidden position's own output row still carries
         # its token through the residual path. Zeroing those rows was measured (400k simulated
         # impressions, before the scaling below): v1.1 test repin AUC 0.7273 vs 0.7328, v1.0 unchanged.
-        x = self.encoder(self.proj(fused), src_key_padding_mask=mask)  # (B, L, D)
+        x = self.encoder(self.fused_projection(tokens, actions, index, candidate), src_key_padding_mask=mask)  # (B, L, D)
         if self.version == "v1.0":
             kept = x  # (B, L, D)
         else:

@@ -30,9 +30,7 @@ def shifted_copy(instances, target, column, by):
     shutil.copytree(instances, target)
     for crc in target.rglob(".*.crc"):
         crc.unlink()
-    for path in target.rglob("*.parquet"):
-        if schema.PIN_FEATURES_DIR in path.parts:
-            continue
+    for path in (target / schema.ROWS_DIR).rglob("*.parquet"):
         table = pq.ParquetFile(path).read()  # read_table would add hive partition columns
         index = table.schema.get_field_index(column)
         table = table.set_column(index, column, pc.add(table[column], pa.scalar(by, table.schema.field(column).type)))

@@ -77,7 +77,7 @@ def test_server_lost_mid_upload_retries_then_fails_clearly_leaving_nothing_publi
     source.mkdir()
     for i in range(4):
         (source / f"part-{i}.parquet").write_bytes(os.urandom(1024))
-    (source / "manifest.json").write_text("{}")
+    (source / "_manifest.json").write_text("{}")
     client = s3.client(server.endpoint, max_attempts=3, timeout_s=2)
     uploaded = []
     real_upload = client.upload_file

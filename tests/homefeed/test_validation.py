@@ -105,7 +105,8 @@ def test_corrupt_parquet_fails_as_unreadable(raw_copy, spark):
 
 
 def test_label_rate_collapse_fails(instances_copy, spark):
-    files = list_files(instances_copy / "split=validation") + list_files(instances_copy / "split=test")
+    rows = instances_copy / schema.ROWS_DIR
+    files = list_files(rows / "split=validation") + list_files(rows / "split=test")
     rewrite(files, lambda t: set_column(t, "label_repin", pa.array(np.zeros(t.num_rows, np.int32))))
     result = validate("instances", instances_copy)
     assert result.exit_code == 1
@@ -119,10 +120,18 @@ def test_leaking_sequence_fails(instances_copy, spark):
         table = set_column(table, schema.SEQ_PIN_ID, pa.array([[1]] * table.num_rows, pa.list_(pa.int64())))
         return set_column(table, schema.SEQ_ACTION, pa.array([[1]] * table.num_rows, pa.list_(pa.int32())))
 
-    rewrite(list_files(instances_copy / "split=test")[:1], leak)
+    rewrite(list_files(instances_copy / schema.SEQUENCES_DIR / "split=test")[:1], leak)
     result = validate("instances", instances_copy)
     assert result.exit_code == 1
-    assert "leakage" in result.output
+    assert "suite 'instances_sequences' failed" in result.output and "leakage" in result.output
+
+
+def test_a_row_whose_sequence_key_resolves_to_nothing_fails(instances_copy, spark):
+    rewrite(list_files(instances_copy / schema.ROWS_DIR / "split=test")[:1],
+            lambda t: set_column(t, schema.SEQUENCE_KEY, pc.add(t[schema.SEQUENCE_KEY], 1)))
+    result = validate("instances", instances_copy)
+    assert result.exit_code == 1
+    assert "sequence_keys_resolve" in result.output
 
 
 def test_usage_errors_exit_2(raw_dir, tmp_path):

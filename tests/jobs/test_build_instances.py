@@ -237,7 +237,7 @@ def test_job_publishes_a_manifest_with_train_only_stats_and_is_idempotent(spark,
     assert manifest["splits"]["test"]["label_rates"]["click"] == pytest.approx(0.5)
     # Standardisation statistics come from the train days only: their positions are 0,1,2,0,1,2 (mean 1).
     assert manifest["feature_stats"]["feed_position"]["mean"] == pytest.approx(1.0)
-    train_rows = spark.read.parquet(str(out / "split=train"))
+    train_rows = spark.read.parquet(str(out / schema.ROWS_DIR / "split=train"))
     assert train_rows.agg(F.mean("feed_position")).first()[0] == pytest.approx(0.0, abs=1e-6)
     marker_time = (out / schema.SUCCESS_MARKER).stat().st_mtime_ns
     again = job.run(spark, str(tmp_path / "raw"), str(out), small_config)
@@ -305,3 +305,66 @@ def _write_unchecked(path, impressions: pd.DataFrame, actions: pd.DataFrame):
         frame = frame.assign(dt=pd.to_datetime(ts.astype(np.int64), unit="ms", utc=True).dt.strftime("%Y-%m-%d"))
         pads.write_dataset(pa.Table.from_pandas(frame, preserve_index=False), path / table, format="parquet",
                            partitioning=["dt"], partitioning_flavor="hive")
+
+
+# --------------------------------------------------------------------------- the request-level layout
+def test_job_writes_one_sequence_per_request_that_every_row_resolves_to(spark, tmp_path, small_config):
+    import pandas as pd
+
+    from homefeed.data import read_instances
+
+    imps = hand_impressions()
+    write_hand_raw(tmp_path / "raw", imps, hand_actions(imps))
+    out = tmp_path / "instances"
+    manifest = job.run(spark, str(tmp_path / "raw"), str(out), small_config.with_overrides({"instances": {"buckets": 3}}))
+    rows = pd.read_parquet(out / schema.ROWS_DIR)  # a plain reader reads the rows table
+    sequences = pd.read_parquet(out / schema.SEQUENCES_DIR)
+    assert not set(schema.SEQUENCE_COLUMNS) & set(rows.columns) and schema.PIN_EMBEDDING not in rows.columns
+    requests = rows[["user_id", "ts"]].drop_duplicates()
+    assert len(sequences) == len(requests) < len(rows)  # one per distinct (user, cut-off), shared by its rows
+    assert sequences[schema.SEQUENCE_KEY].is_unique
+    assert manifest["sequence_rows"] == len(sequences)
+    # Every row's key names a sequence of its own user and time, in its own split and bucket.
+    joined = rows.merge(sequences, on=schema.SEQUENCE_KEY, suffixes=("", "_seq"), validate="many_to_one")
+    assert len(joined) == len(rows)
+    for column in ("user_id", "ts", schema.SPLIT, schema.BUCKET):
+        assert (joined[column].astype(str) == joined[f"{column}_seq"].astype(str)).all(), column
+    assert rows[schema.BUCKET].astype(int).nunique() > 1 and rows.groupby("user_id")[schema.BUCKET].nunique().max() == 1
+    # One file per (split, bucket) in each table.
+    for table in (schema.ROWS_DIR, schema.SEQUENCES_DIR):
+        for directory in (out / table).glob("split=*/bucket=*"):
+            assert len(list(directory.glob("*.parquet"))) == 1, directory
+    view = read_instances(out, "test")
+    assert view.num_rows == manifest["splits"]["test"]["rows"]
+    assert set(schema.SEQUENCE_COLUMNS) | {schema.PIN_EMBEDDING} <= set(view.column_names)
+
+
+def test_the_joined_view_matches_a_brute_force_scan_at_every_block_boundary(spark, tmp_path, small_config):
+    """The whole job with seq_len 4 over 37 actions, read back through ``read_instances``: every
+    row's sequence equals the latest 4 actions before ts - delay found by scanning the history;
+    each request has three candidates sharing one sequence."""
+    from homefeed.data import read_instances
+
+    rng = np.random.default_rng(5)
+    names = list(CODE)
+    times = np.sort(rng.choice(np.arange(1, 3 * 86_400), size=37, replace=False)) * 1_000 + T0
+    acts = pd.DataFrame({"user_id": 7, "pin_id": np.arange(500, 537), "ts": times.astype(np.int64), "action": [names[i % len(names)] for i in range(37)]})
+    cutoffs = sorted({int(t) + DELAY + d for t in times[::2] for d in (0, 1)} | {T0 + 1, T0 + 3 * DAY + 5})
+    imps = pd.DataFrame(
+        [(f"r{i}", 7, 20 + c, ts, "pfy", c) for i, ts in enumerate(cutoffs) for c in range(3)],
+        columns=["request_id", "user_id", "pin_id", "ts", "source", "position"],
+    ).astype({"position": np.int32})
+    write_hand_raw(tmp_path / "raw", imps, acts)
+    out = tmp_path / "instances"
+    cfg = small_config.with_overrides({"instances": {"seq_len": 4, "buckets": 2}})
+    manifest = job.run(spark, str(tmp_path / "raw"), str(out), cfg, now_ms=T0 + 30 * DAY)
+    assert manifest["sequence_rows"] == len(cutoffs)
+    seen = 0
+    for split in schema.SPLITS:
+        for row in read_instances(out, split).to_pylist():
+            before = [a for a in acts.itertuples(index=False) if a.ts < row["ts"] - DELAY][::-1][:4]
+            assert row[schema.SEQ_PIN_ID] == [a.pin_id for a in before], row["request_id"]
+            assert row[schema.SEQ_ACTION] == [CODE[a.action] for a in before], row["request_id"]
+            assert row[schema.SEQ_TS] == [a.ts for a in before], row["request_id"]
+            seen += 1
+    assert seen == len(imps)

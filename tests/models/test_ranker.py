@@ -106,3 +106,19 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     loaded = Ranker.load(tmp_path)
     with torch.inference_mode():
         assert torch.equal(model(data), loaded(data))
+
+
+def test_a_batch_with_shared_sequences_scores_as_its_per_row_expansion():
+    # Four requests, sixteen candidates: the request-level batch against one sequence per row.
+    from models import SEQUENCE_MODULE_NAMES
+
+    per_row = batch(seed=3)
+    index = torch.arange(B) % 4
+    for name in ("seq_pin_id", "seq_action", "seq_ts"):
+        per_row[name] = per_row[name][:4][index]
+    per_row["ts"] = torch.full((B,), 10**9)
+    shared = {**per_row, **{n: per_row[n][:4] for n in ("seq_pin_id", "seq_action", "seq_ts")}, schema.SEQ_INDEX: index}
+    for name in SEQUENCE_MODULE_NAMES:
+        model = ranker(name, cross=2 if name == "transact_v11" else 0).eval()
+        with torch.no_grad():
+            assert torch.allclose(model(shared), model(per_row), atol=1e-5), name

@@ -18,7 +18,7 @@ def inputs(lengths=(12, 5, 1, 0)):
         actions[row, :n] = torch.randint(1, schema.NUM_ACTION_CODES, (n,))
         action_ts[row, :n] = request_ts[row] - 1_000 * (torch.arange(n) + 1)  # newest first
         tokens[row, n:] = 0.0
-    return tokens, actions, action_ts, request_ts, torch.randn(B, P)
+    return tokens, actions, action_ts, torch.arange(B), request_ts, torch.randn(B, P)
 
 
 @pytest.mark.parametrize("name", SEQUENCE_MODULE_NAMES)
@@ -52,11 +52,11 @@ def test_unknown_module_is_rejected():
 @pytest.mark.parametrize("name", ["avgpool", "cnn", "transformer", "transact_v10", "transact_v11"])
 def test_padded_positions_do_not_change_the_output(name):
     module = build_sequence_module(name, CFG).eval()
-    tokens, actions, action_ts, request_ts, candidate = inputs()
-    before = module(tokens, actions, action_ts, request_ts, candidate)
+    tokens, actions, action_ts, index, request_ts, candidate = inputs()
+    before = module(tokens, actions, action_ts, index, request_ts, candidate)
     garbage = tokens.clone()
     garbage[1, 5:] = 100.0  # row 1 has 5 real actions; change only its padding
-    after = module(garbage, actions, action_ts, request_ts, candidate)
+    after = module(garbage, actions, action_ts, index, request_ts, candidate)
     if name.startswith("transact"):  # outputs at padded query positions may change; kept tokens 0..4 may not
         assert torch.allclose(before[1].view(-1, CFG.d_model)[:3], after[1].view(-1, CFG.d_model)[:3], atol=1e-5)
     else:
@@ -65,14 +65,14 @@ def test_padded_positions_do_not_change_the_output(name):
 
 def test_time_window_mask_hides_only_recent_actions_and_only_in_training():
     module = TransAct(SequenceConfig(**{**CFG.__dict__, "time_window_mask_prob": 1.0, "time_window_ms": 5_500}), "v1.0")
-    _, _, action_ts, request_ts, _ = inputs()
+    _, _, action_ts, _, request_ts, _ = inputs()
     torch.manual_seed(0)
     masked = module.time_window_mask(action_ts, request_ts)
     age = request_ts.unsqueeze(1) - action_ts
     assert not masked[age >= 5_500].any()  # older than the largest window: never hidden
     module.eval()
-    tokens, actions, action_ts, request_ts, candidate = inputs()
-    assert torch.equal(module(tokens, actions, action_ts, request_ts, candidate), module(tokens, actions, action_ts, request_ts, candidate))
+    batch = inputs()
+    assert torch.equal(module(*batch), module(*batch))
 
 
 def test_never_fully_masked_unmasks_the_first_position_of_empty_rows():
@@ -80,3 +80,59 @@ def test_never_fully_masked_unmasks_the_first_position_of_empty_rows():
     fixed = never_fully_masked(mask)
     assert fixed.tolist() == [[False, True], [False, True]]
     assert mask.tolist() == [[True, True], [False, True]]  # input untouched
+
+
+# ---------------------------------------------------------------- request-level == per-row
+def old_transact_forward(module: TransAct, tokens, actions, action_ts, request_ts, candidate):
+    """TransAct as it was computed per row before sequences were shared: one (B, L) sequence per
+    example, the candidate concatenated onto every token before one projection."""
+    B, L, _ = tokens.shape
+    mask = actions == schema.PADDING_ID
+    if module.training and module.cfg.time_window_ms > 0:
+        mask = mask | module.time_window_mask(action_ts, request_ts)
+    mask = never_fully_masked(mask)
+    fused = torch.cat([candidate.unsqueeze(1).expand(B, L, -1), module.action_emb(actions), tokens], dim=-1)
+    x = module.encoder(module.proj(fused), src_key_padding_mask=mask)
+    if module.version == "v1.0":
+        kept = x
+    else:
+        pooled = x.masked_fill(mask.unsqueeze(-1), float("-inf")).amax(dim=1, keepdim=True)
+        kept = torch.cat([x[:, : module.cfg.kept_tokens], pooled], dim=1)
+    return kept.flatten(1) * kept.shape[1] ** -0.5
+
+
+def shared_batch():
+    """3 requests (sequences) and 9 candidates: each candidate's row points at its request's sequence."""
+    g = torch.Generator().manual_seed(5)
+    tokens, actions, action_ts, _, _, _ = inputs(lengths=(12, 5, 0, 3))
+    tokens, actions, action_ts = tokens[:3], actions[:3], action_ts[:3]
+    index = torch.tensor([0, 2, 1, 0, 0, 1, 2, 2, 0])
+    request_ts = torch.full((3,), 10_000_000, dtype=torch.long)[index]
+    candidate = torch.randn(len(index), P, generator=g)
+    return tokens, actions, action_ts, index, request_ts, candidate
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", SEQUENCE_MODULE_NAMES)
+def test_shared_sequences_give_the_per_row_outputs(name, training):
+    cfg = SequenceConfig(**{**CFG.__dict__, "time_window_ms": 8_000, "time_window_mask_prob": 0.7})
+    module = build_sequence_module(name, cfg).train(training)
+    tokens, actions, action_ts, index, request_ts, candidate = shared_batch()
+    torch.manual_seed(11)  # the time-window mask's draws, one per example on both paths
+    shared = module(tokens, actions, action_ts, index, request_ts, candidate)
+    torch.manual_seed(11)
+    if name.startswith("transact"):
+        per_row = old_transact_forward(module, tokens[index], actions[index], action_ts[index], request_ts, candidate)
+    else:
+        per_row = module(tokens[index], actions[index], action_ts[index], torch.arange(len(index)), request_ts, candidate)
+    assert shared.shape == (len(index), module.out_dim)
+    assert torch.allclose(shared, per_row, atol=1e-5, rtol=1e-4)
+
+
+def test_transact_candidate_changes_the_output_but_shares_the_sequence_projection():
+    module = build_sequence_module("transact_v11", CFG).eval()
+    tokens, actions, action_ts, index, request_ts, candidate = shared_batch()
+    out = module(tokens, actions, action_ts, index, request_ts, candidate)
+    assert not torch.allclose(out[0], out[3])  # same sequence, other candidates: early fusion differs
+    swapped = module(tokens, actions, action_ts, index, request_ts, candidate.roll(1, 0))
+    assert not torch.allclose(out, swapped)
