@@ -1,13 +1,19 @@
-"""Instance generation throughput: homefeed's plan vs the straightforward window-frame plan,
-on uniform users and on skewed users (a few with ~100× the median actions), in one run.
+"""Instance generation throughput and output size: the request-level layout vs the old
+per-impression layout, and homefeed's sequence plan vs the straightforward window-frame plan, on
+uniform users and on skewed users (a few with ~100× the median actions), in one run.
 
     .venv/bin/python benchmarks/instances.py --impressions 10000000 [--repeats 1] [--window-timeout 900]
+    .venv/bin/python benchmarks/instances.py --impressions 2000000 --plans homefeed:job,per-impression:job
 
 Every measurement runs in a fresh process (its own local[2] JVM), so the peak resident memory
 of the JVM (VmHWM) belongs to that measurement alone. Rows:
 
-- ``job``: the whole instance job (extract, labels, sequences, features, splits, sampling,
-  standardisation, atomic Parquet publish), impressions per second end to end;
+- ``homefeed/job``: the whole instance job (extract, labels, sequences, features, splits,
+  sampling, standardisation, atomic publish of ``rows`` + ``sequences``), impressions per second
+  end to end, and the bytes it wrote per input impression;
+- ``per-impression/job``: the same transforms written the way homefeed did before the
+  request-level layout (kept here only, as the benchmark's variant): every row carries its own
+  copy of the sequence and of the candidate's content embedding;
 - ``sequences``: the sequence stage alone, written to Spark's no-op sink, for both plans. The
   window-frame plan collects every earlier action of the user per impression over a
   ``rangeBetween(unbounded, -1)`` frame and keeps the last 100: quadratic for heavy users.
@@ -46,6 +52,34 @@ def window_frame_sequences(impressions, actions, seq_len: int, delay_ms: int):
     )
 
 
+def per_impression_job(spark, raw: str, out: str, cfg) -> None:
+    """The instance job writing the old per-impression layout: the same rows, each with its own
+    copy of the request's sequence and of the candidate's content embedding."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from homefeed import schema
+    from jobs import build_instances as job
+
+    icfg = cfg.instances
+    tables, start, end = job.extract(spark, raw, None, None, int(time.time() * 1000))
+    frames = job.build_instance_frames(tables, start, end, icfg)
+    rows = frames.rows.persist(StorageLevel.MEMORY_AND_DISK)
+    stats = job.fit_standardizer(rows.filter(F.col(schema.SPLIT) == "train"))
+    embeddings = tables.pins.select("pin_id", F.col("embedding").alias(schema.PIN_EMBEDDING))
+    columns = [c for c in schema.ROW_COLUMNS if c != schema.SEQUENCE_KEY] + [schema.PIN_EMBEDDING, *schema.SEQUENCE_COLUMNS, schema.SPLIT]
+    final = job.standardize(job.with_sequences(rows, frames.blocks), stats).join(F.broadcast(embeddings), "pin_id", "left")
+    final.select(*columns).sortWithinPartitions(schema.SPLIT, "user_id", "ts").write.mode("overwrite").partitionBy(
+        schema.SPLIT
+    ).parquet(out)
+    job._label_rates(spark.read.parquet(out))
+    rows.unpersist()
+
+
+def output_bytes(out: str) -> int:
+    return sum(p.stat().st_size for p in Path(out).rglob("*.parquet") if "_pin_features" not in p.parts)
+
+
 def jvm_peak_rss_mb(spark) -> float:
     pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -65,7 +99,9 @@ def measure_one(raw: str, plan: str, stage: str, out: str) -> dict:
     cfg = load_config(environ={})
     spark = get_spark(cfg.spark, "homefeed-benchmark", cfg.instances.shuffle_partitions)
     started = time.perf_counter()
-    if stage == "job":
+    if stage == "job" and plan == "per-impression":
+        per_impression_job(spark, raw, out, cfg)
+    elif stage == "job":
         job.run(spark, raw, out, cfg)
     else:
         tables, _, end = job.extract(spark, raw, None, None, int(time.time() * 1000))
@@ -77,7 +113,8 @@ def measure_one(raw: str, plan: str, stage: str, out: str) -> dict:
         sequences.write.format("noop").mode("overwrite").save()
     seconds = time.perf_counter() - started
     impressions = spark.read.parquet(f"{raw}/impressions").count()
-    return {"seconds": seconds, "impressions": impressions, "peak_jvm_mb": jvm_peak_rss_mb(spark)}
+    written = output_bytes(out) if stage == "job" else 0
+    return {"seconds": seconds, "impressions": impressions, "peak_jvm_mb": jvm_peak_rss_mb(spark), "bytes": written}
 
 
 def run_measurement(raw: Path, plan: str, stage: str, timeout: float) -> dict:
@@ -97,6 +134,8 @@ def main() -> None:
     parser.add_argument("--heavy-users", type=int, default=5, help="users with heavy-factor × the median activity (skewed variant)")
     parser.add_argument("--repeats", type=int, default=1, help="medians over this many runs")
     parser.add_argument("--window-timeout", type=float, default=900, help="seconds before the window-frame plan is called off")
+    parser.add_argument("--plans", default="homefeed:job,per-impression:job,homefeed:sequences,window-frame:sequences",
+                        help="comma-separated PLAN:STAGE pairs to measure")
     parser.add_argument("--one", nargs=4, metavar=("RAW", "PLAN", "STAGE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -113,7 +152,7 @@ def main() -> None:
             raw = Path(scratch) / variant
             counts = simulate.generate(cfg, raw, heavy_users=heavy)
             print(f"{variant}: {counts}", file=sys.stderr)
-            for plan, stage in (("homefeed", "job"), ("homefeed", "sequences"), ("window-frame", "sequences")):
+            for plan, stage in (pair.split(":") for pair in args.plans.split(",")):
                 timeout = args.window_timeout if plan == "window-frame" else 3600
                 results = [run_measurement(raw, plan, stage, timeout) for _ in range(args.repeats)]
                 seconds = statistics.median(r["seconds"] for r in results)
@@ -122,6 +161,7 @@ def main() -> None:
                     "variant": variant, "plan": plan, "stage": stage, "impressions": counts["impressions"],
                     "seconds": seconds, "timed_out": len(done) < len(results),
                     "peak_jvm_mb": statistics.median(r["peak_jvm_mb"] for r in done) if done else float("nan"),
+                    "bytes": statistics.median(r["bytes"] for r in done) if done else 0,
                 })
                 print(f"  {plan}/{stage}: {seconds:.1f} s", file=sys.stderr)
     print_table(rows, args)
@@ -129,15 +169,23 @@ def main() -> None:
 
 def print_table(rows: list[dict], args) -> None:
     print(f"\nInstance generation, local[2], median of {args.repeats} (each in a fresh JVM)\n")
-    print("| variant | plan | stage | impressions | seconds | impressions/s | peak JVM RSS (MB) |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    print("| variant | plan | stage | impressions | seconds | impressions/s | output bytes / impression | peak JVM RSS (MB) |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         seconds = f"> {args.window_timeout:.0f} (called off)" if r["timed_out"] else f"{r['seconds']:.1f}"
         rate = "-" if r["timed_out"] else f"{r['impressions'] / r['seconds']:,.0f}"
-        print(f"| {r['variant']} | {r['plan']} | {r['stage']} | {r['impressions']:,} | {seconds} | {rate} | {r['peak_jvm_mb']:.0f} |")
+        size = f"{r['bytes'] / r['impressions']:.1f}" if r["bytes"] else "-"
+        print(f"| {r['variant']} | {r['plan']} | {r['stage']} | {r['impressions']:,} | {seconds} | {rate} | {size} | {r['peak_jvm_mb']:.0f} |")
     by = {(r["variant"], r["plan"], r["stage"]): r["seconds"] for r in rows}
-    print(f"\nskewed / uniform, whole job: {by[('skewed', 'homefeed', 'job')] / by[('uniform', 'homefeed', 'job')]:.2f}×")
+    size = {(r["variant"], r["plan"]): r["bytes"] for r in rows if r["stage"] == "job"}
+    if ("uniform", "homefeed", "job") in by and ("skewed", "homefeed", "job") in by:
+        print(f"\nskewed / uniform, whole job: {by[('skewed', 'homefeed', 'job')] / by[('uniform', 'homefeed', 'job')]:.2f}×")
     for variant in ("uniform", "skewed"):
+        if (variant, "per-impression", "job") in by and (variant, "homefeed", "job") in by:
+            print(f"{variant}: request-level job {by[(variant, 'per-impression', 'job')] / by[(variant, 'homefeed', 'job')]:.2f}× "
+                  f"the per-impression layout's speed, {size[(variant, 'homefeed')] / size[(variant, 'per-impression')]:.2f}× its bytes")
+        if (variant, "window-frame", "sequences") not in by or (variant, "homefeed", "sequences") not in by:
+            continue
         frame, ours = by[(variant, "window-frame", "sequences")], by[(variant, "homefeed", "sequences")]
         if frame == float("inf"):
             print(f"{variant}: sequence stage > {args.window_timeout / ours:.1f}× faster than the window-frame plan (called off at {args.window_timeout:.0f} s)")

@@ -4,13 +4,18 @@ Variants, each timed over the same requests:
 
 - ``per-candidate loop``: the straightforward service: features and one model call per candidate;
 - ``batched``: ``RankingService.rank``, the platform's path: the request's history is read
-  once, features for all candidates are built as one Arrow table, one model call;
+  once, features for all candidates are built as one Arrow table, one model call in which the
+  history is one sequence shared by all candidates (U = 1, B = 500);
+- ``batched, per-row seq``: the same with the history copied to every candidate (U = B = 500),
+  the computation before sequences were request-level;
 - ``batched + HTTP``: the same through the FastAPI app (JSON in and out; in-process ASGI client).
 
 Models: TransAct v1.1 at the paper's sizes (d_model 96, 2 layers, 2 heads, ff 32, seq 100)
 and at the platform's default training sizes (``train.*`` in the default config). Random
 weights: latency does not depend on them. Prints p50 / p99 latency, requests/s, candidates/s
-and peak resident memory.
+and peak resident memory; then the request's FLOPs (counted by torch's FlopCounterMode) and the
+machine's fp32 matmul floor: the median time of one square matmul of the same FLOPs, measured
+in the same run with the same threads.
 
     .venv/bin/python benchmarks/serving.py [--candidates 500] [--requests 30] [--threads 2]
     .venv/bin/python benchmarks/serving.py --device cuda        # on a GPU machine
@@ -89,6 +94,50 @@ def requests(n: int, candidates: int, rng: np.random.Generator) -> list[tuple[in
     return out
 
 
+class PerRowScorer(NeuralScorer):
+    """The per-impression computation: every candidate with its own copy of the history."""
+
+    def predict(self, table):
+        from homefeed.data import to_tensors
+
+        batch = to_tensors(table, self.ranker.cfg.sequence.seq_len)
+        index = batch.pop(schema.SEQ_INDEX)
+        for name in schema.SEQUENCE_COLUMNS:
+            batch[name] = batch[name][index]
+        with torch.inference_mode():
+            return torch.sigmoid(self.ranker(batch).float()).numpy()
+
+
+def request_flops(service: RankingService, user: int, candidates: list[features.Candidate]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # Counted on the plain (training-mode) path: the fused inference kernel of
+    # nn.TransformerEncoderLayer is invisible to the counter. No gradients, so no backward FLOPs.
+    ranker = service.model.scorer.ranker
+    counter = FlopCounterMode(display=False)
+    try:
+        ranker.train()
+        with counter, torch.no_grad():
+            service.rank(user, REQUEST_TS, candidates)
+    finally:
+        ranker.eval()
+    return counter.get_total_flops()
+
+
+def matmul_floor_ms(flops: int, repeats: int = 30) -> float:
+    """Median ms of one fp32 square matmul with ``flops`` (2·n³) floating-point operations."""
+    n = max(int(round((flops / 2) ** (1 / 3))), 1)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
 def per_candidate_loop(service: RankingService, user: int, candidates: list[features.Candidate]) -> list[int]:
     scores = [float(service.score(user, REQUEST_TS, [c])[1][0]) for c in candidates]
     return sorted(range(len(candidates)), key=lambda i: -scores[i])
@@ -123,14 +172,23 @@ def main() -> None:
     print(f"Ranking {args.candidates} candidates with a 100-action sequence, TransAct v1.1, on {where}, torch {torch.__version__}")
     print(f"| {'model sizes':<12} | {'variant':<20} | {'requests':>8} | {'p50 ms':>8} | {'p99 ms':>8} | {'req/s':>7} | {'cand/s':>9} | {'peak RSS MiB':>12} |")
     print(f"|{'-' * 14}|{'-' * 22}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 9}|{'-' * 11}|{'-' * 14}|")
+    floors = []
     for sizes in args.sizes.split(","):
         service = service_for(sizes, snapshot, device, rng)
         app_client = _http_client(service)
+        per_row = RankingService(
+            ServedModel(**{**service.model.__dict__, "scorer": PerRowScorer("transact_v11", service.model.scorer.ranker)}),
+            service.snapshot, service.store,
+        )
         variants = {
             "per-candidate loop": (lambda u, c: per_candidate_loop(service, u, c), workload[: args.loop_requests]),
             "batched": (lambda u, c: service.rank(u, REQUEST_TS, c), workload),
+            "batched, per-row seq": (lambda u, c: per_row.rank(u, REQUEST_TS, c), workload),
             "batched + HTTP": (lambda u, c: _post(app_client, u, c), workload),
         }
+        if device.type == "cpu":
+            flops = request_flops(service, *workload[0])
+            floors.append((sizes, flops, matmul_floor_ms(flops)))
         for name, (call, work) in variants.items():
             with torch.inference_mode():
                 latencies = time_variant(call, work, warmup=1 if name == "per-candidate loop" else 2)
@@ -138,6 +196,8 @@ def main() -> None:
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"| {sizes:<12} | {name:<20} | {len(work):>8} | {1000 * p50:>8.1f} | {1000 * p99:>8.1f} | {1 / p50:>7.1f} | "
                   f"{args.candidates / p50:>9,.0f} | {rss:>12,.0f} |", flush=True)
+    for sizes, flops, floor in floors:
+        print(f"{sizes} sizes: a request is {flops / 1e9:.2f} GFLOP (batched path); a same-FLOP fp32 matmul takes {floor:.1f} ms here")
 
 
 def _http_client(service: RankingService):

@@ -18,6 +18,8 @@ from homefeed.config import Config, ConfigError, load_config
 app = typer.Typer(help="homefeed: train, check and ship a home-feed ranking model.", no_args_is_help=True, add_completion=False)
 registry_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
+instances_app = typer.Typer(help="Inspect a published instance dataset.", no_args_is_help=True)
+app.add_typer(instances_app, name="instances")
 
 ConfigOption = Annotated[Optional[list[Path]], typer.Option("--config", "-c", help="Config overlay file (repeatable).")]
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +111,43 @@ def build_instances(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     _done(started)
-    typer.echo(json.dumps({"out": str(out), "rows": manifest["output_rows"], "splits": {k: v["rows"] for k, v in manifest["splits"].items()}}))
+    typer.echo(json.dumps({"out": str(out), "rows": manifest["output_rows"], "sequences": manifest["sequence_rows"],
+                           "splits": {k: v["rows"] for k, v in manifest["splits"].items()}}))
+
+
+@instances_app.command("show")
+def instances_show(
+    directory: Annotated[Path, typer.Argument(help="Published instance dataset")],
+    split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
+    limit: Annotated[int, typer.Option(min=0, help="Rows to print")] = 10,
+    columns: Annotated[Optional[str], typer.Option(help="Comma-separated columns (default: keys, labels, sequence)")] = None,
+) -> None:
+    """Print rows of one split as the per-impression view (sequences joined back, newest first)."""
+    from homefeed import schema, storage
+    from homefeed.data import read_instances
+
+    if split not in schema.SPLITS:
+        typer.echo(f"error: unknown split {split!r}; splits are {', '.join(schema.SPLITS)}", err=True)
+        raise typer.Exit(2)
+    try:
+        table = read_instances(directory, split)
+        manifest = storage.read_manifest(directory)
+    except storage.StorageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    counts = manifest["splits"].get(split, {})
+    typer.echo(f"{directory} split={split}: {counts.get('rows', table.num_rows)} rows, {counts.get('sequences', '?')} sequences "
+               f"(window {manifest['window']['start']}..{manifest['window']['end']})")
+    wanted = columns.split(",") if columns else ["request_id", "user_id", "pin_id", "ts", *schema.LABEL_COLUMNS, *schema.SEQUENCE_COLUMNS]
+    unknown = [c for c in wanted if c not in table.column_names]
+    if unknown:
+        typer.echo(f"error: unknown columns {unknown}; the view has {table.column_names}", err=True)
+        raise typer.Exit(2)
+    frame = table.select(wanted).slice(0, limit).to_pandas()
+    for column in frame.columns:
+        if frame[column].dtype == object and len(frame) and hasattr(frame[column].iloc[0], "__len__") and not isinstance(frame[column].iloc[0], str):
+            frame[column] = frame[column].map(lambda v: f"[{len(v)}] " + " ".join(str(x) for x in list(v)[:4]) + (" …" if len(v) > 4 else ""))
+    typer.echo(frame.to_string(index=False))
 
 
 @app.command()
@@ -189,11 +227,11 @@ def evaluate(
 ) -> None:
     """Score a model and the current champion on the same test split; print metrics per head."""
     from homefeed import evaluate as ev, registry, storage
-    from homefeed.data import read_split
+    from homefeed.data import read_instances
     from models.zoo import load_scorer
 
     cfg = _config(config)
-    test = read_split(str(instances), "test")
+    test = read_instances(str(instances), "test")
     results = {"challenger": ev.evaluate_scorer(load_scorer(model_dir), test, cfg)}
     version, champion = registry.load_scorer_for(cfg, registry.CHAMPION)
     if champion is not None:

@@ -127,7 +127,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, k: int) -> None:
 
 def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config) -> list[dict[str, Any]]:
     from homefeed import evaluate, registry, train as trainer
-    from homefeed.data import read_split
+    from homefeed.data import read_instances
     from homefeed.spark import get_spark
     from jobs import build_instances as job
     from models import MODEL_NAMES
@@ -141,7 +141,7 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
     out.mkdir(parents=True, exist_ok=True)
     instances = out / "instances"
     job.run(get_spark(cfg.spark, "homefeed-compare", cfg.instances.shuffle_partitions), raw, str(instances), cfg, days[0], days[-1])
-    test = read_split(str(instances), "test")
+    test = read_instances(str(instances), "test")
     tracking = cfg.with_overrides({"registry": {"experiment": cfg.registry.experiment + EXPERIMENT_SUFFIX}})
     mlflow_client = registry.client(tracking)
     experiment = registry.experiment_id(tracking)

@@ -136,6 +136,9 @@ class TrainConfig(_Section):
     time_window_mask_prob: float = Field(0.5, ge=0, le=1)
     head_weights: dict[str, float] = Field(default_factory=lambda: {h: 1.0 for h in schema.HEADS})
     num_threads: int = Field(2, ge=1)
+    # What the training loader shuffles: whole requests (a request's candidates stay together in
+    # one batch, so its sequence is encoded once; RecD's grouping) or single rows.
+    shuffle_unit: Literal["request", "row"] = "request"
     # LR/GBDT model selection as in the Pinnability seed: "time" (fit on the train days, check on
     # the validation day), "kfold" (cross-validation over the user folds of the train days, then
     # a fit on all of them) or "split_90_10" (fit on 9 user folds, check on the 10th).

@@ -10,9 +10,11 @@ The instance dataset (``jobs/build_instances.py``) holds two tables bucketed by 
 - :class:`InstanceStream` streams one split bucket by bucket, holding one bucket's sequences at a
   time, and yields batches that carry each sequence of the batch **once**: ``seq_*`` are
   ``(U, L)`` and ``seq_index`` ``(B,)`` maps each row to its sequence (RecD's inverse index).
-  Rows are shuffled within a buffer of a few batches; rows of one request may land in several
-  batches, whose sequences then simply repeat. For DDP every rank yields the same number of
-  batches (the remainder is dropped in training), or ranks would hang waiting for each other.
+  Shuffling permutes a buffer of a few batches, by request (``shuffle_unit="request"``, the
+  default: a request's candidates stay together, so its sequence is carried and encoded once) or
+  by row (rows of one request then spread over batches, whose sequences simply repeat). For DDP
+  every rank yields the same number of batches (the remainder is dropped in training), or ranks
+  would hang waiting for each other.
 
 :func:`to_tensors` turns any per-impression table (the joined view, the service's online rows)
 into the same request-level batch, deduplicating sequences by (user_id, ts).
@@ -149,16 +151,21 @@ def _pin_embedding_column(pin_id: np.ndarray, pin_ids: np.ndarray, embeddings: n
     return pa.ListArray.from_arrays(pa.array(np.arange(len(pin_id) + 1, dtype=np.int32) * width), pa.array(values.ravel()))
 
 
-def read_instances(instances_dir: str | Path, split: str, columns: tuple[str, ...] | None = None) -> pa.Table:
+def read_instances(
+    instances_dir: str | Path, split: str, columns: tuple[str, ...] | None = None, buckets: tuple[int, ...] | None = None
+) -> pa.Table:
     """One split as one row per impression: the ``rows`` columns (or ``columns`` of them), the
     three ``seq_*`` list columns joined back from ``sequences`` and ``pin_embedding`` from the pin
     table. Reads bucket by bucket; the result is whole in memory, so it is for tools, tests and
-    evaluation-sized splits, not for training (that is :class:`InstanceStream`)."""
+    evaluation-sized splits, not for training (that is :class:`InstanceStream`). ``buckets``
+    reads only those user buckets."""
     root = instances_root(instances_dir)
     pin_ids, embeddings = read_pin_features(root)
     sequence_files = bucket_files(root, split, schema.SEQUENCES_DIR)
     parts = []
     for bucket, files in bucket_files(root, split).items():
+        if buckets is not None and bucket not in buckets:
+            continue
         rows = _read(files, tuple(dict.fromkeys([*(columns or schema.ROW_COLUMNS), schema.SEQUENCE_KEY, "pin_id"])))
         sequences = BucketSequences.load(sequence_files.get(bucket, []), 1)
         at = sequences.positions(rows.column(schema.SEQUENCE_KEY).to_numpy(), f"instances at {root}, split {split}, bucket {bucket}")
@@ -167,18 +174,13 @@ def read_instances(instances_dir: str | Path, split: str, columns: tuple[str, ..
             rows = rows.append_column(name, joined.column(name))
         rows = rows.append_column(schema.PIN_EMBEDDING, _pin_embedding_column(rows.column("pin_id").to_numpy(), pin_ids, embeddings))
         parts.append(rows)
+    if not parts:
+        raise storage.StorageError(f"instances at {root} have no rows in split {split!r} and buckets {buckets}")
     table = pa.concat_tables(parts)
     if columns:
         wanted = [c for c in table.column_names if c in columns or c in (*schema.SEQUENCE_COLUMNS, schema.PIN_EMBEDDING)]
         table = table.select(wanted)
     return table
-
-
-def read_split(instances_dir: str | Path, split: str, columns: tuple[str, ...] | None = None) -> pa.Table:
-    """:func:`read_instances`, or only the named ``rows`` columns when ``columns`` needs no sequence."""
-    if columns and not set(columns) & {*schema.SEQUENCE_COLUMNS, schema.PIN_EMBEDDING}:
-        return read_rows(instances_dir, split, columns)
-    return read_instances(instances_dir, split, columns)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -264,9 +266,12 @@ class InstanceStream(IterableDataset):
     world_size: int = 1
     drop_remainder: bool = False
     shuffle_buffer_batches: int = 8
+    shuffle_unit: str = "request"
 
     def __post_init__(self) -> None:
         super().__init__()
+        if self.shuffle_unit not in ("request", "row"):
+            raise ValueError(f"shuffle_unit must be 'request' or 'row', not {self.shuffle_unit!r}")
         self.row_files = bucket_files(self.instances_dir, self.split)
         self.sequence_files = bucket_files(self.instances_dir, self.split, schema.SEQUENCES_DIR)
         self.rows = split_rows([f for files in self.row_files.values() for f in files])
@@ -296,9 +301,18 @@ class InstanceStream(IterableDataset):
     def _drain(self, buffer: list[pa.RecordBatch], rng: np.random.Generator) -> Iterator[pa.Table]:
         table = pa.Table.from_batches(buffer)
         if self.shuffle:
-            table = table.take(pa.array(rng.permutation(table.num_rows)))
+            table = table.take(pa.array(self._permutation(table.column(schema.SEQUENCE_KEY).to_numpy(), rng)))
         for start in range(0, table.num_rows, self.batch_size):
             yield table.slice(start, self.batch_size)
+
+    def _permutation(self, keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Rows in random order, or requests in random order with each request's rows together
+        (rows are stored by user and time, so a request's rows are adjacent)."""
+        if self.shuffle_unit == "row" or len(keys) == 0:
+            return rng.permutation(len(keys))
+        request = np.concatenate([[0], np.cumsum(keys[1:] != keys[:-1])])  # (N,) request number
+        request_rank = rng.permutation(request[-1] + 1)
+        return np.argsort(request_rank[request], kind="stable")
 
     def _sequences(self, bucket: int, cache: dict[int, BucketSequences]) -> BucketSequences:
         if bucket not in cache:

@@ -101,13 +101,13 @@ def _champion(cfg: Config) -> tuple[Any, date]:
 
 def score_day(spark, cfg: Config, raw_root: str, day: date, model, window_end: date) -> dict[str, Any]:
     """The champion on one landed day: instances with its standardisation, then every metric."""
-    from homefeed.data import read_split
+    from homefeed.data import read_instances
     from homefeed.evaluate import evaluate_scorer
     from jobs import build_instances as job
 
     out = monitor_root(cfg) / f"v{model.version}" / "instances" / day.isoformat()
     job.run(spark, raw_root, str(out), cfg, day, day, feature_stats=model.feature_stats)
-    record = day_record(model.version, day, window_end, evaluate_scorer(model.scorer, read_split(out, "test"), cfg))
+    record = day_record(model.version, day, window_end, evaluate_scorer(model.scorer, read_instances(out, "test"), cfg))
     storage.write_json(monitor_root(cfg) / f"v{model.version}" / f"{day.isoformat()}.json", record)
     return record
 

@@ -139,11 +139,11 @@ def train(cfg: Config, directory: Path) -> dict[str, Any]:
 def evaluate(cfg: Config, directory: Path) -> dict[str, Any]:
     """Score the challenger and the current champion on the same test split."""
     from homefeed import evaluate as ev, registry
-    from homefeed.data import read_split
+    from homefeed.data import read_instances
     from models.zoo import load_scorer
 
     instances = _load(directory, "build_instances")["instances"]
-    test = read_split(instances, "test")
+    test = read_instances(instances, "test")
     challenger = ev.evaluate_scorer(load_scorer(_load(directory, "train")["model_dir"]), test, cfg)
     champion_version, champion_scorer = registry.load_scorer_for(cfg, registry.CHAMPION)
     champion = ev.evaluate_scorer(champion_scorer, test, cfg) if champion_scorer is not None else None
@@ -170,7 +170,7 @@ def gate(cfg: Config, directory: Path) -> dict[str, Any]:
 
 def register(cfg: Config, directory: Path) -> dict[str, Any]:
     from homefeed import registry
-    from homefeed.data import read_split
+    from homefeed.data import read_instances
 
     existing = directory / "register.json"
     if existing.exists():
@@ -180,7 +180,7 @@ def register(cfg: Config, directory: Path) -> dict[str, Any]:
         raise GateFailed(decision["summary"])
     instances = _load(directory, "build_instances")["instances"]
     manifest = storage.read_manifest(instances)
-    example = registry.input_example(read_split(instances, "test"))
+    example = registry.input_example(read_instances(instances, "test"))
     tags = {
         "data.instances": instances, "data.fingerprint": manifest["fingerprint"], "data.rows": manifest["output_rows"],
         "data.window": f"{manifest['window']['start']}..{manifest['window']['end']}",

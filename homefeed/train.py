@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from homefeed import metrics, schema, storage
 from homefeed.config import Config, TrainConfig
-from homefeed.data import InstanceStream, read_pin_features, read_split
+from homefeed.data import InstanceStream, read_pin_features, read_instances
 from models import BASELINE_NAMES
 from models.ranker import Ranker, RankerConfig, pin_content_table, weighted_bce
 from models.sequence import SequenceConfig
@@ -140,7 +140,7 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainRes
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     train_stream = InstanceStream(
         instances_dir, "train", cfg.batch_size, seq_len=model.cfg.sequence.seq_len, shuffle=True,
-        seed=cfg.seed, rank=rank, world_size=world_size, drop_remainder=distributed,
+        seed=cfg.seed, rank=rank, world_size=world_size, drop_remainder=distributed, shuffle_unit=cfg.shuffle_unit,
     )
     steps_per_epoch = max(train_stream.batches_per_rank(), 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -249,8 +249,8 @@ def train_baseline(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainR
     """LR / GBDT. The returned validation metrics are on the validation day in every mode, so
     gates compare like with like; k-fold and 90/10 results are saved beside them."""
     started = time.perf_counter()
-    train_table = read_split(instances_dir, "train")
-    validation_table = read_split(instances_dir, "validation")
+    train_table = read_instances(instances_dir, "train")
+    validation_table = read_instances(instances_dir, "validation")
     selection: dict[str, Any] = {"mode": cfg.baseline_validation}
     if cfg.baseline_validation == "split_90_10":
         tenth = train_table.column(schema.FOLD).to_numpy() % 10 == 9

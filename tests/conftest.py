@@ -62,10 +62,10 @@ def instances_dir(tmp_path_factory, spark, raw_dir, base_config) -> Path:
 def register_and_promote(cfg, model_dir, instances_dir, tags: dict | None = None) -> str:
     """Register a trained model with its serving feature spec and make it the champion."""
     from homefeed import registry, storage
-    from homefeed.data import read_split
+    from homefeed.data import read_instances
 
     run = registry.client(cfg).create_run(registry.experiment_id(cfg))
-    example = registry.input_example(read_split(str(instances_dir), "test"))
+    example = registry.input_example(read_instances(str(instances_dir), "test"))
     features = registry.serving_features(storage.read_manifest(instances_dir))
     version = registry.log_and_register(cfg, run.info.run_id, str(model_dir), example, tags or {}, features=features)
     registry.promote(cfg, version, reason="test champion", force=True)

@@ -62,13 +62,13 @@ def test_promote_dag_changes_the_registry_through_the_same_functions(airflow_db,
     from homefeed import registry
     from homefeed import train as trainer
     from homefeed.config import load_config
-    from homefeed.data import read_split
+    from homefeed.data import read_instances
 
     monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path / "store"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config()
     model_dir = trainer.train(str(instances_dir), str(tmp_path / "lr"), cfg.with_overrides({"train": {"model": "lr"}})).model_dir
-    example = registry.input_example(read_split(str(instances_dir), "test"))
+    example = registry.input_example(read_instances(str(instances_dir), "test"))
     run_id = registry.client(cfg).create_run(registry.experiment_id(cfg)).info.run_id
     v1 = registry.log_and_register(cfg, run_id, model_dir, example, {})
     v2 = registry.log_and_register(cfg, run_id, model_dir, example, {})

@@ -63,3 +63,15 @@ def test_embedded_airflow_waits_for_the_sqlite_lock(tmp_path, monkeypatch):
     key = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"
     monkeypatch.setenv(key, airflow_env(_config(None))[key])
     assert conf.getimport("database", "sql_alchemy_connect_args")["timeout"] >= 30
+
+
+def test_instances_show_prints_the_joined_view_and_refuses_bad_input(instances_dir, tmp_path):
+    result = runner.invoke(app, ["instances", "show", str(instances_dir), "--split", "test", "--limit", "3"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "split=test" in lines[0] and "sequences" in lines[0]
+    assert "seq_pin_id" in lines[1] and len(lines) == 2 + 3
+    assert runner.invoke(app, ["instances", "show", str(instances_dir), "--split", "holdout"]).exit_code == 2
+    assert runner.invoke(app, ["instances", "show", str(instances_dir), "--columns", "nope"]).exit_code == 2
+    missing = runner.invoke(app, ["instances", "show", str(tmp_path / "missing")])
+    assert missing.exit_code == 1 and "not found" in missing.output

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from homefeed import features, schema, storage
-from homefeed.data import read_split
+from homefeed.data import read_instances
 
 
 def _raw_actions(raw_dir) -> list[dict]:
@@ -23,7 +23,7 @@ def _replayed_rows(raw_dir, instances_dir, manifest, sample: int, keep_margin: i
     actions = defaultdict(list)
     for a in sorted(_raw_actions(raw_dir), key=lambda a: a["ts"]):
         actions[a["user_id"]].append(a)
-    test = read_split(instances_dir, "test").to_pylist()
+    test = read_instances(instances_dir, "test").to_pylist()
     rng = np.random.default_rng(3)
     picked = sorted((test[i] for i in rng.choice(len(test), size=min(sample, len(test)), replace=False)), key=lambda r: r["ts"])
     delivered = defaultdict(int)

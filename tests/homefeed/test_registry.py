@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from homefeed import registry
-from homefeed.data import read_split
+from homefeed.data import read_instances
 
 
 def _free_port():
@@ -64,7 +64,7 @@ def cfg(base_config, mlflow_server, monkeypatch, tmp_path, request):
 def register(cfg, trained_model, instances_dir):
     client = registry.client(cfg)
     run = client.create_run(registry.experiment_id(cfg))
-    example = registry.input_example(read_split(str(instances_dir), "test"))
+    example = registry.input_example(read_instances(str(instances_dir), "test"))
     return registry.log_and_register(cfg, run.info.run_id, trained_model, example, {"gate": "test"})
 
 
@@ -92,7 +92,7 @@ def test_champion_loads_and_scores_through_the_registry(cfg, trained_model, inst
     registry.promote(cfg, version, reason="serve it")
     loaded_version, scorer = registry.load_scorer_for(cfg, registry.CHAMPION)
     assert loaded_version == version
-    test = read_split(str(instances_dir), "test")
+    test = read_instances(str(instances_dir), "test")
     assert scorer.predict(test).shape == (test.num_rows, 4)
     import mlflow.pyfunc
 

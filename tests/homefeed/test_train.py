@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from homefeed import train as trainer
-from homefeed.data import InstanceStream, pad_lists, read_split
+from homefeed.data import InstanceStream, pad_lists, read_instances, read_rows
 from models.zoo import load_scorer
 
 
@@ -30,9 +30,9 @@ def test_each_kind_trains_saves_and_scores(instances_dir, tmp_path, base_config,
     cfg = base_config.with_overrides({"train": {"model": model}})
     result = trainer.train(str(instances_dir), str(tmp_path), cfg)
     assert 0.0 <= result.validation["repin"]["auc"] <= 1.0
-    from homefeed.data import read_split
+    from homefeed.data import read_instances
 
-    test = read_split(str(instances_dir), "test")
+    test = read_instances(str(instances_dir), "test")
     probs = load_scorer(result.model_dir).predict(test)
     assert probs.shape == (test.num_rows, 4)
     assert np.all((probs >= 0) & (probs <= 1))
@@ -103,7 +103,7 @@ def test_baselines_offer_the_seeds_cross_validation_and_90_10_split(instances_di
         assert 0.5 < selection["auc"]["repin"]["mean"] <= 1.0 and selection["auc"]["repin"]["std"] >= 0.0
     else:
         rows = selection["rows"]
-        folds = read_split(str(instances_dir), "train", ("fold",)).column("fold").to_numpy()
+        folds = read_rows(str(instances_dir), "train", ("fold",)).column("fold").to_numpy()
         assert (rows["fit"], rows["checked"]) == (int((folds != 9).sum()), int((folds == 9).sum()))  # one user fold of ten
         assert 0.0 <= selection["auc_10_percent"]["repin"] <= 1.0
     assert 0.5 < result.validation["repin"]["auc"] <= 1.0  # the validation day, as in every mode

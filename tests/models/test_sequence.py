@@ -136,3 +136,15 @@ def test_transact_candidate_changes_the_output_but_shares_the_sequence_projectio
     assert not torch.allclose(out[0], out[3])  # same sequence, other candidates: early fusion differs
     swapped = module(tokens, actions, action_ts, index, request_ts, candidate.roll(1, 0))
     assert not torch.allclose(out, swapped)
+
+
+@pytest.mark.parametrize("name", ["transformer", "transact_v10", "transact_v11"])
+def test_full_histories_skip_the_mask_in_inference_with_the_same_output(name):
+    module = build_sequence_module(name, CFG).eval()
+    tokens, actions, action_ts, index, request_ts, candidate = inputs(lengths=(L, L, L, L))
+    out = module(tokens, actions, action_ts, index, request_ts, candidate)
+    if name.startswith("transact"):
+        reference = old_transact_forward(module, tokens, actions, action_ts, request_ts, candidate)  # passes the all-False mask
+    else:
+        reference = module.encoder(module.proj(tokens), src_key_padding_mask=actions == schema.PADDING_ID).mean(1)
+    assert torch.allclose(out, reference, atol=1e-5)

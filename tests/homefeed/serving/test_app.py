@@ -14,7 +14,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from homefeed import features, holdout, registry
-from homefeed.data import read_split
+from homefeed.data import read_instances
 from homefeed.serving.app import create_app
 from homefeed.serving.service import NoServableModel, RankingService
 from tests.conftest import register_and_promote
@@ -53,7 +53,7 @@ def client(cfg, champion):
 
 @pytest.fixture(scope="module")
 def test_rows(instances_dir):
-    return read_split(str(instances_dir), "test").to_pylist()
+    return read_instances(str(instances_dir), "test").to_pylist()
 
 
 def _users(test_rows, cfg, held_out: bool) -> list[int]:
