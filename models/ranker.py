@@ -129,7 +129,10 @@ class Ranker(nn.Module):
         index = batch.get(schema.SEQ_INDEX)
         if index is None:
             index = torch.arange(batch["pin_id"].shape[0], device=batch["pin_id"].device)  # (B,)
-        tokens = self.pins.content_of(batch[schema.SEQ_PIN_ID])  # (U, L, E)
+        seq_pin_id = batch[schema.SEQ_PIN_ID]
+        if self.sequence.out_dim == 0:  # the control reads no sequence: skip the (U, L, E) gather
+            seq_pin_id = seq_pin_id[:, :0]
+        tokens = self.pins.content_of(seq_pin_id)  # (U, L, E)
         candidate_content = self.pins.content_of(batch["pin_id"])  # (B, E), fused into the sequence
         seq = self.sequence(tokens, batch[schema.SEQ_ACTION], batch[schema.SEQ_TS], index, batch["ts"], candidate_content)  # (B, S)
         cats = [emb(batch[name]) for name, emb in self.categorical.items()]  # C × (B, c)
