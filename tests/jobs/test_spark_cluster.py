@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.dataset as ds
 import pytest
 import yaml
 
@@ -76,9 +75,13 @@ def cluster(tmp_path_factory):
 
 
 def read_instances(path: Path):
-    table = ds.dataset(str(path), format="parquet", partitioning="hive", exclude_invalid_files=True,
-                       ignore_prefixes=["_", "."]).to_table()
-    return table.to_pandas().sort_values(["request_id", "pin_id"]).reset_index(drop=True)
+    """Every split's per-impression view (sequences joined back), in one key order."""
+    import pandas as pd
+
+    from homefeed import data, schema
+
+    frames = [data.read_instances(path, split).to_pandas().assign(split=split) for split in schema.SPLITS]
+    return pd.concat(frames).sort_values(["request_id", "pin_id"]).reset_index(drop=True)
 
 
 def test_spark_submit_to_a_standalone_cluster_matches_the_local_run(cluster, raw_dir, instances_dir, base_config, tmp_path):
