@@ -4,7 +4,7 @@ On a published instance dataset (e.g. the 2M-impression simulation), in one run:
 
 - ``loader``: batches/s of the training stream (batch 4,096, shuffled as training does):
   ``request`` is :class:`homefeed.data.InstanceStream` on the ``rows`` + ``sequences`` tables
-  (each batch carries its U distinct sequences once, shuffled by request or by row);
+  (each batch carries its U distinct sequences once, shuffled by row (the default) or by request);
   ``per-impression`` is the loader as it was before: the same train split written the old way
   (every row with its own ``seq_*`` lists and ``pin_embedding``, one Parquet file per bucket),
   read record batch by record batch, shuffled by row, every row's lists padded to (B, L).
@@ -165,7 +165,7 @@ def main() -> None:
             print(f"(per-impression copy of the train split written in {time.perf_counter() - started:.0f} s, "
                   f"{sum(f.stat().st_size for f in files) / 2**20:.0f} MiB)")
             variants = {
-                "request (shuffled by request)": lambda: iter(InstanceStream(args.instances, "train", args.loader_batch, shuffle=True, seed=1)),
+                "request (shuffled by request)": lambda: iter(InstanceStream(args.instances, "train", args.loader_batch, shuffle=True, seed=1, shuffle_unit="request")),
                 "request (shuffled by row)": lambda: iter(InstanceStream(args.instances, "train", args.loader_batch, shuffle=True, seed=1, shuffle_unit="row")),
                 "per-impression (shuffled by row)": lambda: per_impression_batches(files, args.loader_batch, schema.SEQ_LEN, 1),
             }

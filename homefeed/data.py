@@ -10,9 +10,9 @@ The instance dataset (``jobs/build_instances.py``) holds two tables bucketed by 
 - :class:`InstanceStream` streams one split bucket by bucket, holding one bucket's sequences at a
   time, and yields batches that carry each sequence of the batch **once**: ``seq_*`` are
   ``(U, L)`` and ``seq_index`` ``(B,)`` maps each row to its sequence (RecD's inverse index).
-  Shuffling permutes a buffer of a few batches, by request (``shuffle_unit="request"``, the
-  default: a request's candidates stay together, so its sequence is carried and encoded once) or
-  by row (rows of one request then spread over batches, whose sequences simply repeat). For DDP
+  Shuffling permutes a buffer of a few batches by row (the default: rows of one request spread
+  over batches, whose sequences then simply repeat) or by request (``shuffle_unit="request"``:
+  a request's candidates stay together, so its sequence is carried and encoded once). For DDP
   every rank yields the same number of batches (the remainder is dropped in training), or ranks
   would hang waiting for each other.
 
@@ -266,7 +266,7 @@ class InstanceStream(IterableDataset):
     world_size: int = 1
     drop_remainder: bool = False
     shuffle_buffer_batches: int = 8
-    shuffle_unit: str = "request"
+    shuffle_unit: str = "row"
 
     def __post_init__(self) -> None:
         super().__init__()
