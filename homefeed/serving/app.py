@@ -31,31 +31,36 @@ Source = Literal[schema.SOURCES]  # type: ignore[valid-type]
 ActionName = Literal[schema.ACTION_NAMES]  # type: ignore[valid-type]
 
 
+# Ids and times are int64 end to end (Arrow, torch, Parquet): a larger number is a bad request
+# (422 naming the field), not an OverflowError deep in feature building (500).
+INT64_MAX = 2**63 - 1
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class CandidateIn(_Strict):
-    pin_id: int = Field(ge=0)
-    ts: int = Field(ge=0, description="the pin's timestamp, ms (orders the chronological feed)")
+    pin_id: int = Field(ge=0, le=INT64_MAX)
+    ts: int = Field(ge=0, le=INT64_MAX, description="the pin's timestamp, ms (orders the chronological feed)")
     source: Source
 
 
 class SequenceEventIn(_Strict):
-    pin_id: int = Field(ge=0)
+    pin_id: int = Field(ge=0, le=INT64_MAX)
     action: ActionName
-    ts: int = Field(ge=0)
+    ts: int = Field(ge=0, le=INT64_MAX)
 
 
 class RankRequest(_Strict):
-    user_id: int = Field(ge=0)
-    request_ts: int = Field(ge=0, description="ms")
+    user_id: int = Field(ge=0, le=INT64_MAX)
+    request_ts: int = Field(ge=0, le=INT64_MAX, description="ms")
     candidates: list[CandidateIn] = Field(min_length=1)
     sequence: list[SequenceEventIn] | None = None
 
 
 class EventIn(SequenceEventIn):
-    user_id: int = Field(ge=0)
+    user_id: int = Field(ge=0, le=INT64_MAX)
 
 
 class RankedPin(BaseModel):

@@ -135,12 +135,21 @@ def test_events_feed_the_sequence_used_at_ranking(client, cfg, test_rows):
         ({"candidates": [{"pin_id": 1, "ts": 1, "source": "pfy", "score": 3}]}, "score"),
         ({"candidates": [{"pin_id": i, "ts": 1, "source": "pfy"} for i in range(51)]}, "at most 50"),
         ({"sequence": [{"pin_id": 1, "action": "upvote", "ts": 1}]}, "action"),
+        ({"user_id": 2**70}, "user_id"),  # beyond int64: was a 500 (OverflowError in features)
+        ({"request_ts": 2**64}, "request_ts"),
+        ({"candidates": [{"pin_id": 2**63, "ts": 1, "source": "pfy"}]}, "pin_id"),
+        ({"sequence": [{"pin_id": 1, "action": "click", "ts": 2**63}]}, "ts"),
     ],
 )
 def test_bad_requests_get_422_with_the_reason(client, test_rows, change, message):
     answer = client.post("/rank", json={**_request(test_rows, 1), **change})
     assert answer.status_code == 422
     assert message in answer.text
+
+
+def test_events_beyond_int64_get_422(client):
+    answer = client.post("/events", json={"user_id": 2**63, "pin_id": 1, "action": "click", "ts": 1})
+    assert answer.status_code == 422 and "user_id" in answer.text
 
 
 def test_health_and_readiness(client, champion):
