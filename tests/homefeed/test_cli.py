@@ -75,3 +75,25 @@ def test_instances_show_prints_the_joined_view_and_refuses_bad_input(instances_d
     assert runner.invoke(app, ["instances", "show", str(instances_dir), "--columns", "nope"]).exit_code == 2
     missing = runner.invoke(app, ["instances", "show", str(tmp_path / "missing")])
     assert missing.exit_code == 1 and "not found" in missing.output
+
+
+def test_secrets_are_written_owner_only_whatever_the_umask(tmp_path):
+    import json
+    import os
+
+    from homefeed import storage
+    from homefeed.cli import airflow_login
+
+    old = os.umask(0)
+    try:
+        secret = tmp_path / "s" / "secret.json"
+        secret.parent.mkdir()
+        secret.write_text("{}")
+        secret.chmod(0o644)  # a copy written before the fix
+        storage.write_secret(secret, json.dumps({"k": "v"}))
+        assert (secret.stat().st_mode & 0o777) == 0o600 and json.loads(secret.read_text()) == {"k": "v"}
+        user, password = airflow_login(tmp_path / "airflow")
+        assert ((tmp_path / "airflow" / "passwords.json").stat().st_mode & 0o777) == 0o600 and password
+        assert airflow_login(tmp_path / "airflow") == (user, password)  # made once
+    finally:
+        os.umask(old)

@@ -98,3 +98,8 @@ def test_server_lost_mid_upload_retries_then_fails_clearly_leaving_nothing_publi
     assert not s3.is_published(fresh, f"s3://{BUCKET}/interrupted")
     with pytest.raises(s3.NotPublished, match="never fully published"):
         s3.fetch_directory(fresh, f"s3://{BUCKET}/interrupted", tmp_path / "nothing")
+
+
+def test_the_servers_identity_file_holding_the_secret_is_owner_only(server):
+    # It was written 0644 while its sibling credentials.json was 0600 (issue 21, item 16).
+    assert ((server.directory / "s3.json").stat().st_mode & 0o777) == 0o600
