@@ -29,7 +29,16 @@ class ConfigError(PermanentError, ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity in any number: ``learning_rate: .inf`` is a mistake, not a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info) -> Any:
+        # Pydantic's lax mode reads true as 1; ``HOMEFEED__TRAIN__EPOCHS=true`` is a mistake too.
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
 
 
 def _check_heads(value: dict[str, Any], what: str) -> dict[str, Any]:
@@ -282,7 +291,11 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         node = overrides
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw)
+        try:
+            node[path[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = str(exc).splitlines()[0]
+            raise ConfigError(f"environment variable {name}={raw!r} is not a valid YAML value ({problem})") from None
     return overrides
 
 

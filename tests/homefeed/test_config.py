@@ -35,3 +35,23 @@ def test_unknown_model_and_head_are_rejected():
         load_config(environ={}, overrides={"train": {"model": "resnet"}})
     with pytest.raises(ConfigError, match="unknown heads"):
         load_config(environ={}, overrides={"ranking": {"utility": {"save": 1.0}}})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("HOMEFEED__SIMULATOR__DAYS", "[1", r"HOMEFEED__SIMULATOR__DAYS='\[1' is not a valid YAML value"),
+        ("HOMEFEED__TRAIN__EPOCHS", "true", r"train\.epochs: .*expected a number, got true"),
+        ("HOMEFEED__TRAIN__LEARNING_RATE", ".inf", r"train\.learning_rate"),
+        ("HOMEFEED__INSTANCES__NEGATIVE_RATE", ".nan", r"instances\.negative_rate"),
+    ],
+    ids=["bad-yaml", "bool-as-int", "infinity", "nan"],
+)
+def test_environment_values_are_strict_and_name_the_variable_or_key(variable, value, message):
+    # Before: a YAML traceback, epochs=true read as 1, learning_rate=.inf accepted (issue 21, item 11).
+    with pytest.raises(ConfigError, match=message):
+        load_config(environ={variable: value})
+
+
+def test_booleans_still_set_boolean_keys():
+    assert load_config(environ={"HOMEFEED__VALIDATION__DRIFT__ENABLED": "false"}).validation.drift.enabled is False
