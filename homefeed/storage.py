@@ -82,19 +82,58 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+WRITER = "_writer.json"  # in a staging directory: which process is writing it
+
+
+def _writer_gone(staging: Path) -> bool:
+    """A staging directory whose writer died (killed before it could clean up) on this host."""
+    import socket
+
+    try:
+        writer = json.loads((staging / WRITER).read_text())
+    except (OSError, ValueError):
+        return False  # no record (being created, or not ours to judge): leave it
+    if writer.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(writer["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, KeyError, ValueError):
+        return False
+    return False
+
+
+def remove_abandoned_staging(final: Path) -> list[Path]:
+    """Delete the staging directories of ``final`` left by writers that were killed."""
+    removed = []
+    for staging in final.parent.glob(f".{final.name}.tmp-*"):
+        if staging.is_dir() and _writer_gone(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
+
+
 @contextlib.contextmanager
 def publish_dataset(target: str | Path) -> Iterator[Path]:
     """Yield a temporary directory; on success publish it at ``target`` with a ``_SUCCESS`` marker.
 
     The caller writes its files (and ``_manifest.json``) into the yielded directory. An existing
-    dataset at ``target`` is replaced only after the new one is complete.
+    dataset at ``target`` is replaced only after the new one is complete. Staging directories of
+    the same target whose writer process is gone (SIGKILL leaves no chance to clean up) are
+    removed first; a live writer's are left alone.
     """
+    import socket
+
     final = local_path(target)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_staging(final)
     staging = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     staging.mkdir()
+    (staging / WRITER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     try:
         yield staging
+        (staging / WRITER).unlink(missing_ok=True)
         (staging / SUCCESS_MARKER).write_text("")
         retired = None
         if final.exists():
