@@ -77,6 +77,18 @@ def build_ranker(cfg: TrainConfig, instances_dir: str) -> Ranker:
     return model
 
 
+# Settings a resumed training may change: more epochs, more patience, other parallelism.
+RESUMABLE_SETTINGS = ("epochs", "patience", "num_processes", "num_threads", "use_gpu")
+
+
+def training_key(instances_dir: str, cfg: TrainConfig) -> str:
+    """What a checkpoint belongs to: the instances (their manifest's fingerprint of inputs and
+    config) and every training setting that changes what is learned. A checkpoint with another
+    key is not resumed (it would return another training's model, or fail to load)."""
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in RESUMABLE_SETTINGS}
+    return storage.fingerprint({"instances": storage.read_manifest(instances_dir).get("fingerprint"), "train": settings})
+
+
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / max(warmup, 1)
@@ -151,8 +163,13 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainRes
 
     state = {"epoch": 0, "best_auc": -1.0, "bad_epochs": 0, "history": [], "best_state": None, "examples": 0, "seconds": 0.0}
     checkpoint_path = out / CHECKPOINT
-    if checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    key = training_key(instances_dir, cfg)
+    saved = torch.load(checkpoint_path, map_location=device, weights_only=False) if checkpoint_path.exists() else None
+    if saved is not None and saved.get("key") != key:
+        if rank == 0:
+            log.warning("the checkpoint in %s is of another training (other instances, model or settings): training from scratch", out)
+        saved = None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -198,7 +215,7 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainRes
         if rank == 0:
             tmp = checkpoint_path.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "state": state}, tmp)
+                        "scheduler": scheduler.state_dict(), "state": state, "key": key}, tmp)
             tmp.replace(checkpoint_path)
             log.info("epoch %d: loss %.4f, val auc/%s %.4f, %.0f examples/s", epoch, state["history"][-1]["train_loss"],
                      schema.PRIMARY_HEAD, val_auc, examples * world_size / max(elapsed, 1e-9))

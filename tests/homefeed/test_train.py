@@ -116,3 +116,23 @@ def test_unknown_baseline_validation_mode_is_rejected(base_config):
 
     with pytest.raises(ConfigError, match="baseline_validation"):
         base_config.with_overrides({"train": {"baseline_validation": "loo"}})
+
+
+def test_a_checkpoint_of_other_instances_or_another_model_is_not_resumed(instances_dir, tmp_path, base_config):
+    """Before: the second run "trained" in seconds and returned the first run's model (other
+    instances), or failed in load_state_dict (another model) (issue 21, item 5)."""
+    import shutil
+
+    from homefeed import schema
+
+    cfg = base_config.with_overrides({"train": {"model": "none", "epochs": 1}})
+    first = trainer.train(str(instances_dir), str(tmp_path / "out"), cfg)
+    other = tmp_path / "other-instances"
+    shutil.copytree(instances_dir, other)
+    manifest = json.loads((other / schema.MANIFEST).read_text())
+    (other / schema.MANIFEST).write_text(json.dumps({**manifest, "fingerprint": "other-inputs"}))
+    second = trainer.train(str(other), str(tmp_path / "out"), cfg)
+    assert [h["epoch"] for h in second.history] == [0] and second.history[0]["examples"] > 0
+    assert second.history[0]["seconds"] != first.history[0]["seconds"]  # trained again, not the saved epoch
+    lstm = trainer.train(str(other), str(tmp_path / "out"), cfg.with_overrides({"train": {"model": "lstm"}}))
+    assert lstm.model == "lstm" and [h["epoch"] for h in lstm.history] == [0]
