@@ -368,3 +368,28 @@ def test_the_joined_view_matches_a_brute_force_scan_at_every_block_boundary(spar
             assert row[schema.SEQ_TS] == [a.ts for a in before], row["request_id"]
             seen += 1
     assert seen == len(imps)
+
+
+def test_an_edit_that_keeps_the_file_size_still_rebuilds(spark, tmp_path, small_config):
+    """The "same inputs" check hashed path + size: two values swapped inside a raw file left the
+    stale dataset in place (issue 21, item 6)."""
+    imps = hand_impressions()
+    raw = tmp_path / "raw"
+    write_hand_raw(raw, imps, hand_actions(imps))
+    before = job._input_listing(str(raw))
+    target = sorted((raw / schema.ACTIONS).rglob("*.parquet"))[0]
+    data = bytearray(target.read_bytes())
+    middle = len(data) // 2
+    data[middle], data[middle + 1] = data[middle + 1] ^ 0xFF, data[middle]  # same size, other bytes
+    original = target.read_bytes()
+    target.write_bytes(bytes(data))
+    assert target.stat().st_size == len(original)
+    assert job._input_listing(str(raw)) != before
+    target.write_bytes(original)
+    assert job._input_listing(str(raw)) == before
+    # Through the job: a changed value (a repositioned impression) is rebuilt, not reused.
+    out = tmp_path / "instances"
+    first = job.run(spark, str(raw), str(out), small_config)
+    write_hand_raw(raw, imps.assign(position=imps["position"].iloc[::-1].to_numpy()), hand_actions(imps))
+    second = job.run(spark, str(raw), str(out), small_config)
+    assert second["fingerprint"] != first["fingerprint"]
