@@ -2,7 +2,8 @@
 
 The neural path is a DDP worker (``train_worker``). One process runs it directly; N processes
 run it under ``torchrun`` (``gloo`` on CPU, ``nccl`` + bf16 autocast on GPU). Each epoch ends
-with a checkpoint; a re-run with the same output directory resumes from it. Early stopping
+with a checkpoint; a re-run with the same output directory resumes from it when it is the same
+training (same instances and settings, ``training_key``), and starts fresh otherwise. Early stopping
 watches the primary head's validation AUC. Rank 0 alone writes the model and metrics.
 """
 
