@@ -7,7 +7,9 @@
     POST /admin/reload    load the version the alias points at now
 
 Requests are validated strictly (unknown fields, wrong types, too many candidates → 422 with the
-reason). The app is built around a service that already holds a model: ``create_app`` raises
+reason); a body over ``serving.max_body_bytes`` gets 413 before any of it is parsed (JSON is
+parsed on the event loop, so a 50 MB body used to stall ``/health`` for half a minute); scoring
+runs in the thread pool (sync endpoints), off the event loop. The app is built around a service that already holds a model: ``create_app`` raises
 before serving when there is no champion.
 """
 
@@ -75,6 +77,49 @@ class RankResponse(BaseModel):
     ranked: list[RankedPin]
 
 
+class BodySizeLimit:
+    """ASGI middleware: 413 for a request body over ``max_bytes`` (declared or streamed)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(send)
+        body, more = b"", True
+        while more:  # at most max_bytes are ever held
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay(message, receive), send)
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self._too_large(send)
+        return await self.app(scope, _replay({"type": "http.request", "body": body, "more_body": False}, receive), send)
+
+    async def _too_large(self, send) -> None:
+        text = f'{{"detail": "request body over serving.max_body_bytes = {self.max_bytes} bytes"}}'.encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(text)).encode())]})
+        await send({"type": "http.response.body", "body": text})
+
+
+def _replay(first: dict, receive):
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return first
+        return await receive()
+
+    return replayed
+
+
 def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
     """The app; loads the model behind ``serving.alias`` unless a service is given."""
     service = service or RankingService.from_registry(cfg)
@@ -87,6 +132,7 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
             poller.cancel()
 
     app = FastAPI(title="homefeed ranking service", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.serving.max_body_bytes)
     app.state.service = service
 
     @app.get("/health")

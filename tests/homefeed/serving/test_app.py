@@ -213,3 +213,25 @@ def test_homefeed_serve_without_a_champion_says_how_to_promote(tmp_path):
     done = subprocess.run([homefeed, "serve", "--config", str(overlay)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "homefeed promote" in done.stderr
+
+
+def test_an_oversized_body_gets_413_at_once_without_being_parsed(client, test_rows):
+    # Before: a 52 MB body was parsed for ~40 s before a 422 (issue 21, item 13).
+    import time
+
+    body = {**_request(test_rows, 1), "padding": "x" * 20_000_000}
+    started = time.monotonic()
+    answer = client.post("/rank", json=body)
+    assert answer.status_code == 413 and "serving.max_body_bytes" in answer.text
+    assert time.monotonic() - started < 10
+    assert client.get("/health").status_code == 200
+    assert client.post("/rank", json=_request(test_rows, 1)).status_code == 200  # normal bodies still pass
+
+
+def test_a_streamed_body_without_a_length_is_limited_too(client):
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 50_000
+
+    answer = client.post("/events", content=chunks(), headers={"content-type": "application/json"})
+    assert answer.status_code == 413
