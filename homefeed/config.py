@@ -225,6 +225,8 @@ class ServingConfig(_Section):
     max_candidates: int = Field(1000, ge=1)
     # Larger request bodies get 413 unread (1,000 candidates with a 100-event sequence ≈ 80 kB).
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # POST /events refuses an event dated further than this past the service's clock.
+    max_event_skew_ms: int = Field(300_000, ge=0)
     # Where the pins/users snapshot is read; empty: the raw root the champion was trained from.
     features_root: str = ""
     # Seconds between checks of the alias (0: only POST /admin/reload reloads).

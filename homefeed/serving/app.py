@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException
@@ -153,6 +154,11 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
 
     @app.post("/events")
     def events(event: EventIn) -> dict:
+        # A clock far ahead would push the user's real actions out of the sequence (eviction keeps
+        # the newest by event time), so such events are refused, not stored.
+        latest = int(time.time() * 1000) + cfg.serving.max_event_skew_ms
+        if event.ts > latest:
+            raise HTTPException(422, f"ts {event.ts} is more than serving.max_event_skew_ms = {cfg.serving.max_event_skew_ms} ms in the future")
         service.record_event(event.user_id, event.pin_id, event.action, event.ts)
         return {"stored": True}
 

@@ -235,3 +235,17 @@ def test_a_streamed_body_without_a_length_is_limited_too(client):
 
     answer = client.post("/events", content=chunks(), headers={"content-type": "application/json"})
     assert answer.status_code == 413
+
+
+def test_events_from_the_far_future_are_refused_and_do_not_displace_real_ones(client, cfg, test_rows):
+    # Before: 250 events dated 2100 were stored and pushed a user's real actions out (issue 21, item 15).
+    import time
+
+    user = 424242
+    now = int(time.time() * 1000)
+    assert client.post("/events", json={"user_id": user, "pin_id": 1, "action": "repin", "ts": now - 60_000}).status_code == 200
+    future = client.post("/events", json={"user_id": user, "pin_id": 2, "action": "click", "ts": 4_102_444_800_000})  # 2100
+    assert future.status_code == 422 and "max_event_skew_ms" in future.text
+    history = client.app.state.service.store.history(user)
+    assert [e.pin_id for e in history.events] == [1]
+    assert client.post("/events", json={"user_id": user, "pin_id": 3, "action": "click", "ts": now + 1_000}).status_code == 200
