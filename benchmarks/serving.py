@@ -98,12 +98,10 @@ class PerRowScorer(NeuralScorer):
     """The per-impression computation: every candidate with its own copy of the history."""
 
     def predict(self, table):
+        from benchmarks.request_level import expand
         from homefeed.data import to_tensors
 
-        batch = to_tensors(table, self.ranker.cfg.sequence.seq_len)
-        index = batch.pop(schema.SEQ_INDEX)
-        for name in schema.SEQUENCE_COLUMNS:
-            batch[name] = batch[name][index]
+        batch = expand(to_tensors(table, self.ranker.cfg.sequence.seq_len))
         with torch.inference_mode():
             return torch.sigmoid(self.ranker(batch).float()).numpy()
 

@@ -473,7 +473,7 @@ def _use_local_s3(server, cfg: Config, raw: Path) -> tuple[Config, str]:
 
 
 def _summarise_s3(cfg: Config, label: str) -> None:
-    from homefeed import s3, storage
+    from homefeed import s3
 
     client = s3.client()
     for uri in (f"{cfg.storage.s3_uri}/runs/{label}", f"{cfg.storage.s3_uri}/mlflow"):

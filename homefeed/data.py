@@ -64,7 +64,7 @@ def bucket_files(instances_dir: str | Path, split: str, table: str = schema.ROWS
         if files:
             buckets[int(directory.name.split("=", 1)[1])] = files
     if table == schema.ROWS_DIR and not buckets:
-        raise storage.StorageError(f"instances at {instances_root(instances_dir)} have no rows in split {split!r}")
+        raise storage.StorageError(f"instances at {split_root.parents[1]} have no rows in split {split!r}")
     return buckets
 
 
@@ -94,6 +94,25 @@ def read_pin_features(instances_dir: str | Path) -> tuple[np.ndarray, np.ndarray
 
 
 # --------------------------------------------------------------------------- sequences of one bucket
+def _sorted_sequences(files: list[Path]) -> pa.Table:
+    """One bucket's ``sequences`` rows, sorted by ``sequence_key`` (empty when it has none)."""
+    table = _read(files, schema.SEQUENCE_TABLE_COLUMNS) if files else _empty_sequences()
+    return table.take(pa.array(np.argsort(table.column(schema.SEQUENCE_KEY).to_numpy(), kind="stable")))
+
+
+def _positions(sorted_keys: np.ndarray, keys: np.ndarray, where: str) -> np.ndarray:
+    """Index of each key in ``sorted_keys``; a key without a sequence is a broken dataset, said so."""
+    found = np.searchsorted(sorted_keys, keys)
+    missing = found == len(sorted_keys)
+    missing[~missing] = sorted_keys[found[~missing]] != keys[~missing]
+    if missing.any():
+        raise storage.StorageError(
+            f"{where}: {int(missing.sum())} rows have a {schema.SEQUENCE_KEY} with no row in {schema.SEQUENCES_DIR}/ "
+            f"(e.g. {int(keys[np.argmax(missing)])})"
+        )
+    return found
+
+
 @dataclass(frozen=True)
 class BucketSequences:
     """One bucket's sequences, sorted by key and padded once: (S,), (S, L) × 3."""
@@ -102,31 +121,19 @@ class BucketSequences:
     pin_id: np.ndarray
     action: np.ndarray
     ts: np.ndarray
-    table: pa.Table  # the same sequences as Arrow lists, in key order
 
     @classmethod
     def load(cls, files: list[Path], seq_len: int) -> "BucketSequences":
-        table = _read(files, schema.SEQUENCE_TABLE_COLUMNS) if files else _empty_sequences()
-        table = table.take(pa.array(np.argsort(table.column(schema.SEQUENCE_KEY).to_numpy(), kind="stable")))
+        table = _sorted_sequences(files)
         return cls(
             table.column(schema.SEQUENCE_KEY).to_numpy(),
             pad_lists(table.column(schema.SEQ_PIN_ID), seq_len, np.int64),
             pad_lists(table.column(schema.SEQ_ACTION), seq_len, np.int64),
             pad_lists(table.column(schema.SEQ_TS), seq_len, np.int64),
-            table,
         )
 
     def positions(self, keys: np.ndarray, where: str) -> np.ndarray:
-        """Index of each key's sequence; a key without one is a broken dataset, said so."""
-        found = np.searchsorted(self.keys, keys)
-        found = np.minimum(found, max(len(self.keys) - 1, 0))
-        missing = (len(self.keys) == 0) | (self.keys[found] != keys) if len(keys) else np.zeros(0, bool)
-        if np.any(missing):
-            raise storage.StorageError(
-                f"{where}: {int(np.sum(missing))} rows have a {schema.SEQUENCE_KEY} with no row in {schema.SEQUENCES_DIR}/ "
-                f"(e.g. {int(keys[np.argmax(missing)])})"
-            )
-        return found
+        return _positions(self.keys, keys, where)
 
 
 def _empty_sequences() -> pa.Table:
@@ -140,13 +147,12 @@ def _empty_sequences() -> pa.Table:
 # --------------------------------------------------------------------------- the per-impression view
 def _pin_embedding_column(pin_id: np.ndarray, pin_ids: np.ndarray, embeddings: np.ndarray) -> pa.Array:
     """Each row's content embedding by pin id (zeros for a pin the table lacks, as online)."""
-    order = np.argsort(pin_ids)
-    sorted_ids = pin_ids[order]
-    at = np.minimum(np.searchsorted(sorted_ids, pin_id), max(len(sorted_ids) - 1, 0))
-    known = (sorted_ids[at] == pin_id) if len(sorted_ids) else np.zeros(len(pin_id), bool)
-    values = np.where(known[:, None], embeddings[order][at], 0.0).astype(np.float32) if len(sorted_ids) else np.zeros(
-        (len(pin_id), schema.EMBEDDING_DIM), np.float32
-    )
+    values = np.zeros((len(pin_id), embeddings.shape[1] if embeddings.ndim == 2 else schema.EMBEDDING_DIM), np.float32)
+    if len(pin_ids):
+        order = np.argsort(pin_ids)
+        at = np.minimum(np.searchsorted(pin_ids[order], pin_id), len(pin_ids) - 1)
+        known = pin_ids[order][at] == pin_id
+        values[known] = embeddings[order[at[known]]]
     width = values.shape[1]
     return pa.ListArray.from_arrays(pa.array(np.arange(len(pin_id) + 1, dtype=np.int32) * width), pa.array(values.ravel()))
 
@@ -167,9 +173,10 @@ def read_instances(
         if buckets is not None and bucket not in buckets:
             continue
         rows = _read(files, tuple(dict.fromkeys([*(columns or schema.ROW_COLUMNS), schema.SEQUENCE_KEY, "pin_id"])))
-        sequences = BucketSequences.load(sequence_files.get(bucket, []), 1)
-        at = sequences.positions(rows.column(schema.SEQUENCE_KEY).to_numpy(), f"instances at {root}, split {split}, bucket {bucket}")
-        joined = sequences.table.select(list(schema.SEQUENCE_COLUMNS)).take(pa.array(at))
+        sequences = _sorted_sequences(sequence_files.get(bucket, []))
+        at = _positions(sequences.column(schema.SEQUENCE_KEY).to_numpy(), rows.column(schema.SEQUENCE_KEY).to_numpy(),
+                        f"instances at {root}, split {split}, bucket {bucket}")
+        joined = sequences.select(list(schema.SEQUENCE_COLUMNS)).take(pa.array(at))
         for name in schema.SEQUENCE_COLUMNS:
             rows = rows.append_column(name, joined.column(name))
         rows = rows.append_column(schema.PIN_EMBEDDING, _pin_embedding_column(rows.column("pin_id").to_numpy(), pin_ids, embeddings))

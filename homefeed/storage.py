@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,21 +87,17 @@ WRITER = "_writer.json"  # in a staging directory: which process is writing it
 
 
 def _writer_gone(staging: Path) -> bool:
-    """A staging directory whose writer died (killed before it could clean up) on this host."""
-    import socket
-
+    """A staging directory whose writer died (killed before it could clean up) on this host.
+    No record, another host, or a pid that exists: not ours to judge, so False."""
     try:
         writer = json.loads((staging / WRITER).read_text())
-    except (OSError, ValueError):
-        return False  # no record (being created, or not ours to judge): leave it
-    if writer.get("host") != socket.gethostname():
-        return False
-    try:
+        if writer.get("host") != socket.gethostname():
+            return False
         os.kill(int(writer["pid"]), 0)
     except ProcessLookupError:
         return True
     except (OSError, KeyError, ValueError):
-        return False
+        pass
     return False
 
 
@@ -123,8 +120,6 @@ def publish_dataset(target: str | Path) -> Iterator[Path]:
     the same target whose writer process is gone (SIGKILL leaves no chance to clean up) are
     removed first; a live writer's are left alone.
     """
-    import socket
-
     final = local_path(target)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_staging(final)

@@ -403,7 +403,7 @@ def request_sequences(rows: DataFrame, blocks: DataFrame) -> DataFrame:
     requests = rows.select(
         schema.SEQUENCE_KEY, "user_id", "ts", schema.SPLIT, schema.BUCKET, "_block", "_lo", "_hi"
     ).dropDuplicates(["user_id", "ts"])
-    return with_sequences(requests, blocks).select(*schema.SEQUENCE_TABLE_COLUMNS, schema.SPLIT, schema.BUCKET)
+    return with_sequences(requests, blocks).select(*SEQUENCE_OUTPUT_COLUMNS)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@
 Requests are validated strictly (unknown fields, wrong types, too many candidates → 422 with the
 reason); a body over ``serving.max_body_bytes`` gets 413 before any of it is parsed (JSON is
 parsed on the event loop, so a 50 MB body used to stall ``/health`` for half a minute); scoring
-runs in the thread pool (sync endpoints), off the event loop. The app is built around a service that already holds a model: ``create_app`` raises
-before serving when there is no champion.
+runs in the thread pool (sync endpoints), off the event loop. The app is built around a service
+that already holds a model: ``create_app`` raises before serving when there is no champion.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +37,7 @@ ActionName = Literal[schema.ACTION_NAMES]  # type: ignore[valid-type]
 # Ids and times are int64 end to end (Arrow, torch, Parquet): a larger number is a bad request
 # (422 naming the field), not an OverflowError deep in feature building (500).
 INT64_MAX = 2**63 - 1
+Id = Annotated[int, Field(ge=0, le=INT64_MAX)]  # ids and ms timestamps alike
 
 
 class _Strict(BaseModel):
@@ -44,26 +45,26 @@ class _Strict(BaseModel):
 
 
 class CandidateIn(_Strict):
-    pin_id: int = Field(ge=0, le=INT64_MAX)
-    ts: int = Field(ge=0, le=INT64_MAX, description="the pin's timestamp, ms (orders the chronological feed)")
+    pin_id: Id
+    ts: Id = Field(description="the pin's timestamp, ms (orders the chronological feed)")
     source: Source
 
 
 class SequenceEventIn(_Strict):
-    pin_id: int = Field(ge=0, le=INT64_MAX)
+    pin_id: Id
     action: ActionName
-    ts: int = Field(ge=0, le=INT64_MAX)
+    ts: Id
 
 
 class RankRequest(_Strict):
-    user_id: int = Field(ge=0, le=INT64_MAX)
-    request_ts: int = Field(ge=0, le=INT64_MAX, description="ms")
+    user_id: Id
+    request_ts: Id = Field(description="ms")
     candidates: list[CandidateIn] = Field(min_length=1)
     sequence: list[SequenceEventIn] | None = None
 
 
 class EventIn(SequenceEventIn):
-    user_id: int = Field(ge=0, le=INT64_MAX)
+    user_id: Id
 
 
 class RankedPin(BaseModel):
