@@ -27,7 +27,7 @@ run: $(STAMP)
 	$(BIN)/homefeed run $(if $(filter 1,$(S3)),--s3,)
 
 test: $(STAMP)
-	@bash scripts/install_browser.sh
+	@bash scripts/install_test_servers.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

@@ -233,6 +233,27 @@ class ServingConfig(_Section):
     reload_poll_s: float = Field(30.0, ge=0)
     # Candidates are scored as if shown here (the position-bias feature has no value before ranking).
     position: int = Field(0, ge=0)
+    # Users' action sequences: empty → SQLite under the storage root (the embedded default);
+    # redis://host:port/db → a Redis server (homefeed.sequence_store says why both).
+    sequence_store: str = ""
+    # Actions kept per user beyond the model's sequence length (late events, the leakage delay).
+    sequence_margin: int = Field(100, ge=0)
+    # A store slower than this is unreachable: /rank answers without the sequence, /events 503.
+    store_timeout_s: float = Field(0.25, gt=0, le=30)
+    # On start, fill the store from the champion's raw action log (only what it does not hold yet).
+    bootstrap: bool = True
+    # Acknowledged events, kept as a raw root's `actions` table; empty → <storage root>/events.
+    event_log: str = ""
+    event_log_roll_events: int = Field(10_000, ge=1)
+    # Bearer token for POST /events and /admin/*; required when the service listens beyond loopback.
+    token: str = ""
+
+    @field_validator("sequence_store")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://", "sqlite:///")):
+            raise ValueError(f"serving.sequence_store must be empty, redis://host:port/db or sqlite:////path; got {value!r}")
+        return value
 
 
 class MonitorConfig(_Section):

@@ -22,7 +22,6 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -107,44 +106,61 @@ class UserHistory:
     evicted_category: Counter = field(default_factory=Counter)
     evicted_owner: Counter = field(default_factory=Counter)
 
-    def add(self, event: Event) -> None:
-        bisect.insort(self.events, event)
+    def add(self, event: Event) -> bool:
+        """Insert in order; False for an event already held (the same ts, pin and action).
+
+        The raw contract keys actions by (user, pin, ts, action), so a repeat is a retry or a
+        re-load, never a second action. An event older than every kept one is still counted (it
+        is inserted, then evicted at once), as the Spark job counts a late action.
+        """
+        at = bisect.bisect_left(self.events, event)
+        if at < len(self.events) and self.events[at] == event:
+            return False
+        self.events.insert(at, event)
         while len(self.events) > self.keep:
             old = self.events.pop(0)
             self.evicted_total += 1
             if old.action_code in POSITIVE_CODES:
                 self.evicted_category[old.category] += 1
                 self.evicted_owner[old.owner_id] += 1
+        return True
 
     def before(self, cutoff_ts: int) -> list[Event]:
         """Events strictly before the cut-off, oldest first."""
         return self.events[: bisect.bisect_left([e.ts for e in self.events], cutoff_ts)]
 
 
-class SequenceStore(Protocol):
-    """Per-user action histories; a key-value store (Redis, DynamoDB) can implement this."""
-
-    def append(self, user_id: int, pin_id: int, action: str, ts: int) -> None: ...
-
-    def history(self, user_id: int) -> UserHistory | None: ...
+def make_event(snapshot: FeatureSnapshot, pin_id: int, action: str, ts: int) -> Event:
+    """An action as stores keep it, with the pin's category and owner as of the snapshot."""
+    if action not in schema.ACTION_CODES:
+        raise ValueError(f"unknown action {action!r}; expected one of {list(schema.ACTION_NAMES)}")
+    category, owner = snapshot.pin_keys(pin_id)
+    return Event(int(ts), int(pin_id), schema.ACTION_CODES[action], category, owner)
 
 
 class InMemorySequenceStore:
-    """The default store: one process, histories in a dict."""
+    """Histories in a dict, for tests and one-off replays; the service uses a durable store
+    (:mod:`homefeed.sequence_store`), which follows the same rules."""
 
     def __init__(self, snapshot: FeatureSnapshot, seq_len: int = schema.SEQ_LEN, margin: int = 100):
         self.snapshot, self.keep = snapshot, seq_len + margin
         self.users: dict[int, UserHistory] = {}
+        self.sources: dict[str, object] = {}
         # The HTTP service appends and reads from a thread pool; an insert + eviction is not atomic.
         self._lock = threading.Lock()
 
-    def append(self, user_id: int, pin_id: int, action: str, ts: int) -> None:
-        if action not in schema.ACTION_CODES:
-            raise ValueError(f"unknown action {action!r}; expected one of {list(schema.ACTION_NAMES)}")
-        category, owner = self.snapshot.pin_keys(pin_id)
-        event = Event(int(ts), int(pin_id), schema.ACTION_CODES[action], category, owner)
+    def describe(self) -> str:
+        return "memory"
+
+    def append(self, user_id: int, pin_id: int, action: str, ts: int) -> bool:
+        return self.extend([(int(user_id), make_event(self.snapshot, pin_id, action, ts))]) == 1
+
+    def extend(self, events) -> int:
+        added = 0
         with self._lock:
-            self.users.setdefault(int(user_id), UserHistory(self.keep)).add(event)
+            for user_id, event in events:
+                added += self.users.setdefault(int(user_id), UserHistory(self.keep)).add(event)
+        return added
 
     def history(self, user_id: int) -> UserHistory | None:
         """A copy: the caller reads it while other requests keep appending."""
@@ -154,6 +170,20 @@ class InMemorySequenceStore:
                 return None
             return UserHistory(history.keep, list(history.events), history.evicted_total,
                                Counter(history.evicted_category), Counter(history.evicted_owner))
+
+    def source_state(self, source: str):
+        return self.sources.get(source)
+
+    def record_source(self, source: str, state) -> None:
+        self.sources[source] = state
+
+    def reset(self) -> None:
+        with self._lock:
+            self.users.clear()
+            self.sources.clear()
+
+    def close(self) -> None:
+        pass
 
 
 def history_from_events(snapshot: FeatureSnapshot, events: list[dict], seq_len: int = schema.SEQ_LEN) -> UserHistory:

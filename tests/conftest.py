@@ -70,3 +70,15 @@ def register_and_promote(cfg, model_dir, instances_dir, tags: dict | None = None
     version = registry.log_and_register(cfg, run.info.run_id, str(model_dir), example, tags or {}, features=features)
     registry.promote(cfg, version, reason="test champion", force=True)
     return version
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port for the session (Debian's, installed by `make test`)."""
+    from homefeed.local_redis import RedisServer, redis_server_binary
+
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed (scripts/install_test_servers.sh, which `make test` runs)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()

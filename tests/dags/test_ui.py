@@ -2,7 +2,7 @@
 homefeed_retrain in headless Chromium, and the run it starts followed through the REST API.
 
 Slow (a full standalone Airflow and a full retraining run under its scheduler). Needs Debian's
-`chromium` (`scripts/install_browser.sh`, which `make test` runs) and the `playwright` package.
+`chromium` (`scripts/install_test_servers.sh`, which `make test` runs) and the `playwright` package.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def wait_for_runs(base: str, token: str, run_type: str, count: int, timeout: flo
 
 def test_trigger_form_starts_a_run_that_succeeds(standalone, raw_dir, tmp_path):
     if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed (scripts/install_browser.sh)")
+        pytest.skip("Debian chromium is not installed (scripts/install_test_servers.sh)")
     from playwright.sync_api import sync_playwright
 
     base, password, root, _ = standalone

@@ -55,3 +55,9 @@ def test_environment_values_are_strict_and_name_the_variable_or_key(variable, va
 
 def test_booleans_still_set_boolean_keys():
     assert load_config(environ={"HOMEFEED__VALIDATION__DRIFT__ENABLED": "false"}).validation.drift.enabled is False
+
+
+def test_the_sequence_store_takes_a_redis_or_sqlite_url_only():
+    assert load_config(environ={"HOMEFEED__SERVING__SEQUENCE_STORE": "redis://127.0.0.1:6379/0"}).serving.sequence_store.startswith("redis://")
+    with pytest.raises(ConfigError, match="serving.sequence_store"):
+        load_config(environ={"HOMEFEED__SERVING__SEQUENCE_STORE": "memcached://127.0.0.1:11211"})

@@ -112,3 +112,26 @@ def test_concurrent_appends_lose_nothing_and_keep_the_order():
     assert history.evicted_total + len(history.events) == 4000
     assert history.events == sorted(history.events) and len(history.events) == 30
     assert history.events[-1].ts == (499 * 8 + 7) * 1000
+
+
+def test_a_store_bootstrapped_from_the_log_gives_the_spark_job_rows(raw_dir, instances_dir, tmp_path):
+    """`homefeed sequences load --until T` semantics: loaded up to each sampled request's time, the
+    durable store's history yields that request's instance row (loads are incremental)."""
+    from homefeed.sequence_store import SqliteSequenceStore, load_actions
+
+    manifest = storage.read_manifest(instances_dir)
+    seq_len = manifest["config"]["seq_len"]
+    snapshot = features.FeatureSnapshot.load(raw_dir)
+    store = SqliteSequenceStore(tmp_path / "sequences.sqlite", snapshot, seq_len)
+    test = read_instances(instances_dir, "test").to_pylist()
+    rng = np.random.default_rng(5)
+    picked = sorted((test[i] for i in rng.choice(len(test), size=min(40, len(test)), replace=False)), key=lambda r: r["ts"])
+    loaded = 0
+    for row in picked:
+        loaded += load_actions(store, raw_dir, until=row["ts"], progress=lambda _: None)["events_added"]
+        candidate = features.Candidate(row["pin_id"], row["ts"], row["source"], row["position"])
+        rows = features.raw_rows(snapshot, store.history(row["user_id"]), row["user_id"], row["ts"], [candidate],
+                                 manifest["config"]["delay_ms"], seq_len)
+        _assert_same_features(row, features.instance_table(rows, manifest["feature_stats"]).to_pylist()[0])
+    assert sum(bool(r[schema.SEQ_PIN_ID]) for r in picked) > 10 and loaded > 1000
+    assert load_actions(store, raw_dir, until=picked[-1]["ts"], progress=lambda _: None)["events_added"] == 0
