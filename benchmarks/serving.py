@@ -17,7 +17,13 @@ and peak resident memory; then the request's FLOPs (counted by torch's FlopCount
 machine's fp32 matmul floor: the median time of one square matmul of the same FLOPs, measured
 in the same run with the same threads.
 
+The ``stores`` section ranks the same requests with the history read from each sequence store
+(in-process dict, the embedded SQLite file, a Redis server started on loopback for the run):
+p50/p99 of the whole request and of the store read inside it, the bulk load rate of the
+bootstrap (``load``-style ``extend``) and the rate of single ``/events``-style appends.
+
     .venv/bin/python benchmarks/serving.py [--candidates 500] [--requests 30] [--threads 2]
+    .venv/bin/python benchmarks/serving.py --sections stores --stores memory,sqlite,redis
     .venv/bin/python benchmarks/serving.py --device cuda        # on a GPU machine
 """
 
@@ -63,6 +69,16 @@ def synthetic_snapshot(rng: np.random.Generator) -> features.FeatureSnapshot:
     return features.FeatureSnapshot(pins, users)
 
 
+def histories(rng: np.random.Generator) -> list[tuple[int, features.Event]]:
+    """100 actions per user, a minute to two before the requests."""
+    return [(user, features.make_event(SNAPSHOT_HOLDER[0], int(rng.integers(1, NUM_PINS)), schema.ACTION_NAMES[int(rng.integers(0, 6))],
+                                        REQUEST_TS - 60_000 - 1000 * i))
+            for user in range(1, NUM_USERS + 1) for i in range(100)]
+
+
+SNAPSHOT_HOLDER: list[features.FeatureSnapshot] = []
+
+
 def service_for(sizes: str, snapshot: features.FeatureSnapshot, device: torch.device, rng: np.random.Generator) -> RankingService:
     if sizes == "paper":
         seq = SequenceConfig(seq_len=100, action_dim=32, d_model=96, num_layers=2, num_heads=2, dim_feedforward=32)
@@ -80,9 +96,7 @@ def service_for(sizes: str, snapshot: features.FeatureSnapshot, device: torch.de
     stats = {f: {"mean": 1.0, "std": 2.0} for f in schema.DENSE_FEATURES}
     model = ServedModel("bench", scorer, {"repin": 1.0, "hide": -2.0}, stats, 30_000, 100, "", 0.0, "bench")
     store = features.InMemorySequenceStore(snapshot)
-    for user in range(1, NUM_USERS + 1):
-        for i in range(100):
-            store.append(user, int(rng.integers(1, NUM_PINS)), schema.ACTION_NAMES[int(rng.integers(0, 6))], REQUEST_TS - 60_000 - 1000 * i)
+    store.extend(histories(rng))
     return RankingService(model, snapshot, store)
 
 
@@ -160,14 +174,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", default="paper,default")
+    parser.add_argument("--sections", default="latency,stores")
+    parser.add_argument("--stores", default="memory,sqlite,redis")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
     snapshot = synthetic_snapshot(rng)
+    SNAPSHOT_HOLDER.append(snapshot)
     workload = requests(args.requests, args.candidates, rng)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"Ranking {args.candidates} candidates with a 100-action sequence, TransAct v1.1, on {where}, torch {torch.__version__}")
+    if "latency" in args.sections:
+        latency_section(args, snapshot, workload, device, rng)
+    if "stores" in args.sections:
+        stores_section(args, snapshot, workload, device, rng)
+
+
+def latency_section(args, snapshot, workload, device, rng) -> None:
     print(f"| {'model sizes':<12} | {'variant':<20} | {'requests':>8} | {'p50 ms':>8} | {'p99 ms':>8} | {'req/s':>7} | {'cand/s':>9} | {'peak RSS MiB':>12} |")
     print(f"|{'-' * 14}|{'-' * 22}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 9}|{'-' * 11}|{'-' * 14}|")
     floors = []
@@ -196,6 +220,65 @@ def main() -> None:
                   f"{args.candidates / p50:>9,.0f} | {rss:>12,.0f} |", flush=True)
     for sizes, flops, floor in floors:
         print(f"{sizes} sizes: a request is {flops / 1e9:.2f} GFLOP (batched path); a same-FLOP fp32 matmul takes {floor:.1f} ms here")
+
+
+def _open_stores(names: list[str], snapshot, directory: Path):
+    """Each named store, empty; the Redis server is started here and returned to be stopped."""
+    from homefeed.local_redis import RedisServer
+    from homefeed.sequence_store import RedisSequenceStore, SqliteSequenceStore
+
+    stores, server = {}, None
+    for name in names:
+        if name == "memory":
+            stores[name] = features.InMemorySequenceStore(snapshot)
+        elif name == "sqlite":
+            stores[name] = SqliteSequenceStore(directory / "sequences.sqlite", snapshot)
+        elif name == "redis":
+            server = RedisServer(directory / "redis").start()
+            stores[name] = RedisSequenceStore(server.url, snapshot)
+        else:
+            raise SystemExit(f"unknown store {name!r}: memory, sqlite, redis")
+    return stores, server
+
+
+def stores_section(args, snapshot, workload, device, rng) -> None:
+    """The same requests and model, the history read from each store."""
+    import tempfile
+
+    events = histories(rng)
+    service = service_for("default", snapshot, device, rng)
+    with tempfile.TemporaryDirectory() as tmp:
+        stores, server = _open_stores(args.stores.split(","), snapshot, Path(tmp))
+        try:
+            print(f"\nSequence stores: {len(workload)} requests of {args.candidates} candidates (default sizes), "
+                  f"{NUM_USERS} users × 100 actions")
+            print(f"| {'store':<8} | {'rank p50 ms':>11} | {'rank p99 ms':>11} | {'read p50 ms':>11} | {'read p99 ms':>11} | "
+                  f"{'bulk load ev/s':>14} | {'appends ev/s':>12} |")
+            print(f"|{'-' * 10}|{'-' * 13}|{'-' * 13}|{'-' * 13}|{'-' * 13}|{'-' * 16}|{'-' * 14}|")
+            for name, store in stores.items():
+                started = time.perf_counter()
+                for at in range(0, len(events), 10_000):
+                    store.extend(events[at : at + 10_000])
+                bulk_rate = len(events) / (time.perf_counter() - started)
+                on_store = RankingService(service.model, snapshot, store)
+                rankings = []
+                with torch.inference_mode():
+                    latencies = time_variant(lambda u, c: rankings.append(on_store.rank(u, REQUEST_TS, c)), workload)
+                reads = [r.store_read_s for r in rankings[-len(workload):]]
+                assert all(r.sequence_length == 100 for r in rankings), "every user has 100 actions before the requests"
+                singles = 3000
+                started = time.perf_counter()
+                for i in range(singles):
+                    store.append(NUM_USERS + 1 + i % 500, 1 + i, "click", REQUEST_TS - i)
+                append_rate = singles / (time.perf_counter() - started)
+                print(f"| {name:<8} | {1000 * statistics.median(latencies):>11.1f} | {1000 * float(np.percentile(latencies, 99)):>11.1f} | "
+                      f"{1000 * statistics.median(reads):>11.3f} | {1000 * float(np.percentile(reads, 99)):>11.3f} | "
+                      f"{bulk_rate:>14,.0f} | {append_rate:>12,.0f} |", flush=True)
+        finally:
+            for store in stores.values():
+                store.close()
+            if server:
+                server.stop()
 
 
 def _http_client(service: RankingService):

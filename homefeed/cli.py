@@ -20,6 +20,8 @@ registry_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=T
 app.add_typer(registry_app, name="registry")
 instances_app = typer.Typer(help="Inspect a published instance dataset.", no_args_is_help=True)
 app.add_typer(instances_app, name="instances")
+sequences_app = typer.Typer(help="The serving sequence store: load it from a raw log, look a user up.", no_args_is_help=True)
+app.add_typer(sequences_app, name="sequences")
 
 ConfigOption = Annotated[Optional[list[Path]], typer.Option("--config", "-c", help="Config overlay file (repeatable).")]
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -426,12 +428,107 @@ def serve(
     from homefeed.serving.service import NoServableModel
 
     cfg = _config(config)
+    bind = host or cfg.serving.host
+    if not cfg.serving.token and not _is_loopback(bind):
+        typer.echo(f"error: listening on {bind} needs a token for /events and /admin/*: set serving.token "
+                   "(HOMEFEED__SERVING__TOKEN)", err=True)
+        raise typer.Exit(2)
     try:
         application = create_app(cfg)
     except NoServableModel as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    uvicorn.run(application, host=host or cfg.serving.host, port=port or cfg.serving.port, log_level="info")
+    uvicorn.run(application, host=bind, port=port or cfg.serving.port, log_level="info")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_time(text: str) -> int:
+    """Milliseconds since the epoch, or an ISO date/time (UTC unless it says otherwise)."""
+    from datetime import datetime, timezone
+
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        typer.echo(f"error: --until {text!r} is neither epoch milliseconds nor an ISO date/time", err=True)
+        raise typer.Exit(2) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def _sequence_store(cfg: Config, raw: Path | None = None):
+    from homefeed import features
+    from homefeed.sequence_store import open_store, store_location
+
+    snapshot = features.FeatureSnapshot.load(raw) if raw else features.FeatureSnapshot(pins={}, users={})
+    location = store_location(cfg.serving.sequence_store, cfg.storage.root)
+    return open_store(location, snapshot, cfg.instances.seq_len, cfg.serving.sequence_margin, cfg.serving.store_timeout_s)
+
+
+@sequences_app.command("load")
+def sequences_load(
+    raw: Annotated[Path, typer.Option(help="Raw root whose actions table is loaded")],
+    until: Annotated[Optional[str], typer.Option(help="Load actions before this time only (epoch ms or ISO date/time, UTC)")] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Empty the store first")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Fill the serving sequence store from a raw action log (idempotent: only what is new is added)."""
+    from homefeed.errors import PermanentError
+    from homefeed.sequence_store import SequenceStoreUnavailable, load_actions
+
+    cfg = _config(config)
+    until_ms = None if until is None else _parse_time(until)
+    try:
+        store = _sequence_store(cfg, raw)
+        if reset:
+            store.reset()
+        started = _step(f"loading the actions of {raw} into {store.describe()}" + ("" if until_ms is None else f" (before {until})"))
+        totals = load_actions(store, raw, until_ms, progress=lambda line: typer.echo(f"    {line}", err=True))
+        store.close()
+    except (PermanentError, SequenceStoreUnavailable) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _done(started)
+    typer.echo(json.dumps({"store": store.describe(), **totals}))
+
+
+@sequences_app.command("show")
+def sequences_show(
+    user: Annotated[int, typer.Option(help="User id")],
+    limit: Annotated[int, typer.Option(help="Newest actions to print")] = 10,
+    config: ConfigOption = None,
+) -> None:
+    """A user's stored history: how many actions are kept and counted, and the newest ones."""
+    from homefeed import schema
+    from homefeed.sequence_store import SequenceStoreUnavailable
+
+    cfg = _config(config)
+    try:
+        store = _sequence_store(cfg)
+        history = store.history(user)
+        store.close()
+    except SequenceStoreUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    names = {code: name for name, code in schema.ACTION_CODES.items()}
+    events = [] if history is None else history.events[::-1][:limit]
+    typer.echo(json.dumps({
+        "store": store.describe(), "user_id": user, "kept": 0 if history is None else len(history.events),
+        "evicted": 0 if history is None else history.evicted_total,
+        "newest": [{"ts": e.ts, "pin_id": e.pin_id, "action": names.get(e.action_code, "?")} for e in events],
+    }, indent=2))
 
 
 # --------------------------------------------------------------------------- the main job

@@ -217,9 +217,7 @@ def run_loop(cfg: Config, out: Path, settings: LoopSettings) -> list[DayRecord]:
     if not first["passed"]:
         raise LoopError(f"the first model failed its gate, so there is nothing to serve: {first['summary']} "
                         "(simulate more impressions per day, or loosen gates.min_auc)")
-    service = RankingService.from_registry(cfg)
-    for a in log.actions.itertuples(index=False):
-        service.record_event(a.user_id, a.pin_id, a.action, a.ts)
+    service = RankingService.from_registry(cfg)  # its sequence store starts from the warm-up's action log
     trained_through = first_day - timedelta(days=1)
     records = []
     for offset in range(settings.days):
@@ -242,6 +240,7 @@ def run_loop(cfg: Config, out: Path, settings: LoopSettings) -> list[DayRecord]:
             groups["treatment"][0], groups["treatment"][1], groups["treatment"][2],
             groups["holdout"][0], groups["holdout"][1], groups["holdout"][2],
         ))
+    service.close()
     _write_records(out / "days.csv", records)
     registry.client(cfg)  # leaves the store readable by `mlflow ui` at the path in the report
     return records

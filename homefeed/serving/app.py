@@ -5,6 +5,13 @@
     POST /rank            {user_id, request_ts, candidates: [{pin_id, ts, source}], sequence?}
     POST /events          {user_id, pin_id, action, ts}: append to the user's realtime sequence
     POST /admin/reload    load the version the alias points at now
+    GET  /metrics         Prometheus text: latency, events by action, store reads and errors, sequence lengths
+
+The sequence store failing never fails a ranking: ``/rank`` then answers without the user's
+history and says so (``sequence_degraded``, counted in ``/metrics``), while ``/events`` answers 503
+and acknowledges nothing it did not keep. With ``serving.token`` set, ``/events`` and ``/admin/*``
+need ``Authorization: Bearer <token>`` (``homefeed serve`` refuses to listen beyond loopback
+without one).
 
 Requests are validated strictly (unknown fields, wrong types, too many candidates → 422 with the
 reason); a body over ``serving.max_body_bytes`` gets 413 before any of it is parsed (JSON is
@@ -18,14 +25,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from homefeed import features, schema
 from homefeed.config import Config
+from homefeed.event_log import EventLogError
+from homefeed.sequence_store import SequenceStoreUnavailable
+from homefeed.serving.metrics import ServiceMetrics
 from homefeed.serving.service import RankingService
 
 log = logging.getLogger(__name__)
@@ -76,6 +87,8 @@ class RankedPin(BaseModel):
 class RankResponse(BaseModel):
     model_version: str
     holdout: bool
+    sequence_length: int = Field(description="actions of the user's realtime sequence the model saw")
+    sequence_degraded: bool = Field(description="true: the sequence store was unreachable, ranked without the history")
     ranked: list[RankedPin]
 
 
@@ -122,9 +135,24 @@ def _replay(first: dict, receive):
     return replayed
 
 
+def bearer_token_check(token: str):
+    """A dependency refusing requests without ``Authorization: Bearer <token>`` (none when unset)."""
+
+    def check(request: Request) -> None:
+        if not token:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "this endpoint needs Authorization: Bearer <serving.token>", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
 def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
     """The app; loads the model behind ``serving.alias`` unless a service is given."""
     service = service or RankingService.from_registry(cfg)
+    metrics = ServiceMetrics()
+    authorized = [Depends(bearer_token_check(cfg.serving.token))]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -132,10 +160,12 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
         yield
         if poller:
             poller.cancel()
+        service.close()  # publishes the event journal
 
     app = FastAPI(title="homefeed ranking service", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.serving.max_body_bytes)
     app.state.service = service
+    app.state.metrics = metrics
 
     @app.get("/health")
     def health() -> dict:
@@ -147,26 +177,39 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
 
     @app.post("/rank", response_model=RankResponse)
     def rank(request: RankRequest) -> dict:
-        if len(request.candidates) > cfg.serving.max_candidates:
-            raise HTTPException(422, f"{len(request.candidates)} candidates; at most {cfg.serving.max_candidates} per request")
-        candidates = [features.Candidate(c.pin_id, c.ts, c.source) for c in request.candidates]
-        sequence = None if request.sequence is None else [e.model_dump() for e in request.sequence]
-        return service.rank(request.user_id, request.request_ts, candidates, sequence).to_dict()
+        with metrics.timed("rank"):
+            if len(request.candidates) > cfg.serving.max_candidates:
+                raise HTTPException(422, f"{len(request.candidates)} candidates; at most {cfg.serving.max_candidates} per request")
+            candidates = [features.Candidate(c.pin_id, c.ts, c.source) for c in request.candidates]
+            sequence = None if request.sequence is None else [e.model_dump() for e in request.sequence]
+            ranking = service.rank(request.user_id, request.request_ts, candidates, sequence)
+            metrics.observe_ranking(ranking, from_store=sequence is None)
+            return ranking.to_dict()
 
-    @app.post("/events")
+    @app.post("/events", dependencies=authorized)
     def events(event: EventIn) -> dict:
-        # A clock far ahead would push the user's real actions out of the sequence (eviction keeps
-        # the newest by event time), so such events are refused, not stored.
-        latest = int(time.time() * 1000) + cfg.serving.max_event_skew_ms
-        if event.ts > latest:
-            raise HTTPException(422, f"ts {event.ts} is more than serving.max_event_skew_ms = {cfg.serving.max_event_skew_ms} ms in the future")
-        service.record_event(event.user_id, event.pin_id, event.action, event.ts)
-        return {"stored": True}
+        with metrics.timed("events"):
+            # A clock far ahead would push the user's real actions out of the sequence (eviction keeps
+            # the newest by event time), so such events are refused, not stored.
+            latest = int(time.time() * 1000) + cfg.serving.max_event_skew_ms
+            if event.ts > latest:
+                raise HTTPException(422, f"ts {event.ts} is more than serving.max_event_skew_ms = {cfg.serving.max_event_skew_ms} ms in the future")
+            try:
+                added = service.record_event(event.user_id, event.pin_id, event.action, event.ts)
+            except (SequenceStoreUnavailable, EventLogError) as exc:
+                metrics.store_errors.labels("append").inc()
+                raise HTTPException(503, f"event not stored, retry later: {exc}") from None
+            metrics.events.labels(event.action).inc()
+            return {"stored": True, "new": added}
 
-    @app.post("/admin/reload")
+    @app.post("/admin/reload", dependencies=authorized)
     def reload() -> dict:
         changed = service.reload(cfg)
         return {"model_version": service.model.version, "changed": changed}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     return app
 

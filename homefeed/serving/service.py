@@ -6,16 +6,23 @@ The FastAPI app (``homefeed.serving.app``) and the closed-loop simulator both ra
 
 from __future__ import annotations
 
+import logging
 import threading
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from homefeed import features, holdout, schema
+from homefeed import features, holdout, schema, sequence_store
 from homefeed.config import Config
 from homefeed.errors import PermanentError
+from homefeed.event_log import EventLog
 from homefeed.metrics import ranking_utility
+
+log = logging.getLogger(__name__)
 
 
 class NoServableModel(PermanentError, RuntimeError):
@@ -72,23 +79,63 @@ class Ranking:
     model_version: str
     holdout: bool
     ranked: list[dict[str, Any]]
+    sequence_length: int = 0  # actions the model saw for the user
+    sequence_degraded: bool = False  # the store was unreachable: ranked without the user's history
+    store_read_s: float = 0.0
+    sequence_actions: dict[int, int] = field(default_factory=dict)  # action code → count in the sequence seen
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model_version": self.model_version, "holdout": self.holdout, "ranked": self.ranked}
+        return {"model_version": self.model_version, "holdout": self.holdout, "sequence_length": self.sequence_length,
+                "sequence_degraded": self.sequence_degraded, "ranked": self.ranked}
+
+
+@dataclass(frozen=True)
+class History:
+    """What a request read of a user's history, and how."""
+
+    history: features.UserHistory | None
+    degraded: bool = False
+    read_s: float = 0.0
+
+
+def open_sequence_store(cfg: Config, snapshot: features.FeatureSnapshot, seq_len: int) -> sequence_store.SequenceStore:
+    location = sequence_store.store_location(cfg.serving.sequence_store, cfg.storage.root)
+    return sequence_store.open_store(location, snapshot, seq_len, cfg.serving.sequence_margin, cfg.serving.store_timeout_s)
+
+
+def bootstrap(store: sequence_store.SequenceStore, raw_root: str) -> None:
+    """Load what the store does not hold yet of the raw action log; serve regardless (said loudly)."""
+    log.info("sequence store %s: loading the action log of %s", store.describe(), raw_root)
+    try:
+        totals = sequence_store.load_actions(store, raw_root)
+    except (sequence_store.SequenceStoreUnavailable, sequence_store.SequenceLoadError) as exc:
+        log.warning("sequence store not bootstrapped, users' histories may be missing: %s", exc)
+        return
+    log.info("sequence store %s: %d of %d log files were new, %d events added",
+             store.describe(), totals["files_loaded"], totals["files"], totals["events_added"])
 
 
 class RankingService:
-    """One served model, its feature snapshot and the sequence store; safe to reload while serving."""
+    """One served model, its feature snapshot, the sequence store and the event log; safe to reload while serving."""
 
-    def __init__(self, model: ServedModel, snapshot: features.FeatureSnapshot, store: features.SequenceStore, position: int = 0):
-        self.model, self.snapshot, self.store, self.position = model, snapshot, store, position
+    def __init__(self, model: ServedModel, snapshot: features.FeatureSnapshot, store, position: int = 0,
+                 events: EventLog | None = None):
+        self.model, self.snapshot, self.store, self.position, self.events = model, snapshot, store, position, events
         self._lock = threading.Lock()
 
     @classmethod
     def from_registry(cls, cfg: Config) -> "RankingService":
+        """The champion, its snapshot, the configured store (filled from the log) and the event log."""
         model = load_served_model(cfg, cfg.serving.alias)
-        snapshot = features.FeatureSnapshot.load(cfg.serving.features_root or model.raw_root)
-        return cls(model, snapshot, features.InMemorySequenceStore(snapshot, model.seq_len), cfg.serving.position)
+        raw_root = cfg.serving.features_root or model.raw_root
+        snapshot = features.FeatureSnapshot.load(raw_root)
+        store = open_sequence_store(cfg, snapshot, model.seq_len)
+        if cfg.serving.bootstrap:
+            bootstrap(store, raw_root)
+        events = EventLog(cfg.serving.event_log or Path(cfg.storage.root) / "events", cfg.serving.event_log_roll_events)
+        if events.recovered:
+            log.info("event log: %d events of a previous run published from its journal", events.recovered)
+        return cls(model, snapshot, store, cfg.serving.position, events)
 
     def reload(self, cfg: Config) -> bool:
         """Swap in the version the alias points at now; True when it changed. Histories are kept."""
@@ -108,31 +155,55 @@ class RankingService:
         """Serve with a newer pins/users snapshot (a new day's pins); histories are kept."""
         with self._lock:
             self.snapshot = snapshot
-            if isinstance(self.store, features.InMemorySequenceStore):
-                self.store.snapshot = snapshot
+            self.store.snapshot = snapshot
+
+    def close(self) -> None:
+        """Publish the event journal and close the store."""
+        if self.events is not None:
+            self.events.close()
+        self.store.close()
 
     def is_holdout(self, user_id: int) -> bool:
         return holdout.is_holdout(user_id, self.model.holdout_fraction, self.model.holdout_salt)
 
-    def record_event(self, user_id: int, pin_id: int, action: str, ts: int) -> None:
-        self.store.append(user_id, pin_id, action, ts)
+    def record_event(self, user_id: int, pin_id: int, action: str, ts: int) -> bool:
+        """Store, then log; True when the store did not hold it yet. Raises when either fails: the
+        caller does not acknowledge it, and its retry is de-duplicated by the store and the log."""
+        added = self.store.append(user_id, pin_id, action, ts)
+        if self.events is not None:
+            self.events.append(user_id, pin_id, action, ts)
+        return added
+
+    def history(self, user_id: int, sequence: list[dict] | None = None) -> History:
+        """The request's explicit sequence, else the store's; an unreachable store gives none, flagged."""
+        if sequence is not None:
+            return History(features.history_from_events(self.snapshot, sequence, self.model.seq_len))
+        started = time.perf_counter()
+        try:
+            history = self.store.history(user_id)
+        except sequence_store.SequenceStoreUnavailable as exc:
+            log.warning("ranking user %d without a sequence: %s", user_id, exc)
+            return History(None, True, time.perf_counter() - started)
+        return History(history, False, time.perf_counter() - started)
 
     def score(self, user_id: int, request_ts: int, candidates: list[features.Candidate], sequence: list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(per-head probabilities (N, H), utility scores (N,)) for the candidates, in input order."""
+        probs, utility, _ = self._score(user_id, request_ts, candidates, self.history(user_id, sequence))
+        return probs, utility
+
+    def _score(self, user_id: int, request_ts: int, candidates: list[features.Candidate], read: History) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(probabilities, utilities, the action codes of the sequence the model saw)."""
         with self._lock:
             model, snapshot = self.model, self.snapshot
-        if sequence is None:
-            history = self.store.history(user_id)
-        else:
-            history = features.history_from_events(snapshot, sequence, model.seq_len)
-        rows = features.raw_rows(snapshot, history, user_id, request_ts, candidates, model.delay_ms, model.seq_len)
+        rows = features.raw_rows(snapshot, read.history, user_id, request_ts, candidates, model.delay_ms, model.seq_len)
         probs = model.scorer.predict(features.instance_table(rows, model.feature_stats))
-        return probs, ranking_utility(probs, schema.HEADS, model.utility)
+        return probs, ranking_utility(probs, schema.HEADS, model.utility), rows[0][schema.SEQ_ACTION] if rows else []
 
     def rank(self, user_id: int, request_ts: int, candidates: list[features.Candidate], sequence: list[dict] | None = None) -> Ranking:
         """Model order by utility; holdout users get reverse-chronological order (still scored, for logging)."""
         candidates = [features.Candidate(c.pin_id, c.ts, c.source, self.position) for c in candidates]
-        probs, utility = self.score(user_id, request_ts, candidates, sequence)
+        read = self.history(user_id, sequence)
+        probs, utility, seen = self._score(user_id, request_ts, candidates, read)
         held_out = self.is_holdout(user_id)
         if held_out:
             order = sorted(range(len(candidates)), key=lambda i: (-candidates[i].ts, i))
@@ -143,4 +214,4 @@ class RankingService:
              "scores": {h: float(probs[i, j]) for j, h in enumerate(schema.HEADS)}}
             for i in order
         ]
-        return Ranking(self.model.version, held_out, ranked)
+        return Ranking(self.model.version, held_out, ranked, len(seen), read.degraded, read.read_s, dict(Counter(seen)))

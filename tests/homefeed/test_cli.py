@@ -97,3 +97,34 @@ def test_secrets_are_written_owner_only_whatever_the_umask(tmp_path):
         assert airflow_login(tmp_path / "airflow") == (user, password)  # made once
     finally:
         os.umask(old)
+
+
+def test_sequences_load_is_idempotent_and_show_reads_the_user_back(raw_dir, tmp_path, monkeypatch):
+    import json
+
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path))
+    first = runner.invoke(app, ["sequences", "load", "--raw", str(raw_dir), "--until", "2026-01-07"])
+    assert first.exit_code == 0, first.output
+    loaded = json.loads(first.stdout.strip().splitlines()[-1])
+    actions = pq.read_table(raw_dir / "actions").to_pandas()
+    cut = 1_767_744_000_000  # 2026-01-07T00:00Z
+    assert loaded["events_added"] == int((actions["ts"] < cut).sum()) > 0
+    assert "events read" in first.stderr  # progress
+    rest = json.loads(runner.invoke(app, ["sequences", "load", "--raw", str(raw_dir)]).stdout.strip().splitlines()[-1])
+    assert rest["events_added"] == int((actions["ts"] >= cut).sum())
+    again = json.loads(runner.invoke(app, ["sequences", "load", "--raw", str(raw_dir)]).stdout.strip().splitlines()[-1])
+    assert again["events_added"] == 0 and again["files_loaded"] == 0
+    user = int(actions["user_id"].iloc[0])
+    shown = json.loads(runner.invoke(app, ["sequences", "show", "--user", str(user), "--limit", "3"]).stdout)
+    assert shown["kept"] + shown["evicted"] == int((actions["user_id"] == user).sum())
+    assert [e["ts"] for e in shown["newest"]] == sorted(actions[actions["user_id"] == user]["ts"], reverse=True)[:3]
+
+
+def test_sequences_load_refuses_bad_input(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path))
+    bad_time = runner.invoke(app, ["sequences", "load", "--raw", str(tmp_path), "--until", "yesterday-ish"])
+    assert bad_time.exit_code == 2 and "ISO date/time" in bad_time.output
+    missing = runner.invoke(app, ["sequences", "load", "--raw", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "error:" in missing.output

@@ -6,6 +6,7 @@ import pytest
 
 from homefeed import features, holdout, storage
 from jobs.build_instances import InputDataError
+from homefeed.sequence_store import load_actions
 from homefeed.serving.service import NoServableModel, RankingService
 from jobs import score_pool
 from tests.conftest import register_and_promote
@@ -34,11 +35,9 @@ def test_pool_scores_equal_the_service_scores(spark, cfg, raw_dir, tmp_path):
     manifest = score_pool.run(spark, str(raw_dir), pins, str(out), cfg, users, request_ts)
     assert manifest["rows"] == len(users) * len(pins) and storage.is_published(out)
     table = _read(out).to_pylist()
-    service = RankingService.from_registry(cfg)
-    # The service's store replayed from the same log, up to the same time.
-    for action in _read(raw_dir / "actions").to_pylist():
-        if action["ts"] < request_ts:
-            service.record_event(action["user_id"], action["pin_id"], action["action"], action["ts"])
+    # The service's store loaded from the same log, up to the same time (`homefeed sequences load --until`).
+    service = RankingService.from_registry(cfg.with_overrides({"serving": {"bootstrap": False}}))
+    load_actions(service.store, raw_dir, until=request_ts)
     for user in users[:8]:
         _, expected = service.score(user, request_ts, [features.Candidate(p, request_ts, "pfy") for p in pins])
         got = {r["pin_id"]: r for r in table if r["user_id"] == user}

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from homefeed import features, holdout, registry
+from homefeed import features, holdout, registry, schema
 from homefeed.data import read_instances
 from homefeed.serving.app import create_app
 from homefeed.serving.service import NoServableModel, RankingService
@@ -82,8 +82,8 @@ def test_ranking_order_follows_the_model_scores(client, cfg, champion, test_rows
     service = client.app.state.service
     request = _request(test_rows, user)
     candidates = [features.Candidate(c["pin_id"], c["ts"], c["source"]) for c in request["candidates"]]
-    rows = features.raw_rows(features.FeatureSnapshot.load(raw_dir), None, user, request["request_ts"], candidates,
-                             service.model.delay_ms, service.model.seq_len)
+    rows = features.raw_rows(features.FeatureSnapshot.load(raw_dir), service.store.history(user), user, request["request_ts"],
+                             candidates, service.model.delay_ms, service.model.seq_len)
     frame = registry.input_example(features.instance_table(rows, service.model.feature_stats), rows=len(rows))
     expected = mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}@champion").predict(frame)["score"].to_numpy()
     # float32 throughout; the handler runs in a worker thread whose torch thread count can differ
@@ -98,6 +98,73 @@ def test_ranking_order_follows_the_model_scores(client, cfg, champion, test_rows
     got = np.array([by_pin[pins[i]] for i in unique])
     assert len(unique) > 1 and np.abs(got - expected[unique]).max() < 1e-5, (got, expected[unique])
     assert set(body["ranked"][0]["scores"]) == {"repin", "click", "closeup", "hide"}
+
+
+def test_a_user_from_the_log_is_ranked_with_the_real_history(client, test_rows, raw_dir):
+    """The store was bootstrapped from the champion's raw log at start: a request after the log sees
+    the user's newest actions (exact equality with the job's rows: tests/homefeed/test_features.py)."""
+    import pyarrow.parquet as pq
+
+    actions = pq.read_table(raw_dir / "actions").to_pandas()
+    now = int(actions["ts"].max()) + 3_600_000
+    user = int(actions["user_id"].value_counts().index[-1])  # the user with the fewest actions: under 100
+    request = {"user_id": user, "request_ts": now, "candidates": [{"pin_id": 1, "ts": now - 5, "source": "pfy"}]}
+    body = client.post("/rank", json=request).json()
+    expected = min(int((actions["user_id"] == user).sum()), 100)
+    assert body["sequence_length"] == expected > 0 and body["sequence_degraded"] is False
+    assert client.post("/rank", json={**request, "user_id": 987_654_321}).json()["sequence_length"] == 0
+
+
+def test_metrics_count_requests_events_and_sequence_lengths(client, test_rows):
+    client.post("/rank", json=_request(test_rows, test_rows[0]["user_id"]))
+    client.post("/events", json={"user_id": 5, "pin_id": 6, "action": "hide", "ts": test_rows[0]["ts"]})
+    text = client.get("/metrics").text
+    assert 'homefeed_request_seconds_count{endpoint="rank"}' in text
+    assert float(text.split('homefeed_events_total{action="hide"} ')[1].split()[0]) >= 1
+    assert "homefeed_store_read_seconds_bucket" in text and "homefeed_sequence_length_bucket" in text
+    assert 'homefeed_store_errors_total{operation="read"} 0.0' in text
+    assert 'homefeed_sequence_actions_total{action="click"}' in text
+
+
+def test_events_and_admin_need_the_token_when_one_is_set(cfg, champion, test_rows):
+    secured = cfg.with_overrides({"serving": {"token": "s3cret"}})
+    service = RankingService.from_registry(secured)
+    with TestClient(create_app(secured, service)) as guarded:
+        event = {"user_id": 5, "pin_id": 6, "action": "hide", "ts": test_rows[0]["ts"]}
+        assert guarded.post("/events", json=event).status_code == 401
+        assert guarded.post("/events", json=event, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert guarded.post("/admin/reload").status_code == 401
+        assert guarded.post("/events", json=event, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert guarded.post("/rank", json=_request(test_rows, 1)).status_code == 200  # ranking stays open
+
+
+def test_homefeed_serve_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
+    homefeed = str(Path(sys.executable).with_name("homefeed"))
+    done = subprocess.run([homefeed, "serve", "--host", "0.0.0.0"], env={**os.environ, "HOMEFEED__STORAGE__ROOT": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "serving.token" in done.stderr
+
+
+def test_an_unreachable_store_degrades_ranking_and_refuses_events(cfg, champion, test_rows):
+    import socket
+
+    from homefeed.sequence_store import RedisSequenceStore
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = cfg.with_overrides({"serving": {"sequence_store": f"redis://127.0.0.1:{port}/0", "store_timeout_s": 0.1}})
+    service = RankingService.from_registry(down)  # starts regardless, said in the log
+    assert isinstance(service.store, RedisSequenceStore)
+    with TestClient(create_app(down, service)) as degraded:
+        answer = degraded.post("/rank", json=_request(test_rows, test_rows[0]["user_id"]))
+        assert answer.status_code == 200
+        assert answer.json()["sequence_degraded"] is True and answer.json()["sequence_length"] == 0
+        event = degraded.post("/events", json={"user_id": 5, "pin_id": 6, "action": "hide", "ts": test_rows[0]["ts"]})
+        assert event.status_code == 503 and "unreachable" in event.text
+        text = degraded.get("/metrics").text
+        assert "homefeed_rank_degraded_total 1.0" in text
+        assert 'homefeed_store_errors_total{operation="append"} 1.0' in text
 
 
 def test_holdout_users_get_the_chronological_feed(client, cfg, test_rows):
@@ -173,33 +240,76 @@ def test_the_service_refuses_to_start_without_a_champion(base_config, tmp_path):
         RankingService.from_registry(cfg)
 
 
-def test_homefeed_serve_answers_over_http(cfg, champion, tmp_path, test_rows):
+def _free_port() -> int:
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    overlay = tmp_path / "serve.yaml"
-    overlay.write_text(yaml.safe_dump({"storage": {"root": cfg.storage.root}, "holdout": {"fraction": 0.3}}))
+        return sock.getsockname()[1]
+
+
+def _start_serve(overlay: Path, port: int) -> subprocess.Popen:
+    """`homefeed serve` in its own process group, once /ready answers."""
     homefeed = str(Path(sys.executable).with_name("homefeed"))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     process = subprocess.Popen([homefeed, "serve", "--port", str(port), "--config", str(overlay)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2)
+            return process
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                os.killpg(process.pid, 9)
+                pytest.fail(f"homefeed serve did not become ready: {process.stdout.read().decode()[-2000:]}")
+            time.sleep(0.5)
+
+
+def _post(port: int, path: str, body: dict) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(request, timeout=30).read())
+
+
+def _overlay(cfg, tmp_path) -> Path:
+    overlay = tmp_path / "serve.yaml"
+    overlay.write_text(yaml.safe_dump({"storage": {"root": cfg.storage.root}, "holdout": {"fraction": 0.3}}))
+    return overlay
+
+
+def test_homefeed_serve_answers_over_http(cfg, champion, tmp_path, test_rows):
+    port = _free_port()
+    process = _start_serve(_overlay(cfg, tmp_path), port)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"homefeed serve did not become ready: {process.stdout.read().decode()[-2000:]}")
-                time.sleep(0.5)
         user = _users(test_rows, cfg, held_out=False)[0]
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/rank", data=json.dumps(_request(test_rows, user)).encode(),
-                                         headers={"Content-Type": "application/json"})
-        body = json.loads(urllib.request.urlopen(request, timeout=30).read())
+        body = _post(port, "/rank", _request(test_rows, user))
         assert len(body["ranked"]) == 20 and body["holdout"] is False
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_acknowledged_events_survive_a_killed_service(cfg, champion, tmp_path):
+    """SIGKILL after N acknowledged events: after a restart all N are served and in the event log."""
+    from homefeed.event_log import read_events
+
+    overlay, port, user, n = _overlay(cfg, tmp_path), _free_port(), 55_555_555, 25
+    now = int(time.time() * 1000)
+    process = _start_serve(overlay, port)
+    try:
+        for i in range(n):
+            assert _post(port, "/events", {"user_id": user, "pin_id": 1 + i, "action": "click", "ts": now - 60_000 + i})["stored"]
+    finally:
+        os.killpg(process.pid, 9)
+        process.wait(timeout=30)
+    process = _start_serve(overlay, port)  # publishes the dead process's journal
+    try:
+        body = _post(port, "/rank", {"user_id": user, "request_ts": now, "candidates": [{"pin_id": 1, "ts": now, "source": "pfy"}]})
+        assert body["sequence_length"] == n
+        logged = read_events(Path(cfg.storage.root) / "events").to_pandas()
+        assert sorted(logged[logged["user_id"] == user]["pin_id"]) == list(range(1, n + 1))
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)

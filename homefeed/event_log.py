@@ -1,0 +1,139 @@
+"""The service's append-only log of the events it acknowledged, in the raw contract's ``actions`` form.
+
+Served feeds lead to actions, and actions are the next training data: every event ``POST /events``
+acknowledges is kept here, laid out as a raw root's ``actions`` table
+(``<log>/actions/dt=YYYY-MM-DD/part-*.parquet``), so a retraining or ``homefeed sequences load``
+can read it as it reads any raw log.
+
+Writing one Parquet file per event would be absurd, and buffering in memory loses what a crash
+catches in the buffer. So each process appends JSON lines to its own journal under ``_journal/``
+(written and flushed before the event is acknowledged: a killed service loses nothing the kernel
+holds) and rolls it into Parquet parts, published atomically, every ``roll_events`` events, on a
+clean stop, and, for the journals of processes that died, on the next start. A process holds an
+exclusive ``flock`` on its journal, so a journal nobody holds belongs to a dead writer; a part is
+named after its journal, so rolling one twice (a crash between publishing and deleting) rewrites
+the same part instead of duplicating it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from homefeed import schema
+
+JOURNAL_DIR = "_journal"
+
+
+class EventLogError(RuntimeError):
+    """The log cannot be written (disk full, permissions): the event is not acknowledged."""
+
+
+def _dt(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def _read_journal(path: Path) -> list[dict]:
+    """Complete lines only: a line cut by a crash was never acknowledged."""
+    events = []
+    for line in path.read_bytes().split(b"\n"):
+        if not line:
+            continue
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def roll_journal(root: Path, journal: Path) -> int:
+    """Publish the journal's events as Parquet parts (one per dt), then delete it; the count."""
+    events = list({tuple(e[k] for k in schema.RAW_KEYS[schema.ACTIONS]): e for e in _read_journal(journal)}.values())
+    by_dt: dict[str, list[dict]] = {}
+    for event in events:  # a retried event appears once (the raw contract keys actions)
+        by_dt.setdefault(_dt(event["ts"]), []).append(event)
+    arrow_schema = schema.arrow_schema(schema.ACTIONS, with_dt=False)
+    for dt, rows in sorted(by_dt.items()):
+        directory = root / schema.ACTIONS / f"{schema.DT}={dt}"
+        directory.mkdir(parents=True, exist_ok=True)
+        part = directory / f"part-{journal.stem}.parquet"
+        staging = directory / f".{part.name}.{uuid.uuid4().hex}.tmp"
+        pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema), staging)
+        os.replace(staging, part)  # readers see the whole part or none of it
+    journal.unlink(missing_ok=True)
+    return len(events)
+
+
+def recover(root: Path) -> int:
+    """Roll the journals no live process holds (their writers died); the events recovered."""
+    recovered = 0
+    for journal in sorted((root / JOURNAL_DIR).glob("*.jsonl")):
+        with open(journal, "ab") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer's
+            recovered += roll_journal(root, journal)
+    return recovered
+
+
+def read_events(root: str | Path) -> pa.Table:
+    """Every published event (rolled parts only), as the raw ``actions`` table."""
+    files = sorted(Path(root, schema.ACTIONS).glob(f"{schema.DT}=*/part-*.parquet"))
+    if not files:
+        return schema.arrow_schema(schema.ACTIONS, with_dt=False).empty_table()
+    return pa.concat_tables(pq.read_table(f, columns=list(schema.columns(schema.ACTIONS))) for f in files)
+
+
+class EventLog:
+    """This process's journal; thread-safe. ``close()`` publishes what it holds."""
+
+    def __init__(self, root: str | Path, roll_events: int = 10_000):
+        self.root, self.roll_events = Path(root), roll_events
+        self._lock = threading.Lock()
+        self.recovered = recover(self.root) if (self.root / JOURNAL_DIR).exists() else 0
+        self._handle = None
+        self._count = 0
+
+    def _open(self) -> None:
+        journal_dir = self.root / JOURNAL_DIR
+        journal_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        self._handle = open(journal_dir / f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl", "ab")
+        fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._count = 0
+
+    def append(self, user_id: int, pin_id: int, action: str, ts: int) -> None:
+        line = json.dumps({"user_id": int(user_id), "pin_id": int(pin_id), "ts": int(ts), "action": action}).encode() + b"\n"
+        with self._lock:
+            try:
+                if self._handle is None:
+                    self._open()
+                self._handle.write(line)
+                self._handle.flush()
+                self._count += 1
+                if self._count >= self.roll_events:
+                    self._roll()
+            except OSError as exc:
+                raise EventLogError(f"event log at {self.root}: {exc}") from exc
+
+    def _roll(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        try:
+            roll_journal(self.root, Path(handle.name))  # still under its lock: no recovery races it
+        finally:
+            handle.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._roll()

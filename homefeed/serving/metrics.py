@@ -1,0 +1,67 @@
+"""What ``GET /metrics`` exposes (Prometheus text format), one registry per app.
+
+The seed monitors the realtime sequence per action type: ``homefeed_events_total{action}`` is
+what arrives, ``homefeed_sequence_actions_total{action}`` what the model was shown, so a shift in
+either (a client that stopped sending hides, a store that lost clicks) shows as a ratio change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from homefeed import schema
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+LENGTH_BUCKETS = (0, 1, 5, 10, 25, 50, 75, 99, 100)
+ACTION_BY_CODE = {code: name for name, code in schema.ACTION_CODES.items()}
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("homefeed_request_seconds", "Request latency by endpoint", ["endpoint"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.events = Counter("homefeed_events", "Events ingested by POST /events, by action type", ["action"], registry=self.registry)
+        self.store_read = Histogram("homefeed_store_read_seconds", "Sequence store read latency per ranking request",
+                                    buckets=STORE_BUCKETS, registry=self.registry)
+        self.sequence_length = Histogram("homefeed_sequence_length", "Actions in the sequence the model saw, per request",
+                                         buckets=LENGTH_BUCKETS, registry=self.registry)
+        self.sequence_actions = Counter("homefeed_sequence_actions", "Actions shown to the model in ranked sequences, by type",
+                                        ["action"], registry=self.registry)
+        self.store_errors = Counter("homefeed_store_errors", "Sequence store failures, by operation", ["operation"], registry=self.registry)
+        self.degraded = Counter("homefeed_rank_degraded", "Ranking requests answered without the user's sequence (store unreachable)",
+                                registry=self.registry)
+        for action in schema.ACTION_NAMES:  # every series exists from the start, at 0
+            self.events.labels(action)
+            self.sequence_actions.labels(action)
+        for operation in ("read", "append"):
+            self.store_errors.labels(operation)
+        self.content_type = CONTENT_TYPE_LATEST
+
+    @contextlib.contextmanager
+    def timed(self, endpoint: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    def observe_ranking(self, ranking, from_store: bool) -> None:
+        """A ranking's sequence: its length, its action types, and the store read behind it."""
+        self.sequence_length.observe(ranking.sequence_length)
+        for code, count in ranking.sequence_actions.items():
+            self.sequence_actions.labels(ACTION_BY_CODE.get(code, "unknown")).inc(count)
+        if not from_store:
+            return
+        self.store_read.observe(ranking.store_read_s)
+        if ranking.sequence_degraded:
+            self.store_errors.labels("read").inc()
+            self.degraded.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
