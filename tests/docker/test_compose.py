@@ -27,7 +27,7 @@ ENV_EXAMPLE = dict(
 
 def test_the_stack_has_every_part_the_platform_needs():
     assert {"postgres", "minio", "mlflow", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
-            "airflow-triggerer", "spark-master", "spark-worker", "serve", "trainer"} <= set(SERVICES)
+            "airflow-triggerer", "spark-master", "spark-worker", "redis", "serve", "trainer"} <= set(SERVICES)
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))

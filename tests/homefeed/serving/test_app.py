@@ -115,6 +115,24 @@ def test_a_user_from_the_log_is_ranked_with_the_real_history(client, test_rows, 
     assert client.post("/rank", json={**request, "user_id": 987_654_321}).json()["sequence_length"] == 0
 
 
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_the_store_serves_only_actions_before_the_leakage_cut_off(request, cfg, champion, store):
+    overrides = {"serving": {"sequence_store": request.getfixturevalue("redis_url")}} if store == "redis" else {}
+    on_store = cfg.with_overrides(overrides)
+    service = RankingService.from_registry(on_store)  # bootstraps this store from the log too
+    delay, user, now = service.model.delay_ms, 77_000_000 + len(store), int(time.time() * 1000)
+    with TestClient(create_app(on_store, service)) as app_client:
+        cut = now - delay
+        for pin, ts in ((1, cut - 1), (2, cut), (3, cut + 1)):  # only the first is strictly before the cut-off
+            assert app_client.post("/events", json={"user_id": user, "pin_id": pin, "action": "click", "ts": ts}).status_code == 200
+        body = app_client.post("/rank", json={"user_id": user, "request_ts": now, "candidates": [{"pin_id": 1, "ts": now, "source": "pfy"}]}).json()
+        assert body["sequence_length"] == 1
+        later = app_client.post("/rank", json={"user_id": user, "request_ts": now + 2, "candidates": [{"pin_id": 1, "ts": now, "source": "pfy"}]}).json()
+        assert later["sequence_length"] == 3
+        logged = app_client.post("/rank", json={"user_id": 1, "request_ts": now, "candidates": [{"pin_id": 1, "ts": now, "source": "pfy"}]}).json()
+        assert logged["sequence_length"] > 0  # user 1 of the log, loaded into this store at start
+
+
 def test_metrics_count_requests_events_and_sequence_lengths(client, test_rows):
     client.post("/rank", json=_request(test_rows, test_rows[0]["user_id"]))
     client.post("/events", json={"user_id": 5, "pin_id": 6, "action": "hide", "ts": test_rows[0]["ts"]})
