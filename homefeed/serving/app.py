@@ -122,6 +122,36 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": text})
 
 
+class InflightLimit:
+    """ASGI middleware: at most ``max_inflight`` requests to ``paths`` at once; beyond, 503 at once.
+
+    A ranking service that queues without end answers everyone late (under 8 threads × 500
+    candidates p99 reached 7.4 s); refusing the excess keeps the admitted requests fast and
+    tells the caller to retry or fall back. Counted in ``/metrics``.
+    """
+
+    def __init__(self, app, max_inflight: int, paths: tuple[str, ...], metrics: ServiceMetrics):
+        self.app, self.max_inflight, self.paths, self.metrics = app, max_inflight, paths, metrics
+        self.inflight = 0  # the event loop is one thread: no lock needed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        if self.inflight >= self.max_inflight:
+            self.metrics.rejected.inc()
+            text = f'{{"detail": "overloaded: {self.inflight} requests in flight (serving.max_inflight); retry shortly"}}'.encode()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"), (b"content-length", str(len(text)).encode())]})
+            return await send({"type": "http.response.body", "body": text})
+        self.inflight += 1
+        self.metrics.inflight.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight.dec()
+
+
 def _replay(first: dict, receive):
     sent = False
 
@@ -164,6 +194,7 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
 
     app = FastAPI(title="homefeed ranking service", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.serving.max_body_bytes)
+    app.add_middleware(InflightLimit, max_inflight=cfg.serving.max_inflight, paths=("/rank",), metrics=metrics)
     app.state.service = service
     app.state.metrics = metrics
 

@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from homefeed import schema
 
@@ -36,6 +36,8 @@ class ServiceMetrics:
         self.store_errors = Counter("homefeed_store_errors", "Sequence store failures, by operation", ["operation"], registry=self.registry)
         self.degraded = Counter("homefeed_rank_degraded", "Ranking requests answered without the user's sequence (store unreachable)",
                                 registry=self.registry)
+        self.inflight = Gauge("homefeed_inflight_requests", "Ranking requests being served or waiting for a worker", registry=self.registry)
+        self.rejected = Counter("homefeed_rejected", "Ranking requests refused with 503 (serving.max_inflight reached)", registry=self.registry)
         for action in schema.ACTION_NAMES:  # every series exists from the start, at 0
             self.events.labels(action)
             self.sequence_actions.labels(action)

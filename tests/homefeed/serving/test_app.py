@@ -142,6 +142,7 @@ def test_metrics_count_requests_events_and_sequence_lengths(client, test_rows):
     assert "homefeed_store_read_seconds_bucket" in text and "homefeed_sequence_length_bucket" in text
     assert 'homefeed_store_errors_total{operation="read"} 0.0' in text
     assert 'homefeed_sequence_actions_total{action="click"}' in text
+    assert "homefeed_inflight_requests 0.0" in text and "homefeed_rejected_total 0.0" in text  # the overload bound is wired
 
 
 def test_events_and_admin_need_the_token_when_one_is_set(cfg, champion, test_rows):
