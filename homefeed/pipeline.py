@@ -185,6 +185,7 @@ def register(cfg: Config, directory: Path) -> dict[str, Any]:
         "data.instances": instances, "data.fingerprint": manifest["fingerprint"], "data.rows": manifest["output_rows"],
         "data.window": f"{manifest['window']['start']}..{manifest['window']['end']}",
         "model.name": _load(directory, "train")["model"], "gate": decision["summary"],
+        **registry.gate_tags(decision["champion_version"]),
     }
     run_id = _mlflow_run(cfg, directory)
     checks = _log_lineage(cfg, run_id, directory)

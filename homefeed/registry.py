@@ -8,10 +8,18 @@ alias history), also logged as an artifact of the version's run.
 Every promoted version carries the holdout configuration as tags (``holdout.fraction``,
 ``holdout.salt``); promotion refuses a version without it, or whose holdout differs from the
 champion's, unless the change is asked for with a reason.
+
+Promotion without ``force`` needs a passed gate recorded on the version (``gate.passed``) against
+the version that is champion *now* (``gate.champion``): a version created outside the pipeline, or
+gated against a champion another run has since replaced, is refused with that reason. The check
+and the alias moves happen under an exclusive lock on the audit log, which is opened before
+anything moves: an audit that cannot be written changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import json
 import os
@@ -30,11 +38,17 @@ from homefeed.errors import PermanentError
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 HOLDOUT_TAGS = ("holdout.fraction", "holdout.salt")
+GATE_PASSED, GATE_CHAMPION = "gate.passed", "gate.champion"
+NO_CHAMPION = "none"
 AUDIT_LOG = "registry/audit.jsonl"
 
 
 class PromotionRefused(PermanentError, RuntimeError):
     """A promotion the rules do not allow; the message says why and how to override."""
+
+
+class RegistryUnreachable(RuntimeError):
+    """The MLflow tracking server does not answer (a retry later may succeed: not permanent)."""
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -59,15 +73,43 @@ def _set_mlflow_uris(uri: str) -> None:
             os.environ[key] = value
 
 
+_REACHABLE: dict[str, float] = {}  # server URI → when it last answered (monotonic seconds)
+
+
+def _bound_http_retries(cfg: Config) -> None:
+    """MLflow's HTTP retry budget from the config, unless the environment sets its own."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.registry.http_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(cfg.registry.http_timeout_s, 1))))
+
+
+def require_reachable(cfg: Config, uri: str) -> None:
+    """For an MLflow server: its /health answers within the timeout, else one clear error."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")) or time.monotonic() - _REACHABLE.get(uri, -1e9) < 30:
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=cfg.registry.http_timeout_s).close()
+    except urllib.error.HTTPError:
+        pass  # it answered (a proxy may not route /health): reachable
+    except OSError as exc:
+        raise RegistryUnreachable(f"MLflow at {uri} is unreachable ({getattr(exc, 'reason', exc)})") from None
+    _REACHABLE[uri] = time.monotonic()
+
+
 def client(cfg: Config):
     """An MlflowClient on the configured store, with the experiment created if needed."""
     import mlflow
     from mlflow import MlflowClient
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    _bound_http_retries(cfg)
     uri = tracking_uri(cfg)
+    require_reachable(cfg, uri)
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        storage.private_file(Path(uri[len("sqlite:///") :]))
     _set_mlflow_uris(uri)
     mlflow_client = MlflowClient(uri, uri)
     if mlflow_client.get_experiment_by_name(cfg.registry.experiment) is None:
@@ -172,12 +214,16 @@ def log_and_register(
 
 # --------------------------------------------------------------------------- aliases
 def alias_version(cfg: Config, alias: str) -> str | None:
+    """The version behind ``alias``; None only when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
+    mlflow_client = client(cfg)
     try:
-        return str(client(cfg).get_model_version_by_alias(cfg.registry.model_name, alias).version)
-    except MlflowException:
-        return None
+        return str(mlflow_client.get_model_version_by_alias(cfg.registry.model_name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise RegistryUnreachable(f"MLflow at {tracking_uri(cfg)} failed to answer for alias {alias!r}: {exc}") from None
 
 
 def load_scorer_for(cfg: Config, alias: str = CHAMPION):
@@ -211,17 +257,47 @@ def state(cfg: Config) -> RegistryState:
     return RegistryState(champion, alias_version(cfg, CHALLENGER), alias_version(cfg, PREVIOUS), holdout)
 
 
-def _audit(cfg: Config, version: str, record: dict[str, Any]) -> None:
+def gate_tags(champion_version: str | None) -> dict[str, str]:
+    """The tags that record a passed gate on a version, and the champion it was compared with."""
+    return {GATE_PASSED: "true", GATE_CHAMPION: champion_version or NO_CHAMPION}
+
+
+@contextlib.contextmanager
+def _audit_log(cfg: Config):
+    """The audit log, open for appending and locked: opened before any alias moves (an audit that
+    cannot be written refuses the change) and held while the champion is checked and moved."""
+    path = storage.local_path(cfg.storage.root) / AUDIT_LOG
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except OSError as exc:
+        raise PromotionRefused(f"the audit log {path} cannot be written ({exc}); nothing was changed") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # one registry change at a time on this storage root
+        yield handle
+
+
+def _audit(cfg: Config, version: str, record: dict[str, Any], log) -> None:
+    log.write(json.dumps(record, sort_keys=True) + "\n")  # append-only: one JSON object per line
+    log.flush()
     mlflow_client = client(cfg)
     for key, value in record.items():
         mlflow_client.set_model_version_tag(cfg.registry.model_name, version, f"audit.{record['event']}.{key}", str(value))
-    log_path = storage.local_path(cfg.storage.root) / AUDIT_LOG
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as fh:  # append-only: one JSON object per line
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
     run_id = mlflow_client.get_model_version(cfg.registry.model_name, version).run_id
     if run_id:
         mlflow_client.log_text(run_id, json.dumps(record, indent=2), f"audit/{record['event']}-{record['at_ms']}.json")
+
+
+def _gate_refusal(tags: dict[str, str], version: str, champion: str | None) -> str | None:
+    """Why ``version`` may not be promoted without ``force`` now, or None."""
+    if tags.get(GATE_PASSED) != "true":
+        return f"version {version} has no passed gate recorded (tag {GATE_PASSED})"
+    against = tags.get(GATE_CHAMPION)
+    if against != (champion or NO_CHAMPION):
+        was = "no champion" if against == NO_CHAMPION else f"v{against}"
+        now = "there is none" if champion is None else f"it is now v{champion}"
+        return f"version {version} was gated against {was}, but {now}: re-gate it (a new retraining run)"
+    return None
 
 
 def _holdout_of(cfg: Config, version: str) -> dict[str, str]:
@@ -244,43 +320,48 @@ def promote(cfg: Config, version: str, reason: str, gate: str = "", force: bool 
     holdout = _holdout_of(cfg, version)
     if set(holdout) != set(HOLDOUT_TAGS):
         raise PromotionRefused(f"version {version} carries no holdout configuration (tags {list(HOLDOUT_TAGS)}); register it again")
-    old = alias_version(cfg, CHAMPION)
-    if old is not None and old != version:
-        old_holdout = _holdout_of(cfg, old)
-        if old_holdout != holdout and not change_holdout:
-            raise PromotionRefused(
-                f"version {version}'s holdout {holdout} differs from champion v{old}'s {old_holdout}; "
-                "pass --change-holdout with a reason to change the holdout group"
-            )
-        if old_holdout != holdout and not reason:
-            raise PromotionRefused("changing the holdout group needs a reason")
-    if old is not None and old != version:
-        mlflow_client.set_registered_model_alias(name, PREVIOUS, old)
-    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
-    record = {
-        "event": "promote", "version": version, "from_version": old, "reason": reason, "gate": gate,
-        "forced": force, "holdout_changed": bool(change_holdout), "actor": actor or getpass.getuser(),
-        "at_ms": int(time.time() * 1000),
-    }
-    _audit(cfg, version, record)
+    with _audit_log(cfg) as log:
+        old = alias_version(cfg, CHAMPION)  # read under the lock: compare-and-set against this
+        if old is not None and old != version:
+            old_holdout = _holdout_of(cfg, old)
+            if old_holdout != holdout and not change_holdout:
+                raise PromotionRefused(
+                    f"version {version}'s holdout {holdout} differs from champion v{old}'s {old_holdout}; "
+                    "pass --change-holdout with a reason to change the holdout group"
+                )
+            if old_holdout != holdout and not reason:
+                raise PromotionRefused("changing the holdout group needs a reason")
+        refusal = None if force else _gate_refusal(mlflow_client.get_model_version(name, version).tags, version, old)
+        if refusal:
+            raise PromotionRefused(f"{refusal}; or promote it with --force and a --reason")
+        if old is not None and old != version:
+            mlflow_client.set_registered_model_alias(name, PREVIOUS, old)
+        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+        record = {
+            "event": "promote", "version": version, "from_version": old, "reason": reason, "gate": gate,
+            "forced": force, "holdout_changed": bool(change_holdout), "actor": actor or getpass.getuser(),
+            "at_ms": int(time.time() * 1000),
+        }
+        _audit(cfg, version, record, log)
     return record
 
 
 def rollback(cfg: Config, reason: str, actor: str | None = None) -> dict[str, Any]:
     """``champion`` ← ``previous``; the rolled-back version becomes ``previous``."""
     name = cfg.registry.model_name
-    current, previous = alias_version(cfg, CHAMPION), alias_version(cfg, PREVIOUS)
-    if previous is None:
-        raise PromotionRefused(f"{name} has no '{PREVIOUS}' version to roll back to")
-    mlflow_client = client(cfg)
-    mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
-    if current is not None:
-        mlflow_client.set_registered_model_alias(name, PREVIOUS, current)
-    record = {
-        "event": "rollback", "version": previous, "from_version": current, "reason": reason,
-        "actor": actor or getpass.getuser(), "at_ms": int(time.time() * 1000),
-    }
-    _audit(cfg, previous, record)
+    with _audit_log(cfg) as log:
+        current, previous = alias_version(cfg, CHAMPION), alias_version(cfg, PREVIOUS)
+        if previous is None:
+            raise PromotionRefused(f"{name} has no '{PREVIOUS}' version to roll back to")
+        mlflow_client = client(cfg)
+        mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
+        if current is not None:
+            mlflow_client.set_registered_model_alias(name, PREVIOUS, current)
+        record = {
+            "event": "rollback", "version": previous, "from_version": current, "reason": reason,
+            "actor": actor or getpass.getuser(), "at_ms": int(time.time() * 1000),
+        }
+        _audit(cfg, previous, record, log)
     return record
 
 
@@ -326,9 +407,10 @@ def stage_challenger(cfg: Config, version: str, reason: str, actor: str | None =
         client(cfg).get_model_version(cfg.registry.model_name, version)
     except MlflowException:
         raise PromotionRefused(f"{cfg.registry.model_name} has no version {version}") from None
-    old = alias_version(cfg, CHALLENGER)
-    client(cfg).set_registered_model_alias(cfg.registry.model_name, CHALLENGER, version)
-    record = {"event": "stage", "version": version, "from_version": old, "reason": reason,
-              "actor": actor or getpass.getuser(), "at_ms": int(time.time() * 1000)}
-    _audit(cfg, version, record)
+    with _audit_log(cfg) as log:
+        old = alias_version(cfg, CHALLENGER)
+        client(cfg).set_registered_model_alias(cfg.registry.model_name, CHALLENGER, version)
+        record = {"event": "stage", "version": version, "from_version": old, "reason": reason,
+                  "actor": actor or getpass.getuser(), "at_ms": int(time.time() * 1000)}
+        _audit(cfg, version, record, log)
     return record

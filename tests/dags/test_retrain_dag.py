@@ -70,8 +70,8 @@ def test_promote_dag_changes_the_registry_through_the_same_functions(airflow_db,
     model_dir = trainer.train(str(instances_dir), str(tmp_path / "lr"), cfg.with_overrides({"train": {"model": "lr"}})).model_dir
     example = registry.input_example(read_instances(str(instances_dir), "test"))
     run_id = registry.client(cfg).create_run(registry.experiment_id(cfg)).info.run_id
-    v1 = registry.log_and_register(cfg, run_id, model_dir, example, {})
-    v2 = registry.log_and_register(cfg, run_id, model_dir, example, {})
+    v1 = registry.log_and_register(cfg, run_id, model_dir, example, registry.gate_tags(None))
+    v2 = registry.log_and_register(cfg, run_id, model_dir, example, registry.gate_tags(v1))  # gated against v1
     dag = dagbag.dags["homefeed_promote"]
 
     def trigger(**conf):

@@ -61,11 +61,13 @@ def cfg(base_config, mlflow_server, monkeypatch, tmp_path, request):
     return base_config.with_overrides({"storage": {"root": str(tmp_path)}, "registry": {"model_name": f"ranker-{request.node.name[:40]}"}})
 
 
-def register(cfg, trained_model, instances_dir):
+def register(cfg, trained_model, instances_dir, gated: bool = True):
+    """A version as the pipeline registers it: gated against today's champion (or created by hand)."""
     client = registry.client(cfg)
     run = client.create_run(registry.experiment_id(cfg))
     example = registry.input_example(read_instances(str(instances_dir), "test"))
-    return registry.log_and_register(cfg, run.info.run_id, trained_model, example, {"gate": "test"})
+    tags = {"gate": "test", **registry.gate_tags(registry.alias_version(cfg, registry.CHAMPION))} if gated else {}
+    return registry.log_and_register(cfg, run.info.run_id, trained_model, example, tags)
 
 
 def test_promote_then_rollback_moves_aliases_and_audits(cfg, trained_model, instances_dir):
@@ -125,3 +127,64 @@ def test_missing_version_and_empty_rollback_are_refused(cfg):
         registry.promote(cfg, "99", reason="x")
     with pytest.raises(registry.PromotionRefused, match="previous"):
         registry.rollback(cfg, reason="nothing to roll back to")
+
+
+def test_a_version_without_a_passed_gate_needs_force(cfg, trained_model, instances_dir):
+    # Before: a version made directly in MLflow became champion without --force (issue 21, item 3).
+    version = register(cfg, trained_model, instances_dir, gated=False)
+    with pytest.raises(registry.PromotionRefused, match="no passed gate recorded.*--force"):
+        registry.promote(cfg, version, reason="x")
+    assert registry.state(cfg).champion is None
+    assert registry.promote(cfg, version, reason="hand-made, reviewed", force=True)["forced"] is True
+
+
+def test_a_verdict_against_a_replaced_champion_is_refused(cfg, trained_model, instances_dir):
+    # Before: two runs gated against no champion; the second promoted over the first on that
+    # stale verdict (issue 21, item 4). Compare-and-set: the gate's champion must still be champion.
+    first, second = register(cfg, trained_model, instances_dir), register(cfg, trained_model, instances_dir)
+    registry.promote(cfg, first, reason="run 1")
+    with pytest.raises(registry.PromotionRefused, match=f"gated against no champion, but it is now v{first}: re-gate"):
+        registry.promote(cfg, second, reason="run 2")
+    assert registry.state(cfg).champion == first
+    third = register(cfg, trained_model, instances_dir)  # gated against the champion of now
+    registry.promote(cfg, third, reason="run 3")
+    assert registry.state(cfg).champion == third
+
+
+def test_an_unwritable_audit_log_changes_nothing(cfg, trained_model, instances_dir):
+    # Before: promote raised FileExistsError after the aliases had moved (issue 21, item 2).
+    from pathlib import Path
+
+    first = register(cfg, trained_model, instances_dir)
+    registry.promote(cfg, first, reason="first")
+    second = register(cfg, trained_model, instances_dir)
+    audit = Path(cfg.storage.root) / registry.AUDIT_LOG
+    audit.unlink()
+    audit.parent.rmdir()
+    audit.parent.write_text("a file where the audit directory should be")
+    with pytest.raises(registry.PromotionRefused, match="audit log .* cannot be written.*nothing was changed"):
+        registry.promote(cfg, second, reason="second")
+    state = registry.state(cfg)
+    assert (state.champion, state.previous) == (first, None)
+    assert not any(k.startswith("audit.") for k in registry.client(cfg).get_model_version(cfg.registry.model_name, second).tags)
+    with pytest.raises(registry.PromotionRefused, match="cannot be written"):
+        registry.rollback(cfg, reason="x")
+
+
+@pytest.mark.parametrize("command", [["registry", "show"], ["promote", "--version", "1", "--reason", "x"], ["rollback"], ["serve"]])
+def test_an_unreachable_mlflow_is_one_clear_error_within_seconds(command, monkeypatch, tmp_path):
+    # Before: 264-782 s of retries, then exit 0 with "champion: null", a traceback, or "no
+    # champion" / "no previous version" (wrong causes) (issue 21, item 1).
+    from typer.testing import CliRunner
+
+    from homefeed.cli import app
+
+    port = _free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path))
+    started = time.monotonic()
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert f"MLflow at http://127.0.0.1:{port} is unreachable" in result.output
+    assert "champion" not in result.output and "previous" not in result.output
+    assert time.monotonic() - started < 30
