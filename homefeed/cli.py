@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -41,6 +42,21 @@ def _config(files: list[Path] | None, overrides: dict | None = None) -> Config:
     try:
         return load_config(files, overrides=overrides)
     except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _registry_errors():
+    """A refused change exits 1 with the reason; an unreachable MLflow exits 2 saying so."""
+    from homefeed import registry
+
+    try:
+        yield
+    except registry.PromotionRefused as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except registry.RegistryUnreachable as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -256,11 +272,8 @@ def promote(
     from homefeed import registry
 
     cfg = _config(config)
-    try:
+    with _registry_errors():
         record = registry.promote(cfg, version, reason=reason, force=force, change_holdout=change_holdout)
-    except registry.PromotionRefused as exc:
-        typer.echo(f"refused: {exc}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(json.dumps(record))
 
 
@@ -273,11 +286,8 @@ def rollback(
     from homefeed import registry
 
     cfg = _config(config)
-    try:
+    with _registry_errors():
         record = registry.rollback(cfg, reason)
-    except registry.PromotionRefused as exc:
-        typer.echo(f"refused: {exc}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(json.dumps(record))
 
 
@@ -286,7 +296,10 @@ def registry_show(config: ConfigOption = None) -> None:
     """Champion, challenger, previous and the holdout configuration."""
     from homefeed import registry
 
-    typer.echo(json.dumps(registry.state(_config(config)).to_dict(), indent=2))
+    cfg = _config(config)
+    with _registry_errors():
+        state = registry.state(cfg)
+    typer.echo(json.dumps(state.to_dict(), indent=2))
 
 
 @registry_app.command("history")
@@ -434,7 +447,8 @@ def serve(
                    "(HOMEFEED__SERVING__TOKEN)", err=True)
         raise typer.Exit(2)
     try:
-        application = create_app(cfg)
+        with _registry_errors():
+            application = create_app(cfg)
     except NoServableModel as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -586,7 +600,7 @@ def airflow_env(cfg: Config, config_files: list[Path] | None = None) -> dict[str
     from homefeed.config import CONFIG_FILES_ENV
 
     home = (storage.local_path(cfg.storage.root) / "airflow").resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    storage.private_file(home / "airflow.db")
     return {
         **os.environ,
         "AIRFLOW_HOME": str(home),
@@ -618,9 +632,19 @@ def _run_airflow(env: dict[str, str], *args: str) -> None:
         raise typer.Exit(completed.returncode)
 
 
+def migrate_airflow_db(env: dict[str, str]) -> None:
+    """``airflow db migrate`` under an exclusive lock in AIRFLOW_HOME: two runs started together on
+    a fresh root otherwise both create the tables, and one dies ("table … already exists")."""
+    import fcntl
+
+    with open(Path(env["AIRFLOW_HOME"]) / "migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([_airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+
+
 def run_dag(cfg: Config, dag_id: str, conf: dict, logical_date: str, config_files: list[Path] | None = None) -> None:
     env = airflow_env(cfg, config_files)
-    subprocess.run([_airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    migrate_airflow_db(env)
     _run_airflow(env, "dags", "test", dag_id, logical_date, "-c", json.dumps(conf))
 
 
@@ -657,8 +681,28 @@ def airflow(
     })
     typer.echo(f"Airflow UI: http://127.0.0.1:{port}   login: {user} / {password}   (AIRFLOW_HOME={home})")
     typer.echo("DAGs: homefeed_retrain (trigger with the parameter form), homefeed_promote. Ctrl-C stops it.")
-    airflow_bin = _airflow_bin()
-    os.execve(airflow_bin, [airflow_bin, "standalone"], env)
+    raise typer.Exit(_supervise([_airflow_bin(), "standalone"], env))
+
+
+def _supervise(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` in a session of its own; SIGTERM / SIGINT / SIGHUP to this process stop it
+    and every process it started (task runners included), which a signal to the group misses."""
+    import signal
+
+    from homefeed.processes import stop_tree
+
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    stopping = []
+
+    def stop(signum, _frame) -> None:
+        if not stopping:
+            stopping.append(signum)
+            stop_tree(process.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+    code = process.wait()
+    return 128 + stopping[0] if stopping else code
 
 
 @app.command()

@@ -211,6 +211,10 @@ class GatesConfig(_Section):
 class RegistryConfig(_Section):
     model_name: str = "homefeed-ranker"
     experiment: str = "homefeed"
+    # An MLflow server (http[s]://) that does not answer within this budget is unreachable: one
+    # clear error, not minutes of MLflow's own retries (7 × exponential backoff by default).
+    http_timeout_s: float = Field(10.0, gt=0, le=300)
+    http_retries: int = Field(2, ge=0, le=10)
 
 
 class HoldoutConfig(_Section):
@@ -225,6 +229,8 @@ class ServingConfig(_Section):
     max_candidates: int = Field(1000, ge=1)
     # Larger request bodies get 413 unread (1,000 candidates with a 100-event sequence ≈ 80 kB).
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # /rank requests in flight (scored or waiting for a worker thread); beyond, 503 at once.
+    max_inflight: int = Field(32, ge=1)
     # POST /events refuses an event dated further than this past the service's clock.
     max_event_skew_ms: int = Field(300_000, ge=0)
     # Where the pins/users snapshot is read; empty: the raw root the champion was trained from.

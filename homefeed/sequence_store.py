@@ -104,8 +104,7 @@ class SqliteSequenceStore:
     """
 
     def __init__(self, path: str | Path, snapshot: FeatureSnapshot, seq_len: int = schema.SEQ_LEN, margin: int = 100):
-        self.path, self.snapshot, self.keep = Path(path), snapshot, seq_len + margin
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.snapshot, self.keep = storage.private_file(Path(path)), snapshot, seq_len + margin
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()

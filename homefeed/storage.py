@@ -77,6 +77,24 @@ def write_secret(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def private_file(path: Path) -> Path:
+    """Create ``path`` empty and owner-only if it does not exist, and narrow it if it does: for the
+    SQLite stores (MLflow, Airflow, serving sequences), which hold run data, users' actions and
+    Airflow's connections. SQLite gives its -wal/-shm/-journal files the database's mode.
+
+    An existing file is never opened here: closing any descriptor of a database drops every POSIX
+    lock this process holds on it, SQLite's included, and corrupts it under concurrent writers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass  # created meanwhile by another writer
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return path
+
+
 def fingerprint(payload: Any) -> str:
     """A stable short hash of a JSON-able value (config, input listing)."""
     text = json.dumps(payload, sort_keys=True, default=str)

@@ -71,7 +71,7 @@ def standalone(tmp_path_factory):
                 pytest.fail(f"airflow standalone did not become healthy; log: {(root / 'standalone.log').read_text()[-3000:]}")
             time.sleep(3)
         password = json.loads((root / "airflow" / "passwords.json").read_text())["admin"]
-        yield base, password, root, env
+        yield base, password, root, env, process
     finally:
         stop_process_tree(process)
         log.close()
@@ -126,7 +126,7 @@ def test_trigger_form_starts_a_run_that_succeeds(standalone, raw_dir, tmp_path):
         pytest.skip("Debian chromium is not installed (scripts/install_test_servers.sh)")
     from playwright.sync_api import sync_playwright
 
-    base, password, root, _ = standalone
+    base, password, root, _, _ = standalone
     token = call(f"{base}/auth/token", method="POST", body={"username": "admin", "password": password})["access_token"]
     wait_for_dag(base, token, "homefeed_retrain")
     call(f"{base}/api/v2/dags/homefeed_retrain", token, "PATCH", {"is_paused": False})
@@ -167,7 +167,7 @@ def test_trigger_form_starts_a_run_that_succeeds(standalone, raw_dir, tmp_path):
 
 def test_backfill_over_a_date_range_runs_the_scheduled_dates(standalone, raw_dir):
     """The README's backfill command: one run per Monday/Thursday in the range, windows from the logical dates."""
-    base, password, root, env = standalone
+    base, password, root, env, _ = standalone
     token = call(f"{base}/auth/token", method="POST", body={"username": "admin", "password": password})["access_token"]
     wait_for_dag(base, token, "homefeed_retrain")
     homefeed = str(Path(sys.executable).with_name("homefeed"))
@@ -178,3 +178,18 @@ def test_backfill_over_a_date_range_runs_the_scheduled_dates(standalone, raw_dir
     assert runs[0]["state"] == "success"
     built = json.loads(next((root / "runs").glob("backfill_*/build_instances.json")).read_text())
     assert built["window"] == {"start": "2026-01-05", "end": "2026-01-07"}  # 3 days ending the day before
+
+
+def test_sigterm_to_homefeed_airflow_stops_everything_it_started(standalone):
+    """Last in this module. Before: SIGTERM to `homefeed airflow` left the scheduler, api-server,
+    triggerer and workers alive (issue 21, item 17); it now forwards the signal to its tree."""
+    import signal
+
+    from homefeed.processes import alive, descendants
+
+    *_, process = standalone
+    tree = descendants(process.pid)
+    assert len(tree) >= 3, "standalone runs several components"
+    os.kill(process.pid, signal.SIGTERM)  # the launcher only, as a service manager would
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    assert alive(tree) == []

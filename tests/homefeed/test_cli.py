@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from homefeed.cli import app
@@ -128,3 +129,52 @@ def test_sequences_load_refuses_bad_input(tmp_path, monkeypatch):
     assert bad_time.exit_code == 2 and "ISO date/time" in bad_time.output
     missing = runner.invoke(app, ["sequences", "load", "--raw", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "error:" in missing.output
+
+
+@pytest.mark.slow
+def test_two_runs_migrating_a_fresh_airflow_db_at_once_both_succeed(base_config, tmp_path):
+    # Before: two `homefeed run` on a fresh root; one died in `airflow db migrate` with "table
+    # dagrun_asset_event already exists" (issue 21, item 4). The migration is now under a lock.
+    import threading
+
+    from homefeed.cli import airflow_env, migrate_airflow_db
+
+    env = airflow_env(base_config.with_overrides({"storage": {"root": str(tmp_path)}}))
+    errors = []
+
+    def migrate():
+        try:
+            migrate_airflow_db(env)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors and (tmp_path / "airflow" / "airflow.db").exists()
+
+
+def test_the_sqlite_stores_are_owner_only_whatever_the_umask(base_config, tmp_path, monkeypatch):
+    # Before: mlflow.db and airflow.db were 0644 (issue 21, item 16).
+    import os
+
+    from homefeed import features, registry
+    from homefeed.cli import airflow_env
+    from homefeed.sequence_store import SqliteSequenceStore
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = base_config.with_overrides({"storage": {"root": str(tmp_path)}})
+    (tmp_path / "mlflow.db").touch(mode=0o644)  # made before the fix
+    old = os.umask(0)
+    try:
+        registry.client(cfg)
+        airflow_env(cfg)
+        store = SqliteSequenceStore(tmp_path / "serving" / "sequences.sqlite", features.FeatureSnapshot({}, {}))
+        store.append(1, 2, "click", 3)  # writes the WAL beside it
+        store.close()
+    finally:
+        os.umask(old)
+    for name in ("mlflow.db", "airflow/airflow.db", "serving/sequences.sqlite"):
+        assert ((tmp_path / name).stat().st_mode & 0o777) == 0o600, name

@@ -1,0 +1,65 @@
+"""Stopping a process and everything it started, by process id (Linux ``/proc``).
+
+Airflow's task runners move to process groups of their own, so signalling a launcher's process
+group leaves them running; a tree walked through parent ids finds them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def _parents() -> dict[int, int]:
+    """Every live process's parent id."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    return parents
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes started by ``pid``, at any depth."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _parents().items():
+        children.setdefault(parent, []).append(child)
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, []))
+    return found
+
+
+def alive(pids: list[int]) -> list[int]:
+    live = _parents()
+    return [p for p in pids if p in live]
+
+
+def stop_tree(pid: int, signum: int = signal.SIGTERM, grace_s: float = 30.0) -> list[int]:
+    """Send ``signum`` to ``pid`` and its descendants, wait up to ``grace_s``, then SIGKILL the
+    survivors; the pids that needed SIGKILL."""
+    tree = [pid, *descendants(pid)]
+    for member in tree:
+        try:
+            os.kill(member, signum)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stubborn = alive(tree)
+    for member in stubborn:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return stubborn
