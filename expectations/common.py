@@ -3,6 +3,8 @@
 import great_expectations.expectations as gxe
 from pyspark.sql import types as T
 
+from homefeed import contract
+
 
 def column_types(struct: T.StructType) -> list:
     """One type expectation per scalar column of a contract schema (Spark type names)."""
@@ -13,15 +15,10 @@ def column_types(struct: T.StructType) -> list:
     ]
 
 
-def event_time_checks() -> list:
-    """Logs partitioned by event day: each ``ts`` inside its ``dt`` (UTC) and none in the future."""
+def contract_rules(table: str) -> list:
+    """The raw contract's row rules for ``table`` (``homefeed.contract``: the instance job enforces
+    the same definitions), one unexpected-rows expectation each."""
     return [
-        gxe.UnexpectedRowsExpectation(
-            description="ts falls inside its dt partition (UTC day)",
-            unexpected_rows_query="SELECT * FROM {batch} WHERE date_format(timestamp_millis(ts), 'yyyy-MM-dd') != dt",
-        ),
-        gxe.UnexpectedRowsExpectation(
-            description="no timestamps in the future",
-            unexpected_rows_query="SELECT * FROM {batch} WHERE ts > unix_millis(current_timestamp())",
-        ),
+        gxe.UnexpectedRowsExpectation(description=rule.holds, unexpected_rows_query=f"SELECT * FROM {{batch}} WHERE {rule.condition()}")
+        for rule in contract.rules(table)
     ]

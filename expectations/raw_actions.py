@@ -2,7 +2,7 @@
 
 import great_expectations.expectations as gxe
 
-from expectations.common import column_types, event_time_checks
+from expectations.common import column_types, contract_rules
 from homefeed import schema
 from homefeed.config import Config
 
@@ -15,6 +15,6 @@ def expectations(cfg: Config) -> list:
         *[gxe.ExpectColumnToExist(column=c) for c in [*schema.columns(schema.ACTIONS), schema.DT]],
         *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in schema.columns(schema.ACTIONS)],
         gxe.ExpectColumnValuesToBeInSet(column="action", value_set=list(schema.ACTION_NAMES)),
-        *event_time_checks(),
+        *contract_rules(schema.ACTIONS),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
     ]

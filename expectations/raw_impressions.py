@@ -2,7 +2,7 @@
 
 import great_expectations.expectations as gxe
 
-from expectations.common import column_types, event_time_checks
+from expectations.common import column_types, contract_rules
 from homefeed import schema
 from homefeed.config import Config
 
@@ -18,6 +18,6 @@ def expectations(cfg: Config) -> list:
         gxe.ExpectColumnValuesToBeInSet(column="source", value_set=list(schema.SOURCES)),
         gxe.ExpectColumnValuesToBeBetween(column="position", min_value=0),
         gxe.ExpectColumnValuesToBeBetween(column="pin_id", min_value=1),
-        *event_time_checks(),
+        *contract_rules(schema.IMPRESSIONS),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
     ]

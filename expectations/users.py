@@ -2,7 +2,7 @@
 
 import great_expectations.expectations as gxe
 
-from expectations.common import column_types
+from expectations.common import column_types, contract_rules
 from homefeed import schema
 from homefeed.config import Config
 
@@ -15,7 +15,7 @@ def expectations(cfg: Config) -> list:
         *[gxe.ExpectColumnToExist(column=c) for c in schema.columns(schema.USERS)],
         gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
         gxe.ExpectColumnValuesToBeUnique(column="user_id"),
-        *[gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in schema.USER_COUNT_COLUMNS],
+        *contract_rules(schema.USERS),  # counts >= 0
         gxe.ExpectColumnValuesToBeInSet(column="gender", value_set=list(schema.GENDERS)),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
     ]

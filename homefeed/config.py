@@ -111,6 +111,9 @@ class DriftConfig(_Section):
 
 class ValidationConfig(_Section):
     label_rate_bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    # The instance job refuses a window where more impressions than this name pins absent from
+    # the pins snapshot (their features would all be defaults).
+    max_unknown_pin_rate: float = Field(0.01, ge=0, le=1)
     max_seq_len: int = schema.SEQ_LEN
     drift: DriftConfig = DriftConfig()
 

@@ -53,7 +53,7 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from homefeed import schema, segments, storage
+from homefeed import contract, schema, segments, storage
 from homefeed.config import Config, InstancesConfig
 from homefeed.errors import PermanentError
 
@@ -84,9 +84,30 @@ def _table_path(raw_root: str, table: str) -> str:
     return f"{raw_root.rstrip('/')}/{table}"
 
 
+def check_files(raw_root: str, table: str) -> None:
+    """Every Parquet footer of a local table, before Spark reads any: an unreadable (truncated)
+    file or a column of another type in one partition is one line naming the file, instead of a
+    Py4J stack trace from the middle of the job."""
+    import pyarrow.parquet as pq
+
+    if "://" in raw_root and not raw_root.startswith("file://"):
+        return  # object stores: Spark's own error (footers are not fetched twice)
+    expected = schema.arrow_schema(table, with_dt=False)
+    for path in storage.list_files(storage.local_path(_table_path(raw_root, table))):
+        try:
+            found = pq.read_schema(path)
+        except Exception as exc:  # ArrowInvalid, OSError: truncated or not Parquet at all
+            raise InputDataError(f"{table}: {path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        for field in expected:
+            index = found.get_field_index(field.name)
+            if index >= 0 and not found.field(index).type.equals(field.type):
+                raise InputDataError(f"{table}: {path}: column {field.name!r} has type {found.field(index).type}, expected {field.type}")
+
+
 def read_table(spark: SparkSession, raw_root: str, table: str) -> DataFrame:
     """Read one raw table and check it against the contract (columns and types)."""
     path = _table_path(raw_root, table)
+    check_files(raw_root, table)
     try:
         frame = spark.read.option("basePath", path).parquet(path)
     except Exception as exc:  # AnalysisException, corrupt footers, missing paths
@@ -104,27 +125,48 @@ def check_schema(frame: DataFrame, table: str) -> None:
             raise InputDataError(f"{table}: column {name!r} has type {actual[name]}, expected {ddl}")
 
 
-def check_rows(impressions: DataFrame, actions: DataFrame, now_ms: int) -> None:
-    """Null keys, duplicate impressions, unknown values, actions from the future."""
-    checks: list[tuple[str, str, Column]] = [
-        *[(schema.IMPRESSIONS, c, F.col(c).isNull()) for c in ("request_id", "user_id", "pin_id", "ts")],
-        (schema.IMPRESSIONS, "source", ~F.col("source").isin(*schema.SOURCES)),
-    ]
-    counts = impressions.agg(*[F.sum(cond.cast("long")).alias(f"c{i}") for i, (_, _, cond) in enumerate(checks)]).first()
-    for i, (table, column, _) in enumerate(checks):
-        if counts[f"c{i}"]:
-            raise InputDataError(f"{table}: column {column!r} has {counts[f'c{i}']} null or invalid values")
-    action_checks: list[tuple[str, Column]] = [
-        *[(c, F.col(c).isNull()) for c in ("user_id", "pin_id", "ts", "action")],
-        ("action", ~F.col("action").isin(*schema.ACTION_NAMES)),
-        ("ts", F.col("ts") > F.lit(now_ms)),
-    ]
-    counts = actions.agg(*[F.sum(cond.cast("long")).alias(f"c{i}") for i, (_, cond) in enumerate(action_checks)]).first()
-    messages = ["null", "null", "null", "null", "unknown action type", "timestamps in the future"]
-    for i, (column, _) in enumerate(action_checks):
-        if counts[f"c{i}"]:
-            raise InputDataError(f"{schema.ACTIONS}: column {column!r} has {counts[f'c{i}']} rows with {messages[i]}")
-    duplicates = impressions.groupBy(*IMPRESSION_KEY).count().filter(F.col("count") > 1).limit(1).collect()
+def _violations(frame: DataFrame, checks: list[tuple[str, Column]]) -> list[tuple[str, int]]:
+    """(message, rows) for each check some row fails, in one pass over ``frame``."""
+    counts = frame.agg(*[F.sum(cond.cast("long")).alias(f"c{i}") for i, (_, cond) in enumerate(checks)]).first()
+    return [(message, counts[f"c{i}"]) for i, (message, _) in enumerate(checks) if counts[f"c{i}"]]
+
+
+def _contract_checks(table: str, now_ms: int) -> list[tuple[str, Column]]:
+    return [(f"{table}: {{n}} rows break the rule '{rule.holds}'", F.expr(rule.condition(now_ms))) for rule in contract.rules(table)]
+
+
+def _example(frame: DataFrame, table: str, message: str, now_ms: int) -> str:
+    """One offending row's key, for the message."""
+    rule = next((r for r in contract.rules(table) if f"'{r.holds}'" in message), None)
+    if rule is None:
+        return ""
+    keys = [c for c in schema.RAW_KEYS[table] if c in frame.columns] + ([schema.DT] if schema.DT in frame.columns else [])
+    row = frame.filter(F.expr(rule.condition(now_ms))).select(*keys).limit(1).collect()
+    return f" (e.g. {', '.join(f'{k}={row[0][k]!r}' for k in keys)})" if row else ""
+
+
+def check_rows(tables: dict[str, DataFrame], now_ms: int) -> None:
+    """Null keys, duplicate impressions, unknown values, and every row rule of the contract
+    (``homefeed.contract``, shared with the suites); one pass per table."""
+    checks: dict[str, list[tuple[str, Column]]] = {
+        schema.IMPRESSIONS: [
+            *[(f"{schema.IMPRESSIONS}: column {c!r} has {{n}} null or invalid values", F.col(c).isNull()) for c in ("request_id", "user_id", "pin_id", "ts")],
+            (f"{schema.IMPRESSIONS}: column 'source' has {{n}} null or invalid values", ~F.col("source").isin(*schema.SOURCES)),
+        ],
+        schema.ACTIONS: [
+            *[(f"{schema.ACTIONS}: column {c!r} has {{n}} rows with null", F.col(c).isNull()) for c in ("user_id", "pin_id", "ts", "action")],
+            (f"{schema.ACTIONS}: column 'action' has {{n}} rows with unknown action type", ~F.col("action").isin(*schema.ACTION_NAMES)),
+        ],
+        schema.PINS: [],
+        schema.USERS: [],
+    }
+    for table, table_checks in checks.items():
+        table_checks += _contract_checks(table, now_ms)
+        found = _violations(tables[table], table_checks)
+        if found:
+            message, rows = found[0]
+            raise InputDataError(message.format(n=rows) + _example(tables[table], table, message, now_ms))
+    duplicates = tables[schema.IMPRESSIONS].groupBy(*IMPRESSION_KEY).count().filter(F.col("count") > 1).limit(1).collect()
     if duplicates:
         row = duplicates[0]
         raise InputDataError(
@@ -133,11 +175,32 @@ def check_rows(impressions: DataFrame, actions: DataFrame, now_ms: int) -> None:
         )
 
 
-def extract(spark: SparkSession, raw_root: str, start: date | None, end: date | None, now_ms: int) -> tuple[RawTables, date, date]:
+def check_window(impressions: DataFrame, pins: DataFrame, start: date, end: date, max_unknown_pin_rate: float) -> None:
+    """Inside the window: every day has impressions (an empty dt partition silently dropped a day
+    of training rows), and few impressions name pins the pins snapshot does not have."""
+    stats = impressions.agg(F.collect_set(schema.DT).alias("days"), F.count(F.lit(1)).alias("rows")).first()
+    present = set(stats["days"] or [])
+    missing = [d for d in (start + timedelta(days=i) for i in range((end - start).days + 1)) if d.isoformat() not in present]
+    if missing:
+        shown = ", ".join(d.isoformat() for d in missing[:5]) + (" …" if len(missing) > 5 else "")
+        raise InputDataError(f"{schema.IMPRESSIONS}: no rows for dt={shown} inside the window {start}..{end}; "
+                             "pass --start/--end around the gap or land the missing day")
+    unknown = impressions.select("pin_id").join(F.broadcast(pins.select("pin_id")), "pin_id", "left_anti")
+    count = unknown.count()
+    if stats["rows"] and count / stats["rows"] > max_unknown_pin_rate:
+        examples = sorted(r["pin_id"] for r in unknown.distinct().limit(5).collect())
+        raise InputDataError(
+            f"{schema.IMPRESSIONS}: {count} of {stats['rows']} impressions ({count / stats['rows']:.1%}) name pins absent from "
+            f"the {schema.PINS} snapshot (e.g. pin_id {examples}); validation.max_unknown_pin_rate is {max_unknown_pin_rate:.1%}"
+        )
+
+
+def extract(spark: SparkSession, raw_root: str, start: date | None, end: date | None, now_ms: int,
+            max_unknown_pin_rate: float = 0.01) -> tuple[RawTables, date, date]:
     """Read and check the raw tables (all of them: a bad row outside the window is still a bad
     producer), then keep the window's impressions and the actions that can matter to them."""
     tables = {t: read_table(spark, raw_root, t) for t in schema.RAW_TABLES}
-    check_rows(tables[schema.IMPRESSIONS], tables[schema.ACTIONS], now_ms)
+    check_rows(tables, now_ms)
     impressions = tables[schema.IMPRESSIONS]
     if start is None or end is None:
         bounds = impressions.agg(F.min(schema.DT).alias("lo"), F.max(schema.DT).alias("hi")).first()
@@ -156,6 +219,7 @@ def extract(spark: SparkSession, raw_root: str, start: date | None, end: date | 
             raise InputDataError(f"{table}: no snapshot under {_table_path(raw_root, table)}")
     pins = tables[schema.PINS].filter(F.col(schema.DT) == latest_snapshot[schema.PINS])
     users = tables[schema.USERS].filter(F.col(schema.DT) == latest_snapshot[schema.USERS])
+    check_window(impressions, pins, start, end, max_unknown_pin_rate)
     return RawTables(impressions, actions, pins, users.withColumn("_snapshot_dt", F.col(schema.DT))), start, end
 
 
@@ -515,7 +579,8 @@ def run(
         previous = storage.read_manifest(out)
         if previous.get("fingerprint") == fingerprint:
             return previous
-    raw, start, end = extract(spark, raw_root, start, end, now_ms if now_ms is not None else int(_time.time() * 1000))
+    raw, start, end = extract(spark, raw_root, start, end, now_ms if now_ms is not None else int(_time.time() * 1000),
+                              cfg.validation.max_unknown_pin_rate)
     impression_rows = raw.impressions.count()
     if impression_rows == 0:
         raise InputDataError(f"{schema.IMPRESSIONS}: no rows between {start} and {end}")

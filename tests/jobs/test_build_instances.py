@@ -249,9 +249,9 @@ def test_job_publishes_a_manifest_with_train_only_stats_and_is_idempotent(spark,
     "corrupt, message",
     [
         (lambda imps, acts: (imps.drop(columns=["source"]), acts), r"impressions: missing column 'source'"),
-        (lambda imps, acts: (imps.astype({"pin_id": str}), acts), r"impressions: column 'pin_id' has type string, expected bigint"),
+        (lambda imps, acts: (imps.astype({"pin_id": str}), acts), r"impressions: \S+/part-0\.parquet: column 'pin_id' has type string, expected int64"),
         (lambda imps, acts: (pd.concat([imps, imps.iloc[:1]]), acts), r"impressions: duplicate impressions"),
-        (lambda imps, acts: (imps, acts.assign(ts=acts["ts"] + 10 * 365 * DAY)), r"actions: column 'ts' has \d+ rows with timestamps in the future"),
+        (lambda imps, acts: (imps, acts.assign(ts=acts["ts"] + 10 * 365 * DAY)), r"actions: \d+ rows break the rule 'no timestamps in the future' \(e.g. user_id="),
         (lambda imps, acts: (imps, acts.assign(action="share")), r"actions: column 'action' has \d+ rows with unknown action type"),
         (lambda imps, acts: (imps.assign(source="email"), acts), r"impressions: column 'source' has \d+ null or invalid values"),
     ],
@@ -393,3 +393,82 @@ def test_an_edit_that_keeps_the_file_size_still_rebuilds(spark, tmp_path, small_
     write_hand_raw(raw, imps.assign(position=imps["position"].iloc[::-1].to_numpy()), hand_actions(imps))
     second = job.run(spark, str(raw), str(out), small_config)
     assert second["fingerprint"] != first["fingerprint"]
+
+
+# --------------------------------------------------------------------------- input the job refuses or names (issue 21, items 8-10)
+def _rewrite(raw, table: str, change) -> None:
+    """Apply ``change`` (a pandas frame → frame) to every file of a raw table, keeping its schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from homefeed import storage
+
+    for path in storage.list_files(raw / table):
+        original = pq.read_table(path)
+        pq.write_table(pa.Table.from_pandas(change(original.to_pandas()), schema=original.schema, preserve_index=False), path)
+
+
+def _hand_raw(tmp_path):
+    imps = hand_impressions()
+    write_hand_raw(tmp_path / "raw", imps, hand_actions(imps))
+    return tmp_path / "raw"
+
+
+def _nan_first_embedding(pins: pd.DataFrame) -> pd.DataFrame:
+    pins = pins.copy()
+    pins.at[0, "embedding"] = np.full(schema.EMBEDDING_DIM, np.nan, np.float32)
+    return pins
+
+
+@pytest.mark.parametrize(
+    "table, change, message",
+    [
+        # Before: each of these was built and published; only the GX suites (not run by
+        # `build-instances` alone) rejected them.
+        (schema.IMPRESSIONS, lambda f: f.assign(ts=f["ts"] + (f["position"] == 0) * 10 * 365 * DAY),
+         r"impressions: \d+ rows break the rule 'ts falls inside its dt partition \(UTC day\)' \(e\.g\. request_id="),
+        (schema.PINS, _nan_first_embedding, r"pins: 1 rows break the rule 'embedding has 16 finite values' \(e\.g\. pin_id=10"),
+        (schema.PINS, lambda f: f.assign(repin_count=-f["repin_count"]), r"pins: \d+ rows break the rule 'repin_count >= 0'"),
+        (schema.USERS, lambda f: f.assign(follower_count=-1), r"users: \d+ rows break the rule 'follower_count >= 0' \(e\.g\. user_id="),
+        # Before: half the impressions named unknown pins and the job published (item 8).
+        (schema.PINS, lambda f: f[f["pin_id"] % 2 == 0],
+         r"impressions: 12 of 24 impressions \(50\.0%\) name pins absent from the pins snapshot \(e\.g\. pin_id \[11, 13, 15\]\); validation\.max_unknown_pin_rate"),
+    ],
+    ids=["ts-outside-dt", "nan-embedding", "negative-pin-count", "negative-user-count", "unknown-pins"],
+)
+def test_the_job_alone_enforces_the_contract_rules(spark, tmp_path, small_config, table, change, message):
+    raw = _hand_raw(tmp_path)
+    _rewrite(raw, table, change)
+    with pytest.raises(job.InputDataError, match=message):
+        job.run(spark, str(raw), str(tmp_path / "out"), small_config, now_ms=T0 + 30 * DAY)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_day_inside_the_window_is_refused_naming_it(spark, tmp_path, small_config):
+    # Before: the missing day's 2,600 train rows were silently dropped (item 9).
+    import shutil
+
+    raw = _hand_raw(tmp_path)
+    shutil.rmtree(raw / schema.IMPRESSIONS / "dt=2026-01-06")
+    with pytest.raises(job.InputDataError, match=r"impressions: no rows for dt=2026-01-06 inside the window 2026-01-05\.\.2026-01-08"):
+        job.run(spark, str(raw), str(tmp_path / "out"), small_config)
+
+
+def test_a_file_of_another_type_or_a_truncated_file_is_named_in_one_line(spark, tmp_path, small_config):
+    # Before: 300 lines of Py4J stack trace with the file buried (item 10).
+    import pyarrow.parquet as pq
+
+    raw = _hand_raw(tmp_path)
+    one_day = sorted((raw / schema.IMPRESSIONS).glob("dt=*/*.parquet"))[1]
+    table = pq.read_table(one_day)
+    pq.write_table(table.set_column(table.schema.get_field_index("ts"), "ts", table["ts"].cast("string")), one_day)
+    with pytest.raises(job.InputDataError) as refused:
+        job.run(spark, str(raw), str(tmp_path / "out"), small_config)
+    assert str(refused.value) == f"impressions: {one_day}: column 'ts' has type string, expected int64"
+
+    raw = _hand_raw(tmp_path / "second")
+    victim = sorted((raw / schema.ACTIONS).glob("dt=*/*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(job.InputDataError, match=rf"^actions: {victim} is not a readable Parquet file \(") as refused:
+        job.run(spark, str(raw), str(tmp_path / "second" / "out"), small_config)
+    assert "\n" not in str(refused.value)
