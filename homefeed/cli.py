@@ -93,13 +93,17 @@ def generate(
 def import_kuairand(
     src: Annotated[Path, typer.Option(help="Folder with KuaiRand-Pure log_*.csv and feature CSVs")],
     out: Annotated[Path, typer.Option(help="Raw data root to write")],
+    request_window: Annotated[str, typer.Option(help="A request = a user's exposures in this window: 1h (a feed load), 1d, 30m")] = "1h",
+    history: Annotated[bool, typer.Option("--history/--no-history", help="Add the pre-log likes and long views (user_sequences_before_0425.parquet)")] = True,
+    config: ConfigOption = None,
 ) -> None:
     """Map KuaiRand-Pure onto the raw contract (see homefeed.kuairand for the mapping)."""
     from homefeed import kuairand
 
-    started = _step(f"importing KuaiRand-Pure from {src}")
+    cfg = _config(config)
+    started = _step(f"importing KuaiRand-Pure from {src} (requests: {request_window}, history before the log: {'on' if history else 'off'})")
     try:
-        counts = kuairand.import_kuairand(src, out)
+        counts = kuairand.import_kuairand(src, out, request_window, history, cfg.train.time_window_ms + cfg.instances.delay_ms)
     except (kuairand.KuaiRandFormatError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -317,6 +321,7 @@ def compare(
     models: Annotated[str, typer.Option(help="Comma-separated model names (homefeed models)")],
     test_from: Annotated[str, typer.Option(help="First test day, YYYY-MM-DD; earlier days train (the last one validates)")],
     out: Annotated[Path, typer.Option(help="Output directory: comparison.csv / .md / .png, instances, models")],
+    seeds: Annotated[int, typer.Option(min=1, max=10, help="Seeds per neural model (mean and spread reported)")] = 1,
     config: ConfigOption = None,
 ) -> None:
     """Train and evaluate several models on the same instances and test days; one table."""
@@ -332,7 +337,7 @@ def compare(
     names = [m.strip() for m in models.split(",") if m.strip()]
     started = _step(f"comparing {', '.join(names)} on {raw}")
     try:
-        rows = comparison.compare(str(raw), names, first_test_day, out, cfg)
+        rows = comparison.compare(str(raw), names, first_test_day, out, cfg, seeds)
     except (ValueError, PermanentError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

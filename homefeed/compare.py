@@ -1,10 +1,12 @@
-"""Model comparison: every architecture on the same instances, seed, budget and test days.
+"""Model comparison: every architecture on the same instances, seeds, budget and test days.
 
 Instances are built once from the raw root: training days are those before ``test_from``
 (the last of them held out for validation and early stopping), test days those from it. Each
 model is trained with the same config apart from ``train.model``, scored on the same unsampled
 test split, and written to one table (``comparison.csv`` / ``.md`` / ``.png``) and one MLflow
-experiment (a run per model).
+experiment (a run per model). With ``seeds`` > 1 each neural model is also trained with that many
+seeds (``train.seed`` + 0, 1, …): ``seeds.csv`` and an "Across seeds" table give the mean and the
+spread, so that a seed's luck is not read as an architecture's merit.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def row(model: str, evaluation: dict[str, Any], seconds: float) -> dict[str, Any
             name = f"{'hit%d' % k if metric == 'hit' else metric}_{head}"
             lo, hi = evaluation["intervals"]["overall"][head][metric]
             out[name], out[f"{name}_lo"], out[f"{name}_hi"] = evaluation["overall"][head][metric], lo, hi
+        out[f"hit{k}_requests_{head}"] = evaluation["overall"][head].get("hit_requests", 0)
     out["train_seconds"] = round(seconds, 1)
     return out
 
@@ -75,10 +78,18 @@ def write_tables(rows: list[dict[str, Any]], out: Path, k: int, title: str) -> N
         writer.writerows(rows)
     columns = [f"auc_{h}" for h in schema.HEADS] + [f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}"]
     lines = [f"# {title}", "", "95% intervals: percentile bootstrap over requests. "
+             f"HIT@{k} counts requests with a positive and more than {k} candidates; n = how many. "
              f"HIT@{k} {schema.NEGATIVE_HEAD}: lower is better (ranked by the feed utility).", "",
              "| model | " + " | ".join(columns) + " | train s |", "| --- |" + " ---: |" * (len(columns) + 1)]
+
+    def cell(r: dict[str, Any], c: str) -> str:
+        text = f"{_fmt(r[c])} [{_fmt(r[c + '_lo'])}, {_fmt(r[c + '_hi'])}]"
+        if c.startswith(f"hit{k}_"):
+            text += f" n={r.get(c.replace(f'hit{k}_', f'hit{k}_requests_'), '?')}"
+        return text
+
     for r in rows:
-        cells = [f"{_fmt(r[c])} [{_fmt(r[c + '_lo'])}, {_fmt(r[c + '_hi'])}]" for c in columns]
+        cells = [cell(r, c) for c in columns]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['train_seconds']} |")
     if any(f"d_auc_{schema.PRIMARY_HEAD}" in r for r in rows):
         lines += _paired_table(rows, k)
@@ -125,7 +136,35 @@ def _plot(rows: list[dict[str, Any]], path: Path, k: int) -> None:
     plt.close(fig)
 
 
-def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config) -> list[dict[str, Any]]:
+BASELINES = ("lr", "gbdt")  # deterministic given the data: one seed is all they have
+
+
+def seed_spread(seed_rows: dict[str, list[dict[str, Any]]], k: int) -> list[dict[str, Any]]:
+    """Per model: mean, min and max over its seeds of each AUC and HIT@k (a seed's luck, visible)."""
+    columns = [f"auc_{h}" for h in schema.HEADS] + [f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}"]
+    out = []
+    for model, rows in seed_rows.items():
+        summary: dict[str, Any] = {"model": model, "seeds": len(rows)}
+        for c in columns:
+            values = [r[c] for r in rows if not math.isnan(r[c])]
+            summary[c] = sum(values) / len(values) if values else math.nan
+            summary[f"{c}_min"], summary[f"{c}_max"] = (min(values), max(values)) if values else (math.nan, math.nan)
+        out.append(summary)
+    return out
+
+
+def _seed_table(spread: list[dict[str, Any]], k: int) -> list[str]:
+    columns = [f"auc_{h}" for h in schema.HEADS] + [f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}"]
+    lines = ["", "## Across seeds", "", "Mean over the seeds [lowest, highest]; the tables above are seed 0's. A gap between "
+             "two models smaller than their seed spread is luck, whatever the bootstrap interval says.", "",
+             "| model | seeds | " + " | ".join(columns) + " |", "| --- | ---: |" + " ---: |" * len(columns)]
+    for r in spread:
+        cells = [f"{_fmt(r[c])} [{_fmt(r[c + '_min'])}, {_fmt(r[c + '_max'])}]" for c in columns]
+        lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config, seeds: int = 1) -> list[dict[str, Any]]:
     from homefeed import evaluate, registry, train as trainer
     from homefeed.data import read_instances
     from homefeed.spark import get_spark
@@ -148,14 +187,19 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
     rows: list[dict[str, Any]] = []
     probs: dict[str, Any] = {}
     runs: dict[str, str] = {}
+    seed_rows: dict[str, list[dict[str, Any]]] = {}
     for model in models:
-        model_cfg = cfg.with_overrides({"train": {"model": model}})
-        started = time.perf_counter()
-        result = trainer.train(str(instances), str(out / "models" / model), model_cfg)
-        seconds = time.perf_counter() - started
-        probs[model] = load_scorer(result.model_dir).predict(test)
-        evaluation = evaluate.evaluate_probabilities(test, probs[model], model_cfg)
-        rows.append(row(model, evaluation, seconds))
+        for seed in range(1 if model in BASELINES else seeds):
+            model_cfg = cfg.with_overrides({"train": {"model": model, "seed": cfg.train.seed + seed}})
+            started = time.perf_counter()
+            result = trainer.train(str(instances), str(out / "models" / (model if seed == 0 else f"{model}-seed{seed}")), model_cfg)
+            seconds = time.perf_counter() - started
+            scores = load_scorer(result.model_dir).predict(test)
+            evaluation = evaluate.evaluate_probabilities(test, scores, model_cfg)
+            seed_rows.setdefault(model, []).append(row(model, evaluation, seconds))
+            if seed == 0:
+                probs[model] = scores
+        rows.append(seed_rows[model][0])
         run = mlflow_client.create_run(experiment, run_name=f"{out.name}/{model}", tags={"homefeed.compare": str(out)})
         registry.log_train_params(mlflow_client, run.info.run_id, model_cfg.train)
         for key, value in rows[-1].items():
@@ -170,4 +214,12 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
                 if key.startswith("d_") and isinstance(value, float) and not math.isnan(value):
                     mlflow_client.log_metric(runs[r["model"]], key, value)
     write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from})")
+    if seeds > 1:
+        spread = seed_spread(seed_rows, cfg.evaluation.hit_k)
+        with (out / "comparison.md").open("a") as handle:
+            handle.write("\n".join(_seed_table(spread, cfg.evaluation.hit_k)) + "\n")
+        with (out / "seeds.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["seed", *rows[0]])
+            writer.writeheader()
+            writer.writerows({"seed": i, **r} for per_model in seed_rows.values() for i, r in enumerate(per_model))
     return rows

@@ -49,14 +49,12 @@ def _head_scores(probs: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
 
 def _slice_metrics(cols: dict[str, np.ndarray], probs: np.ndarray, scores: dict[str, np.ndarray], rows: np.ndarray, k: int) -> dict[str, dict[str, float]]:
     if len(rows) == 0:  # an empty slice (e.g. no Follow impressions that day) has no metrics
-        return {h: dict.fromkeys(METRICS, float("nan")) for h in schema.HEADS}
+        return {h: {**dict.fromkeys(METRICS, float("nan")), "hit_requests": 0} for h in schema.HEADS}
     out = {}
     for i, head in enumerate(schema.HEADS):
         labels = cols["labels"][rows, i]
-        out[head] = {
-            **metrics.head_metrics(labels, probs[rows, i], cols["weights"][rows]),
-            "hit": metrics.hit_at_k(cols["request_id"][rows], labels, scores[head][rows], k),
-        }
+        hit, counted = metrics.hit_at_k_counted(cols["request_id"][rows], labels, scores[head][rows], k)
+        out[head] = {**metrics.head_metrics(labels, probs[rows, i], cols["weights"][rows]), "hit": hit, "hit_requests": counted}
     return out
 
 

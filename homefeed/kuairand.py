@@ -16,6 +16,27 @@ several feedback labels, one of them negative (``is_hate``). The mapping:
 | ``fans_user_num``, ``follow_user_num``, ``friend_user_num``, ``register_days`` | ``follower_count``, ``pin_count``, ``board_count`` (nearest analogues), ``signup_ts`` |
 | ``user_active_degree`` | ``actions_28d`` (full/high: 100, middle: 20, low / new: 5, unknown: 0) |
 
+| ``user_sequences_before_0425.parquet`` (04-09..04-24): ``like_seq``, ``long_watch_seq`` | **approximate**: actions ``repin``, ``closeup`` before the log (below) |
+
+**Requests** (``--request-window``, default ``1h``): a request is a user's exposures within one
+window of ``time_ms`` (``request_id`` = user × window). Up to the attribution window (1 h) the
+request is one feed load: every impression's ``ts`` is the request's first exposure. Longer
+windows (``1d``: a request per user-day, so that HIT@3 has requests of more than 3 candidates)
+group exposures that were not shown together: each impression keeps its own ``time_ms`` as
+``ts``, so its labels and its sequence still start at its own exposure.
+
+**The history before the log** (``user_sequences_before_0425.parquet``, on unless
+``--no-history``): each user's last ≤ 50 likes and ≤ 50 long views of 2022-04-09..04-24 become
+``repin`` / ``closeup`` actions. The file has no time per item (only the user's last activity,
+``last_time_ms``) and no order between a like and a long view unless both videos are in
+``watch_seq``. Placement, **approximate by construction**: an item's place is its video's last
+position in ``watch_seq`` (as a fraction of it), else its position in its own list; likes and
+long views are merged by that place (a like first on a tie), and the merged list is spaced one
+minute apart, the newest at ``min(last_time_ms, first logged impression − guard)`` with ``guard``
+= the TransAct time-window mask + the sequence delay (1 day + 30 s by default), so no prefix
+action lands after the user's first logged impression or inside the window the mask hides
+around it. Their ``dt`` partitions are the days they land on (before 04-25).
+
 Not mapped: ``is_follow``, ``is_forward``, ``is_profile_enter`` and the stay times. Pin popularity
 counts and spam scores are 0: the statistics file that would give them is not in this copy, and
 counts from the log itself would leak the future into the snapshot. 4,021 exactly duplicated log
@@ -73,20 +94,76 @@ def _content_embedding(videos: pd.DataFrame) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def convert(src: str | Path) -> tuple[SimulatedLog, int]:
+HISTORY_FILE = "user_sequences_before_0425.parquet"
+MINUTE_MS = 60_000
+DEFAULT_GUARD_MS = 86_400_000 + 30_000  # train.time_window_ms + instances.delay_ms defaults
+
+
+def parse_window(text: str) -> int:
+    """``30m``, ``1h``, ``1d`` → milliseconds."""
+    units = {"m": MINUTE_MS, "h": HOUR_MS, "d": segments.DAY_MS}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) == 0:
+        raise KuaiRandFormatError(f"request window {text!r}: expected a positive number of m, h or d (e.g. 1h, 1d)")
+    return int(text[:-1]) * units[text[-1]]
+
+
+def _placed_items(watch: list, likes: list, long_views: list) -> list[tuple[int, str]]:
+    """(video_id, action) oldest first: likes and long views merged by their place (see the
+    module docstring), each list's own order kept (a place never moves before its predecessor's)."""
+    last_seen = {video: j for j, video in enumerate(watch)}
+
+    def places(items: list) -> list[float]:
+        out, running = [], 0.0
+        for i, video in enumerate(items):
+            here = last_seen[video] / max(len(watch) - 1, 1) if video in last_seen else i / max(len(items) - 1, 1)
+            running = max(running, here)
+            out.append(running)
+        return out
+
+    keyed = [(place, 0, i, v, "repin") for i, (v, place) in enumerate(zip(likes, places(likes)))]
+    keyed += [(place, 1, i, v, "closeup") for i, (v, place) in enumerate(zip(long_views, places(long_views)))]
+    return [(int(video), action) for _, _, _, video, action in sorted(keyed)]
+
+
+def history_prefix(history: pd.DataFrame, first_impression_ms: pd.Series, guard_ms: int = DEFAULT_GUARD_MS,
+                   spacing_ms: int = MINUTE_MS) -> pd.DataFrame:
+    """The pre-log likes and long views as actions (ids already +1), placed as documented above."""
+    rows = []
+    for user, last_ms, watch, likes, long_views in zip(
+        history["user_id"] + 1, history["last_time_ms"], history["watch_seq"], history["like_seq"], history["long_watch_seq"],
+    ):
+        items = _placed_items([int(v) + 1 for v in watch], [int(v) + 1 for v in likes], [int(v) + 1 for v in long_views])
+        if not items:
+            continue
+        newest = int(last_ms)
+        first = first_impression_ms.get(int(user))
+        if first is not None and not pd.isna(first):
+            newest = min(newest, int(first) - guard_ms)
+        for k, (video, action) in enumerate(items):
+            rows.append((int(user), video, newest - (len(items) - 1 - k) * spacing_ms, action))
+    frame = pd.DataFrame(rows, columns=["user_id", "pin_id", "ts", "action"])
+    return frame.astype({"user_id": np.int64, "pin_id": np.int64, "ts": np.int64}).drop_duplicates(list(schema.RAW_KEYS[schema.ACTIONS]))
+
+
+def convert(src: str | Path, request_window_ms: int = HOUR_MS, history: bool = True,
+            guard_ms: int = DEFAULT_GUARD_MS) -> tuple[SimulatedLog, int]:
     """The four raw tables and the snapshot timestamp (the first log day, UTC midnight)."""
     src = Path(src)
     log = _read_log(src)
     log["user_id"] += 1
     log["video_id"] += 1
-    log["hour"] = log["time_ms"] // HOUR_MS
-    log["request_id"] = log["user_id"].astype(str) + "-" + log["hour"].astype(str)
+    log["window"] = log["time_ms"] // request_window_ms
+    log["request_id"] = log["user_id"].astype(str) + "-" + log["window"].astype(str)
     log = log.sort_values(["user_id", "time_ms", "video_id"], kind="stable").drop_duplicates(["request_id", "video_id"])
     log["position"] = log.groupby("request_id").cumcount().astype(np.int32)
-    request_ts = log.groupby("request_id")["time_ms"].transform("min")
+    # Up to the attribution window a request is one feed load, shown at its first exposure.
+    if request_window_ms <= HOUR_MS:
+        impression_ts = log.groupby("request_id")["time_ms"].transform("min")
+    else:
+        impression_ts = log["time_ms"]
     impressions = pd.DataFrame({
         "request_id": log["request_id"], "user_id": log["user_id"].astype(np.int64), "pin_id": log["video_id"].astype(np.int64),
-        "ts": request_ts.astype(np.int64), "source": np.where(log["tab"] == 1, "pfy", "follow"), "position": log["position"],
+        "ts": impression_ts.astype(np.int64), "source": np.where(log["tab"] == 1, "pfy", "follow"), "position": log["position"],
     })
     action_ts = (log["time_ms"] + np.maximum(log["play_time_ms"].fillna(0), 1)).astype(np.int64)
     actions = pd.concat(
@@ -95,6 +172,10 @@ def convert(src: str | Path) -> tuple[SimulatedLog, int]:
         ignore_index=True,
     ).astype({"user_id": np.int64, "pin_id": np.int64, "ts": np.int64}).drop_duplicates(list(schema.RAW_KEYS[schema.ACTIONS]))
 
+    if history and (src / HISTORY_FILE).exists():
+        first_impression = impressions.groupby("user_id")["ts"].min()
+        prefix = history_prefix(pd.read_parquet(src / HISTORY_FILE), first_impression, guard_ms)
+        actions = pd.concat([prefix, actions], ignore_index=True).drop_duplicates(list(schema.RAW_KEYS[schema.ACTIONS]))
     first_day_ms = int(log["time_ms"].min()) // segments.DAY_MS * segments.DAY_MS
     videos = pd.read_csv(src / "video_features_basic_pure.csv")
     created = pd.to_datetime(videos["upload_dt"], errors="coerce", utc=True)
@@ -124,8 +205,11 @@ def convert(src: str | Path) -> tuple[SimulatedLog, int]:
     return SimulatedLog(impressions.reset_index(drop=True), actions.reset_index(drop=True), pins, users), first_day_ms
 
 
-def import_kuairand(src: str | Path, out: str | Path) -> dict[str, int]:
-    log, snapshot_ts = convert(src)
-    write_raw(log, out, snapshot_ts, {"source": "kuairand-pure", "src": str(src),
-                                      "license": "CC BY-SA 4.0 (Gao et al., KuaiRand, CIKM 2022)"})
-    return {"impressions": len(log.impressions), "actions": len(log.actions), "pins": len(log.pins), "users": len(log.users)}
+def import_kuairand(src: str | Path, out: str | Path, request_window: str = "1h", history: bool = True,
+                    guard_ms: int = DEFAULT_GUARD_MS) -> dict[str, int]:
+    log, snapshot_ts = convert(src, parse_window(request_window), history, guard_ms)
+    prefix = int((log.actions["ts"] < snapshot_ts).sum())
+    write_raw(log, out, snapshot_ts, {"source": "kuairand-pure", "src": str(src), "request_window": request_window,
+                                      "history_before_log": prefix, "license": "CC BY-SA 4.0 (Gao et al., KuaiRand, CIKM 2022)"})
+    return {"impressions": len(log.impressions), "actions": len(log.actions), "actions_before_log": prefix,
+            "requests": int(log.impressions["request_id"].nunique()), "pins": len(log.pins), "users": len(log.users)}

@@ -18,7 +18,7 @@ def cfg(base_config, tmp_path, monkeypatch):
 
 def test_models_share_instances_and_test_days_and_land_in_one_table(cfg, raw_dir, tmp_path):
     out = tmp_path / "cmp"
-    rows = compare.compare(str(raw_dir), ["lr", "none"], date(2026, 1, 9), out, cfg)
+    rows = compare.compare(str(raw_dir), ["lr", "none"], date(2026, 1, 9), out, cfg, seeds=2)
     with (out / "comparison.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert [r["model"] for r in table] == ["lr", "none"]
@@ -34,6 +34,13 @@ def test_models_share_instances_and_test_days_and_land_in_one_table(cfg, raw_dir
     assert "Paired difference against `none`" in (out / "comparison.md").read_text()
     assert "| lr |" in (out / "comparison.md").read_text()
     assert (out / "comparison.png").stat().st_size > 1000
+    # HIT@3 says over how many requests; the neural model ran with two seeds, the baseline once.
+    assert "n=" in (out / "comparison.md").read_text() and "hit3_requests_repin" in table[0]
+    with (out / "seeds.csv").open() as handle:
+        seeds = list(csv.DictReader(handle))
+    assert [(r["model"], r["seed"]) for r in seeds] == [("lr", "0"), ("none", "0"), ("none", "1")]
+    assert seeds[1]["auc_repin"] != seeds[2]["auc_repin"]  # another seed, another model
+    assert "## Across seeds" in (out / "comparison.md").read_text()
     # The test split is exactly the days from --test-from.
     from homefeed import storage
 
@@ -52,3 +59,16 @@ def test_bad_arguments_exit_2_naming_the_problem(raw_dir, tmp_path):
     assert too_early.exit_code == 2 and "training days" in too_early.output
     bad_date = runner.invoke(app, [*args, "--models", "lr", "--test-from", "Jan 9"])
     assert bad_date.exit_code == 2
+
+
+def test_seed_spread_gives_mean_and_range():
+    rows = {"none": [{"auc_repin": 0.70, "hit3_repin": 0.5}, {"auc_repin": 0.72, "hit3_repin": float("nan")}]}
+    for head in ("click", "closeup", "hide"):
+        for r in rows["none"]:
+            r[f"auc_{head}"] = 0.6
+    for r in rows["none"]:
+        r["hit3_hide"] = 0.1
+    spread = compare.seed_spread(rows, 3)[0]
+    assert spread["seeds"] == 2 and spread["auc_repin"] == pytest.approx(0.71)
+    assert (spread["auc_repin_min"], spread["auc_repin_max"]) == (0.70, 0.72)
+    assert spread["hit3_repin"] == 0.5  # a NaN seed (no counted request) is left out, not averaged in

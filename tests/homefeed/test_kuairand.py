@@ -9,7 +9,17 @@ pytestmark = pytest.mark.skipif(not KUAIRAND_DIR.exists(), reason="KuaiRand-Pure
 
 @pytest.fixture(scope="module")
 def converted():
-    return kuairand.convert(KUAIRAND_DIR)
+    """The log alone: the mapping checks below are about the log's own rows."""
+    return kuairand.convert(KUAIRAND_DIR, history=False)
+
+
+def test_the_pre_log_history_lands_before_every_users_first_impression():
+    log, snapshot = kuairand.convert(KUAIRAND_DIR)
+    prefix = log.actions[log.actions["ts"] < snapshot]
+    assert set(prefix["action"]) == {"repin", "closeup"} and len(prefix) > 200_000
+    first = log.impressions.groupby("user_id")["ts"].min().rename("first")
+    placed = prefix.merge(first, left_on="user_id", right_index=True)
+    assert (placed["ts"] <= placed["first"] - kuairand.DEFAULT_GUARD_MS).all()
 
 
 def test_mapping_keeps_ids_off_the_padding_id_and_requests_hourly(converted):

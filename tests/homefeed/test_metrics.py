@@ -15,6 +15,8 @@ def test_hit_at_k_matches_a_hand_computed_example():
     assert metrics.hit_at_k(groups, labels, scores, k=3) == pytest.approx(0.5)
     assert metrics.hit_at_k(groups, labels, scores, k=2) == pytest.approx(1 / 3)  # d counts now: its positive is 3rd
     assert math.isnan(metrics.hit_at_k(groups, labels, scores, k=4))  # no request is longer than 4
+    assert metrics.hit_at_k_counted(groups, labels, scores, k=3) == (pytest.approx(0.5), 2)  # a and b
+    assert metrics.hit_at_k_counted(groups, labels, scores, k=4)[1] == 0
 
 
 def test_hit_at_k_is_nan_without_positives():
