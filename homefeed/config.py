@@ -85,6 +85,8 @@ class InstancesConfig(_Section):
     positive_rate: float = Field(1.0, gt=0.0, le=1.0)
     negative_rate: float = Field(0.5, gt=0.0, le=1.0)
     seed: int = 17
+    # The pipeline adds the ranking service's logged events (serving.event_log) to the raw actions.
+    use_served_events: bool = True
     validation_days: int = Field(1, ge=1)
     test_days: int = Field(1, ge=1)
     shuffle_partitions: int = Field(8, ge=1)

@@ -37,6 +37,11 @@ class EventLogError(RuntimeError):
     """The log cannot be written (disk full, permissions): the event is not acknowledged."""
 
 
+def log_root(event_log: str, storage_root: str) -> Path:
+    """``serving.event_log``, or ``<storage root>/events`` when it is empty."""
+    return Path(event_log) if event_log else Path(storage_root) / "events"
+
+
 def _dt(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
 

@@ -70,10 +70,13 @@ def validate_raw(cfg: Config, raw: str, directory: Path) -> dict[str, Any]:
 
 
 def build_instances(cfg: Config, raw: str, directory: Path, start: date | None = None, end: date | None = None) -> dict[str, Any]:
+    from homefeed.event_log import log_root
     from jobs import build_instances as job
 
     out = directory / "instances"
-    manifest = job.run(_spark(cfg), raw, str(out), cfg, start, end)
+    # What users did on served feeds (homefeed serve's event log) joins the raw actions.
+    events = job.event_log_roots([str(log_root(cfg.serving.event_log, cfg.storage.root))]) if cfg.instances.use_served_events else ()
+    manifest = job.run(_spark(cfg), raw, str(out), cfg, start, end, event_logs=events)
     return _record(cfg, directory, "build_instances", {"instances": str(out), "rows": manifest["output_rows"], "window": manifest["window"], "splits": manifest["splits"]})
 
 

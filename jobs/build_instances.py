@@ -196,10 +196,21 @@ def check_window(impressions: DataFrame, pins: DataFrame, start: date, end: date
 
 
 def extract(spark: SparkSession, raw_root: str, start: date | None, end: date | None, now_ms: int,
-            max_unknown_pin_rate: float = 0.01) -> tuple[RawTables, date, date]:
+            max_unknown_pin_rate: float = 0.01, event_logs: tuple[str, ...] = ()) -> tuple[RawTables, date, date]:
     """Read and check the raw tables (all of them: a bad row outside the window is still a bad
-    producer), then keep the window's impressions and the actions that can matter to them."""
+    producer), then keep the window's impressions and the actions that can matter to them.
+
+    ``event_logs``: roots holding an ``actions`` table of the same contract (the ranking
+    service's log of acknowledged events): their actions join the raw ones, an action in both
+    counted once (the contract's key), so a retraining sees what users did on served feeds."""
     tables = {t: read_table(spark, raw_root, t) for t in schema.RAW_TABLES}
+    if event_logs:
+        served = [read_table(spark, root, schema.ACTIONS) for root in event_logs]
+        columns = [*schema.columns(schema.ACTIONS), schema.DT]
+        union = tables[schema.ACTIONS].select(*columns)
+        for frame in served:
+            union = union.unionByName(frame.select(*columns))
+        tables[schema.ACTIONS] = union.dropDuplicates(list(schema.RAW_KEYS[schema.ACTIONS]))
     check_rows(tables, now_ms)
     impressions = tables[schema.IMPRESSIONS]
     if start is None or end is None:
@@ -527,21 +538,29 @@ def _code_version() -> str:
 LAYOUT_VERSION = 2
 
 
-def _input_listing(raw_root: str) -> dict[str, list[tuple[str, str]]]:
-    """Every raw file with a hash of its bytes: an edit that keeps a file's size (two values
-    swapped) still changes it. blake2b over the 2M-impression simulation's raw files (40 MB)
-    takes ~0.1 s, against ~45 s for the job."""
+def _input_listing(raw_root: str, event_logs: tuple[str, ...] = ()) -> dict[str, list[tuple[str, str]]]:
+    """Every raw file (and every event log's actions file) with a hash of its bytes: an edit that
+    keeps a file's size (two values swapped) still changes it. blake2b over the 2M-impression
+    simulation's raw files (40 MB) takes ~0.1 s, against ~45 s for the job."""
     import hashlib
 
-    root = storage.local_path(raw_root)
-    listing = {}
-    for table in schema.RAW_TABLES:
+    def hashed(root: Path, table: str) -> list[tuple[str, str]]:
         entries = []
         for path in storage.list_files(root / table):
             with path.open("rb") as handle:
                 entries.append((str(path.relative_to(root)), hashlib.file_digest(handle, "blake2b").hexdigest()[:32]))
-        listing[table] = entries
+        return entries
+
+    root = storage.local_path(raw_root)
+    listing = {table: hashed(root, table) for table in schema.RAW_TABLES}
+    for log in event_logs:
+        listing[f"events:{log}"] = hashed(storage.local_path(log), schema.ACTIONS)
     return listing
+
+
+def event_log_roots(candidates: list[str]) -> tuple[str, ...]:
+    """The candidates that hold published actions (an event log nobody wrote to is skipped)."""
+    return tuple(c for c in candidates if storage.list_files(storage.local_path(c) / schema.ACTIONS))
 
 
 def _label_rates(frame: DataFrame) -> dict[str, dict[str, Any]]:
@@ -559,10 +578,10 @@ def _label_rates(frame: DataFrame) -> dict[str, dict[str, Any]]:
 
 def run(
     spark: SparkSession, raw_root: str, out: str, cfg: Config, start: date | None = None, end: date | None = None,
-    now_ms: int | None = None, feature_stats: dict[str, dict[str, float]] | None = None,
+    now_ms: int | None = None, feature_stats: dict[str, dict[str, float]] | None = None, event_logs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Extract → transform → load. Returns the manifest. Skips work when ``out`` already holds
-    the output of the same inputs and config.
+    the output of the same inputs and config. ``event_logs``: see :func:`extract`.
 
     With ``feature_stats`` (a served model's), the output is for scoring that model: every row in
     the unsampled ``test`` split, standardised with its statistics instead of fitted ones.
@@ -572,7 +591,7 @@ def run(
     icfg = cfg.instances
     storage.require_published(raw_root, "raw data")
     fingerprint = storage.fingerprint(
-        {"inputs": _input_listing(raw_root), "config": icfg.model_dump(mode="json"), "start": str(start), "end": str(end),
+        {"inputs": _input_listing(raw_root, event_logs), "config": icfg.model_dump(mode="json"), "start": str(start), "end": str(end),
          "feature_stats": feature_stats, "layout": LAYOUT_VERSION}
     )
     if storage.is_published(out):
@@ -580,7 +599,7 @@ def run(
         if previous.get("fingerprint") == fingerprint:
             return previous
     raw, start, end = extract(spark, raw_root, start, end, now_ms if now_ms is not None else int(_time.time() * 1000),
-                              cfg.validation.max_unknown_pin_rate)
+                              cfg.validation.max_unknown_pin_rate, event_logs)
     impression_rows = raw.impressions.count()
     if impression_rows == 0:
         raise InputDataError(f"{schema.IMPRESSIONS}: no rows between {start} and {end}")
@@ -602,6 +621,7 @@ def run(
             manifest = {
                 "fingerprint": fingerprint,
                 "raw_root": str(raw_root),
+                "event_logs": list(event_logs),
                 "window": {"start": start.isoformat(), "end": end.isoformat()},
                 "input_rows": {
                     schema.IMPRESSIONS: impression_rows,

@@ -11,7 +11,6 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 from homefeed import features, holdout, schema, sequence_store
 from homefeed.config import Config
 from homefeed.errors import PermanentError
-from homefeed.event_log import EventLog
+from homefeed.event_log import EventLog, log_root
 from homefeed.metrics import ranking_utility
 
 log = logging.getLogger(__name__)
@@ -132,7 +131,7 @@ class RankingService:
         store = open_sequence_store(cfg, snapshot, model.seq_len)
         if cfg.serving.bootstrap:
             bootstrap(store, raw_root)
-        events = EventLog(cfg.serving.event_log or Path(cfg.storage.root) / "events", cfg.serving.event_log_roll_events)
+        events = EventLog(log_root(cfg.serving.event_log, cfg.storage.root), cfg.serving.event_log_roll_events)
         if events.recovered:
             log.info("event log: %d events of a previous run published from its journal", events.recovered)
         return cls(model, snapshot, store, cfg.serving.position, events)

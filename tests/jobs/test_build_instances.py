@@ -472,3 +472,31 @@ def test_a_file_of_another_type_or_a_truncated_file_is_named_in_one_line(spark, 
     with pytest.raises(job.InputDataError, match=rf"^actions: {victim} is not a readable Parquet file \(") as refused:
         job.run(spark, str(raw), str(tmp_path / "second" / "out"), small_config)
     assert "\n" not in str(refused.value)
+
+
+def test_served_events_join_the_raw_actions_counted_once(spark, tmp_path, small_config):
+    """homefeed serve's event log (acknowledged /events) feeds the next retraining (issue 19)."""
+    from homefeed.event_log import EventLog
+
+    imps = hand_impressions()
+    acts = hand_actions(imps)  # a click on every other impression
+    raw = tmp_path / "raw"
+    write_hand_raw(raw, imps, acts)
+    target, logged_twice = imps.iloc[1], acts.iloc[0]  # the target has no raw action
+    log = EventLog(tmp_path / "events")
+    log.append(target["user_id"], target["pin_id"], "repin", target["ts"] + 5_000)
+    log.append(logged_twice["user_id"], logged_twice["pin_id"], logged_twice["action"], logged_twice["ts"])
+    log.close()
+    events = job.event_log_roots([str(tmp_path / "events"), str(tmp_path / "nothing-logged")])
+    assert events == (str(tmp_path / "events"),)
+    served = job.run(spark, str(raw), str(tmp_path / "with"), small_config, event_logs=events)
+    alone = job.run(spark, str(raw), str(tmp_path / "without"), small_config)
+    assert served["input_rows"]["actions"] == alone["input_rows"]["actions"] + 1  # the re-logged click once
+    assert served["fingerprint"] != alone["fingerprint"] and served["event_logs"] == list(events)
+
+    def repin_of_target(out):
+        rows = pd.read_parquet(out / schema.ROWS_DIR)
+        hit = rows[(rows["request_id"] == target["request_id"]) & (rows["pin_id"] == target["pin_id"])]
+        return int(hit[schema.label_column("repin")].iloc[0])
+
+    assert (repin_of_target(tmp_path / "with"), repin_of_target(tmp_path / "without")) == (1, 0)
