@@ -770,17 +770,36 @@ def run(
         if server is not None:
             server.stop()
     directory = pipeline.run_dir(cfg, label)
-    state = registry.state(cfg)
+    with _registry_errors():
+        state = registry.state(cfg)
     gate = json.loads((directory / "gate.json").read_text()) if (directory / "gate.json").exists() else {}
     evaluation = json.loads((directory / "evaluate.json").read_text()) if (directory / "evaluate.json").exists() else None
     typer.echo("")
-    if evaluation:
-        overall = evaluation["challenger"]["overall"]
-        typer.echo("test AUC per head: " + ", ".join(f"{h} {m['auc']:.4f}" for h, m in overall.items()))
-    typer.echo(f"gate: {gate.get('summary', 'did not run')}")
-    typer.echo(f"registry: {cfg.registry.model_name} champion=v{state.champion} challenger=v{state.challenger} previous=v{state.previous}")
+    for line in run_summary(evaluation, gate, state, cfg.registry.model_name):
+        typer.echo(line)
     typer.echo(f"report: {directory / 'report.html'}")
     typer.echo(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {registry.tracking_uri(cfg)}")
+    if state.champion:
+        typer.echo(f"serve the champion: .venv/bin/homefeed serve   (POST /rank on http://{cfg.serving.host}:{cfg.serving.port})")
+
+
+def run_summary(evaluation: dict | None, gate: dict, state, model_name: str) -> list[str]:
+    """What a finished run says first: the challenger's test metrics with their 95% intervals
+    (HIT@k with the number of requests it counts), the gate's verdict, and the aliases."""
+    lines = []
+    if evaluation:
+        challenger = evaluation["challenger"]
+        k, overall, intervals = challenger["hit_k"], challenger["overall"], challenger["intervals"]["overall"]
+        lines.append("test AUC per head (95% interval): " + ", ".join(
+            f"{h} {m['auc']:.4f} [{intervals[h]['auc'][0]:.4f}, {intervals[h]['auc'][1]:.4f}]" for h, m in overall.items()))
+        hits = [f"{h} {overall[h]['hit']:.3f} over {overall[h].get('hit_requests', '?')} requests" for h in overall
+                if overall[h].get("hit") == overall[h].get("hit")]  # NaN: no request had more than k candidates
+        lines.append(f"test HIT@{k}: " + (", ".join(hits) if hits else f"undefined (no request with a positive and more than {k} candidates)"))
+    lines.append(gate.get("summary", "gate: did not run"))
+    version = lambda v: "none" if v is None else f"v{v}"  # noqa: E731
+    lines.append(f"registry: {model_name} champion={version(state.champion)} challenger={version(state.challenger)} "
+                 f"previous={version(state.previous)}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -181,6 +181,8 @@ def bearer_token_check(token: str):
 def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
     """The app; loads the model behind ``serving.alias`` unless a service is given."""
     service = service or RankingService.from_registry(cfg)
+    log.info("serving %s v%s (alias %s); sequences in %s", cfg.registry.model_name, service.model.version,
+             cfg.serving.alias, service.store.describe())
     metrics = ServiceMetrics()
     authorized = [Depends(bearer_token_check(cfg.serving.token))]
 

@@ -178,3 +178,21 @@ def test_the_sqlite_stores_are_owner_only_whatever_the_umask(base_config, tmp_pa
         os.umask(old)
     for name in ("mlflow.db", "airflow/airflow.db", "serving/sequences.sqlite"):
         assert ((tmp_path / name).stat().st_mode & 0o777) == 0o600, name
+
+
+def test_the_run_summary_gives_intervals_hit_counts_and_no_vnone():
+    # Before: "gate: gate passed", "previous=vNone", no intervals or HIT@3 (issue 22).
+    from homefeed.cli import run_summary
+    from homefeed.registry import RegistryState
+
+    head = {"auc": 0.74, "hit": 0.5, "hit_requests": 120}
+    evaluation = {"challenger": {"hit_k": 3, "overall": {"repin": head, "hide": {**head, "hit": float("nan"), "hit_requests": 0}},
+                                 "intervals": {"overall": {"repin": {"auc": [0.73, 0.75]}, "hide": {"auc": [0.70, 0.78]}}}}}
+    state = RegistryState(champion="2", challenger="2", previous=None, holdout={})
+    lines = run_summary(evaluation, {"summary": "gate passed (4 checks, against champion v1)"}, state, "ranker")
+    assert lines[0] == "test AUC per head (95% interval): repin 0.7400 [0.7300, 0.7500], hide 0.7400 [0.7000, 0.7800]"
+    assert lines[1] == "test HIT@3: repin 0.500 over 120 requests"
+    assert lines[2] == "gate passed (4 checks, against champion v1)"
+    assert lines[3] == "registry: ranker champion=v2 challenger=v2 previous=none"
+    assert run_summary(None, {}, RegistryState(None, None, None, {}), "ranker") == [
+        "gate: did not run", "registry: ranker champion=none challenger=none previous=none"]
