@@ -172,7 +172,8 @@ def read_instances(
     for bucket, files in bucket_files(root, split).items():
         if buckets is not None and bucket not in buckets:
             continue
-        rows = _read(files, tuple(dict.fromkeys([*(columns or schema.ROW_COLUMNS), schema.SEQUENCE_KEY, "pin_id"])))
+        from_rows = [c for c in (columns or schema.ROW_COLUMNS) if c not in (*schema.SEQUENCE_COLUMNS, schema.PIN_EMBEDDING)]
+        rows = _read(files, tuple(dict.fromkeys([*from_rows, schema.SEQUENCE_KEY, "pin_id"])))
         sequences = _sorted_sequences(sequence_files.get(bucket, []))
         at = _positions(sequences.column(schema.SEQUENCE_KEY).to_numpy(), rows.column(schema.SEQUENCE_KEY).to_numpy(),
                         f"instances at {root}, split {split}, bucket {bucket}")

@@ -107,3 +107,13 @@ def test_view_carries_the_candidates_content_embedding_from_the_pin_table(instan
     for row in read_instances(instances_dir, "validation").slice(0, 50).to_pylist():
         np.testing.assert_allclose(row[schema.PIN_EMBEDDING], by_id[row["pin_id"]], rtol=1e-6)
     assert torch.is_tensor(to_tensors(read_instances(instances_dir, "validation").slice(0, 3))["dense"])
+
+
+def test_read_instances_takes_sequence_columns_among_the_columns_asked_for(instances_dir):
+    # Before: asking for seq_pin_id failed ("No match for FieldRef.Name(seq_pin_id)"): rows were
+    # read with every asked column, and the sequences live in the other table.
+    table = read_instances(instances_dir, "test", columns=("user_id", "ts", schema.SEQ_PIN_ID))
+    assert table.column_names[:2] == ["user_id", "ts"] and schema.SEQ_PIN_ID in table.column_names
+    assert "label_repin" not in table.column_names
+    full = read_instances(instances_dir, "test")
+    assert table.column(schema.SEQ_PIN_ID).to_pylist() == full.column(schema.SEQ_PIN_ID).to_pylist()
