@@ -9,6 +9,9 @@ days; and whenever `homefeed_monitor` finds the champion stale (the `homefeed_ch
 asset), with the reason in the run's report. Trigger it from the UI to retrain on demand; the form sets the window, the architecture,
 the sampling rates, the repin AUC floor and whether to promote automatically.
 
+Unpausing the DAG makes Airflow schedule the latest past Monday/Thursday slot at once; such a
+run (more than an hour late) skips every stage and says so instead of retraining by surprise.
+
 Tasks: check raw data → validate raw (GX) → build instances (Spark) → validate instances (GX) →
 train → evaluate challenger and champion → gate → register → promote → report. A failed gate
 skips registration and promotion and says why; the report is written either way.
@@ -81,9 +84,16 @@ def homefeed_retrain():
     @task
     @fail_fast
     def check_raw():
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from homefeed import pipeline
 
         cfg, directory, params, _ = _run()
+        context = get_current_context()
+        slot = context.get("logical_date") or context["dag_run"].run_after
+        reason = pipeline.missed_slot(str(context["dag_run"].run_type), slot, pendulum.now("UTC"))
+        if reason:
+            raise AirflowSkipException(reason)  # the whole run is skipped, and says why
         return pipeline.check_raw(cfg, pipeline.raw_root(cfg, params), directory)
 
     @task

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,19 @@ def _spark(cfg: Config):
 
 
 # --------------------------------------------------------------------------- stages
+# A scheduled run that starts this long after its slot was created by unpausing the DAG (Airflow
+# then schedules the latest past slot at once), not by the clock: it must not retrain by surprise.
+MISSED_SLOT_AFTER = timedelta(hours=1)
+
+
+def missed_slot(run_type: str, slot: datetime, now: datetime) -> str | None:
+    """Why a run must not retrain (a missed scheduled slot), or None."""
+    if run_type != "scheduled" or now - slot <= MISSED_SLOT_AFTER:
+        return None
+    return (f"scheduled slot {slot.isoformat()} was missed (the DAG was paused then; it started {now - slot} late): "
+            "not retraining by surprise; trigger a run to retrain now")
+
+
 def check_raw(cfg: Config, raw: str, directory: Path) -> dict[str, Any]:
     root = storage.require_published(raw, "raw data")
     missing = [t for t in schema.RAW_TABLES if not storage.list_files(root / t)]

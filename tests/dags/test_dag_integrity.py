@@ -75,3 +75,17 @@ def test_monitor_runs_daily_and_only_a_stale_champion_requests_retraining(dagbag
     assert tasks["request_retraining"].upstream_task_ids >= {"champion_is_stale"}
     assert [o.name for o in tasks["request_retraining"].outlets] == ["homefeed_champion_stale"]
     assert all(not t.outlets for name, t in tasks.items() if name != "request_retraining")
+
+
+def test_a_missed_scheduled_slot_is_not_a_reason_to_retrain():
+    # Unpausing the DAG schedules the latest past slot at once (issue 22): such a run is skipped;
+    # on-time scheduled runs and every triggered, backfilled or asset-triggered run retrain.
+    from datetime import datetime, timedelta, timezone
+
+    from homefeed.pipeline import missed_slot
+
+    slot = datetime(2026, 11, 30, 3, tzinfo=timezone.utc)
+    assert "was missed" in missed_slot("scheduled", slot, slot + timedelta(hours=3))
+    assert missed_slot("scheduled", slot, slot + timedelta(minutes=5)) is None
+    for run_type in ("manual", "backfill", "asset_triggered"):
+        assert missed_slot(run_type, slot, slot + timedelta(days=3)) is None

@@ -180,6 +180,24 @@ def test_backfill_over_a_date_range_runs_the_scheduled_dates(standalone, raw_dir
     assert built["window"] == {"start": "2026-01-05", "end": "2026-01-07"}  # 3 days ending the day before
 
 
+def test_unpausing_runs_no_missed_slot_by_surprise(standalone):
+    """The trigger test unpaused the DAG; Airflow then schedules the latest past Monday/Thursday
+    slot at once. Before: that run retrained on the default raw root with auto-promote on (issue
+    22). Now every stage of it is skipped, and check_raw says why."""
+    base, password, _, _, _ = standalone
+    token = call(f"{base}/auth/token", method="POST", body={"username": "admin", "password": password})["access_token"]
+    from datetime import datetime, timedelta
+
+    runs = wait_for_runs(base, token, "scheduled", 1, timeout=300)
+    late = [r for r in runs if datetime.fromisoformat(r["start_date"]) - datetime.fromisoformat(r["logical_date"]) > timedelta(hours=1)]
+    if not late:
+        pytest.skip("the latest slot is less than an hour old: it is on time, not missed")
+    for run in late:
+        tasks = call(f"{base}/api/v2/dags/homefeed_retrain/dagRuns/{run['dag_run_id']}/taskInstances", token)["task_instances"]
+        states = {t["task_id"]: t["state"] for t in tasks}
+        assert states["check_raw"] == "skipped" and states["train"] == "skipped" and states["promote"] == "skipped", states
+
+
 def test_sigterm_to_homefeed_airflow_stops_everything_it_started(standalone):
     """Last in this module. Before: SIGTERM to `homefeed airflow` left the scheduler, api-server,
     triggerer and workers alive (issue 21, item 17); it now forwards the signal to its tree."""
