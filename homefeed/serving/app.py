@@ -30,6 +30,7 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
 from homefeed import features, schema
@@ -194,7 +195,8 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
             poller.cancel()
         service.close()  # publishes the event journal
 
-    app = FastAPI(title="homefeed ranking service", lifespan=lifespan)
+    # /docs and /redoc from files in the fastapi-offline package: a CDN is not reachable everywhere.
+    app = FastAPIOffline(title="homefeed ranking service", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.serving.max_body_bytes)
     app.add_middleware(InflightLimit, max_inflight=cfg.serving.max_inflight, paths=("/rank",), metrics=metrics)
     app.state.service = service

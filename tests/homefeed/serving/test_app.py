@@ -378,3 +378,31 @@ def test_events_from_the_far_future_are_refused_and_do_not_displace_real_ones(cl
     history = client.app.state.service.store.history(user)
     assert [e.pin_id for e in history.events] == [1]
     assert client.post("/events", json={"user_id": user, "pin_id": 3, "action": "click", "ts": now + 1_000}).status_code == 200
+
+
+@pytest.mark.slow
+def test_the_docs_render_offline_in_a_browser(cfg, champion, tmp_path):
+    """Before: /docs was blank offline (Swagger UI from a CDN) (issue 22). The machine has no route
+    out, so a page that needs a CDN renders nothing here."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Debian chromium is not installed (scripts/install_test_servers.sh)")
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    process = _start_serve(_overlay(cfg, tmp_path), port)
+    outside = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-background-networking"])
+            page = browser.new_page()
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(f"http://127.0.0.1:{port}") else None)
+            page.goto(f"http://127.0.0.1:{port}/docs")
+            page.wait_for_selector("text=homefeed ranking service", timeout=30_000)
+            page.wait_for_selector("text=/rank", timeout=30_000)
+            page.screenshot(path=str(tmp_path / "docs.png"))
+            browser.close()
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+    assert outside == [] and (tmp_path / "docs.png").stat().st_size > 10_000
