@@ -47,9 +47,15 @@ def _run():
 
 
 def _on_failure(context) -> None:
-    from homefeed.pipeline import log_task_failure
+    from homefeed import pipeline
 
-    log_task_failure(context["task_instance"].task_id, context.get("exception"))
+    directory = None
+    try:  # the run directory, for the report to show the error; a bad config must not hide the failure
+        params = dict(context["params"])
+        directory = pipeline.run_dir(pipeline.config_from_params(params), params.get("run_label") or context["run_id"])
+    except Exception:
+        pass
+    pipeline.log_task_failure(context["task_instance"].task_id, context.get("exception"), directory)
 
 
 @dag(

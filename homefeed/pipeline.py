@@ -286,18 +286,30 @@ def retrain_in_process(cfg: Config, raw: str, directory: Path, start: date, end:
     simulated retraining would cost more than the retraining. A failed gate stops before
     registration, as in the DAG; the report is written either way.
     """
+    stage = "check_raw"
     try:
         check_raw(cfg, raw, directory)
+        stage = "validate_raw"
         validate_raw(cfg, raw, directory)
+        stage = "build_instances"
         build_instances(cfg, raw, directory, start, end)
+        stage = "validate_instances"
         validate_instances(cfg, directory)
+        stage = "train"
         train(cfg, directory)
+        stage = "evaluate"
         evaluate(cfg, directory)
+        stage = "gate"
         decision = gate(cfg, directory)
         if decision["passed"]:
+            stage = "register"
             register(cfg, directory)
+            stage = "promote"
             promote(cfg, directory)
         return decision
+    except Exception as exc:
+        log_task_failure(stage, exc, directory)
+        raise
     finally:
         report(cfg, directory)
 
@@ -331,7 +343,12 @@ def raw_root(cfg: Config, params: dict[str, Any]) -> str:
     return raw
 
 
-def log_task_failure(task_id: str, exception: BaseException | None) -> None:
+def log_task_failure(task_id: str, exception: BaseException | None, directory: Path | None = None) -> None:
+    """Say it in the log, and leave ``<stage>.failed.json`` in the run directory for the report."""
     import logging
 
     logging.getLogger("homefeed").error("homefeed task %s failed: %s", task_id, exception or "unknown error")
+    if directory is not None:
+        error = str(exception) if exception is not None else "unknown error"
+        storage.write_json(directory / f"{task_id}{schema.STAGE_FAILED_SUFFIX}", {"stage": task_id, "error": error,
+                                                                     "type": type(exception).__name__ if exception else None})

@@ -128,6 +128,14 @@ def _drift(saved: dict[str, Any]) -> str:
             + _table(rows, ["statistic", "passed", "previous", "now", "change", "limit"]))
 
 
+def _status(stage: str, results: dict[str, Any], failures: dict[str, Any]) -> str:
+    if stage in results:
+        return "done"
+    if stage in failures:
+        return f"FAILED: {failures[stage]['error'].splitlines()[0] if failures[stage]['error'] else ''}"
+    return "did not run"
+
+
 def write(cfg: Config, directory: Path, registry_state: dict[str, Any]) -> Path:
     results = {s: json.loads((directory / f"{s}.json").read_text()) for s in STAGES if (directory / f"{s}.json").exists()}
     parts = [f"<h1>homefeed retraining run {html.escape(directory.name)}</h1>"]
@@ -135,7 +143,13 @@ def write(cfg: Config, directory: Path, registry_state: dict[str, Any]) -> Path:
     if notice:
         parts.append(f"<h2>Why this run</h2><p>The staleness monitor marked champion v{html.escape(notice['model_version'])} "
                      f"stale on {html.escape(notice['day'])}: {html.escape(notice['reason'])}</p>")
-    parts.append("<h2>Stages</h2>" + _table([[s, "done" if s in results else "did not run"] for s in STAGES], ["stage", "status"]))
+    # A stage that failed and then succeeded on a retry is done, not failed.
+    failures = {s: json.loads((directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").read_text()) for s in STAGES
+                if s not in results and (directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").exists()}
+    if failures:
+        first = next(s for s in STAGES if s in failures)
+        parts.append(f'<h2 class="failed">FAILED at {html.escape(first)}</h2><pre>{html.escape(failures[first]["error"])}</pre>')
+    parts.append("<h2>Stages</h2>" + _table([[s, _status(s, results, failures)] for s in STAGES], ["stage", "status"]))
     if "build_instances" in results:
         built = results["build_instances"]
         parts.append("<h2>Data</h2>" + _table(

@@ -206,3 +206,6 @@ SEQUENCE_TABLE_COLUMNS = (SEQUENCE_KEY, "user_id", "ts", *SEQUENCE_COLUMNS)
 # Published beside the instances (ignored by Parquet readers: it starts with "_"); the one copy
 # of each pin's content embedding, joined by pin id wherever a row needs it.
 PIN_FEATURES_DIR = "_pin_features"
+
+# A run directory's record of a stage that failed (``<stage>.failed.json``), for the run report.
+STAGE_FAILED_SUFFIX = ".failed.json"

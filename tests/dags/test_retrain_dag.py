@@ -116,5 +116,8 @@ def test_bad_raw_data_stops_the_run_at_validation_without_retries(airflow_db, da
     assert states["report"] == "success"
     directory = pipeline.run_dir(retrain_env, "broken")
     assert not (directory / "instances").exists() and (directory / "report.html").exists()
+    # Before: the report marked every stage "did not run", the failed one included, with no error (issue 22).
+    report = (directory / "report.html").read_text()
+    assert "FAILED at validate_raw" in report and "FAILED: " in report and "user_id" in report
     ti = next(t for t in dagrun.get_task_instances() if t.task_id == "validate_raw")
     assert ti.try_number == 1  # bad data is not retried
