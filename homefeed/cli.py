@@ -322,6 +322,7 @@ def compare(
     test_from: Annotated[str, typer.Option(help="First test day, YYYY-MM-DD; earlier days train (the last one validates)")],
     out: Annotated[Path, typer.Option(help="Output directory: comparison.csv / .md / .png, instances, models")],
     seeds: Annotated[int, typer.Option(min=1, max=10, help="Seeds per neural model (mean and spread reported)")] = 1,
+    split: Annotated[str, typer.Option(help="Split scored: test, or validation to choose knobs without touching the test days")] = "test",
     config: ConfigOption = None,
 ) -> None:
     """Train and evaluate several models on the same instances and test days; one table."""
@@ -337,7 +338,7 @@ def compare(
     names = [m.strip() for m in models.split(",") if m.strip()]
     started = _step(f"comparing {', '.join(names)} on {raw}")
     try:
-        rows = comparison.compare(str(raw), names, first_test_day, out, cfg, seeds)
+        rows = comparison.compare(str(raw), names, first_test_day, out, cfg, seeds, split)
     except (ValueError, PermanentError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

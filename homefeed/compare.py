@@ -164,7 +164,10 @@ def _seed_table(spread: list[dict[str, Any]], k: int) -> list[str]:
     return lines
 
 
-def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config, seeds: int = 1) -> list[dict[str, Any]]:
+def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config, seeds: int = 1,
+            split: str = "test") -> list[dict[str, Any]]:
+    """``split="validation"`` scores the validation day instead: for choosing knobs without
+    touching the test days (every table then describes the validation day)."""
     from homefeed import evaluate, registry, train as trainer
     from homefeed.data import read_instances
     from homefeed.spark import get_spark
@@ -172,6 +175,8 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
     from models import MODEL_NAMES
     from models.zoo import load_scorer
 
+    if split not in ("test", "validation"):
+        raise ValueError(f"--split must be test or validation, got {split!r}")
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:
         raise ValueError(f"unknown models {unknown}; known: {list(MODEL_NAMES)}")
@@ -180,7 +185,7 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
     out.mkdir(parents=True, exist_ok=True)
     instances = out / "instances"
     job.run(get_spark(cfg.spark, "homefeed-compare", cfg.instances.shuffle_partitions), raw, str(instances), cfg, days[0], days[-1])
-    test = read_instances(str(instances), "test")
+    test = read_instances(str(instances), split)
     tracking = cfg.with_overrides({"registry": {"experiment": cfg.registry.experiment + EXPERIMENT_SUFFIX}})
     mlflow_client = registry.client(tracking)
     experiment = registry.experiment_id(tracking)
@@ -213,7 +218,7 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
             for key, value in r.items():
                 if key.startswith("d_") and isinstance(value, float) and not math.isnan(value):
                     mlflow_client.log_metric(runs[r["model"]], key, value)
-    write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from})")
+    write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from}; scored on the {split} split)")
     if seeds > 1:
         spread = seed_spread(seed_rows, cfg.evaluation.hit_k)
         with (out / "comparison.md").open("a") as handle:

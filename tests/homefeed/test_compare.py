@@ -59,6 +59,8 @@ def test_bad_arguments_exit_2_naming_the_problem(raw_dir, tmp_path):
     assert too_early.exit_code == 2 and "training days" in too_early.output
     bad_date = runner.invoke(app, [*args, "--models", "lr", "--test-from", "Jan 9"])
     assert bad_date.exit_code == 2
+    bad_split = runner.invoke(app, [*args, "--models", "lr", "--test-from", "2026-01-09", "--split", "train"])
+    assert bad_split.exit_code == 2 and "--split must be test or validation" in bad_split.output
 
 
 def test_seed_spread_gives_mean_and_range():
@@ -72,3 +74,15 @@ def test_seed_spread_gives_mean_and_range():
     assert spread["seeds"] == 2 and spread["auc_repin"] == pytest.approx(0.71)
     assert (spread["auc_repin_min"], spread["auc_repin_max"]) == (0.70, 0.72)
     assert spread["hit3_repin"] == 0.5  # a NaN seed (no counted request) is left out, not averaged in
+
+
+def test_knobs_can_be_chosen_on_the_validation_day_without_touching_the_test_days(cfg, raw_dir, tmp_path):
+    from homefeed import storage
+    from homefeed.data import read_rows
+
+    out = tmp_path / "tuning"
+    rows = compare.compare(str(raw_dir), ["lr"], date(2026, 1, 9), out, cfg, split="validation")
+    assert "scored on the validation split" in (out / "comparison.md").read_text()
+    validation_requests = len(set(read_rows(out / "instances", "validation", ("request_id",)).column("request_id").to_pylist()))
+    assert storage.read_manifest(out / "instances")["splits"]["validation"]["rows"] > 0 and validation_requests > 0
+    assert rows[0]["auc_repin"] == rows[0]["auc_repin"]  # scored: a number, not NaN
