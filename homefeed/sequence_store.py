@@ -44,6 +44,7 @@ from homefeed.features import POSITIVE_CODES, Event, FeatureSnapshot, InMemorySe
 log = logging.getLogger(__name__)
 
 DEFAULT_FILE = "serving/sequences.sqlite"
+LOAD_BATCH = 50_000  # events turned into Python objects and written at once by load_actions
 
 
 class SequenceStoreUnavailable(RuntimeError):
@@ -395,15 +396,25 @@ def load_actions(
         if mask is not None:
             table = table.filter(mask)
         table = table.sort_by([("ts", "ascending")])
-        events = [(u, make_event(store.snapshot, p, a, t)) for u, p, t, a in
-                  zip(*(table[c].to_pylist() for c in ("user_id", "pin_id", "ts", "action")))]
-        totals["events_added"] += store.extend(events)
-        totals["events_read"] += len(events)
+        for at in range(0, table.num_rows, LOAD_BATCH):  # Python objects for one batch at a time
+            batch = table.slice(at, LOAD_BATCH)
+            events = [(u, make_event(store.snapshot, p, a, t)) for u, p, t, a in
+                      zip(*(batch[c].to_pylist() for c in ("user_id", "pin_id", "ts", "action")))]
+            totals["events_added"] += store.extend(events)
+            totals["events_read"] += len(events)
+            if time.monotonic() - last_report >= progress_every_s:
+                last_report = _report(progress, totals, number, len(files), started)
         totals["files_loaded"] += 1
+        # Recorded once the whole file is in: a load killed mid-file reloads the file, and the
+        # events it still holds are not added twice (those already evicted are counted again).
         store.record_source(source, SourceState(digest, until))
-        if time.monotonic() - last_report >= progress_every_s or number == len(files):
-            last_report = time.monotonic()
-            rate = totals["events_read"] / max(last_report - started, 1e-9)
-            progress(f"sequences: file {number}/{len(files)}, {totals['events_read']:,} events read, "
-                     f"{totals['events_added']:,} new ({rate:,.0f} events/s)")
+        if number == len(files):
+            _report(progress, totals, number, len(files), started)
     return totals
+
+
+def _report(progress: Callable[[str], None], totals: dict[str, int], number: int, files: int, started: float) -> float:
+    now = time.monotonic()
+    rate = totals["events_read"] / max(now - started, 1e-9)
+    progress(f"sequences: file {number}/{files}, {totals['events_read']:,} events read, {totals['events_added']:,} new ({rate:,.0f} events/s)")
+    return now

@@ -185,3 +185,20 @@ def test_a_log_file_changed_after_loading_is_refused(make_store, tmp_path):
 def test_loading_a_root_without_actions_says_so(tmp_path):
     with pytest.raises(SequenceLoadError, match="no actions under"):
         load_actions(features.InMemorySequenceStore(SNAPSHOT), tmp_path)
+
+
+def test_a_file_loaded_in_many_batches_equals_one_loaded_at_once(tmp_path, monkeypatch):
+    from homefeed import sequence_store
+
+    raw = tmp_path / "raw"
+    stream = sorted(set(_stream(np.random.default_rng(4))), key=lambda e: e[3])
+    _write_actions(raw, "2026-01-01", stream)
+    whole = features.InMemorySequenceStore(SNAPSHOT, 5, 3)
+    load_actions(whole, raw)
+    monkeypatch.setattr(sequence_store, "LOAD_BATCH", 7)
+    lines = []
+    batched = features.InMemorySequenceStore(SNAPSHOT, 5, 3)
+    load_actions(batched, raw, progress=lines.append, progress_every_s=0)
+    for user in (1, 2, 3):
+        _same(batched.history(user), whole.history(user))
+    assert len(lines) > len(stream) // 7 // 2  # progress inside the file, not only at its end
