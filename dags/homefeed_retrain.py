@@ -97,7 +97,7 @@ def homefeed_retrain():
         cfg, directory, params, _ = _run()
         context = get_current_context()
         slot = context.get("logical_date") or context["dag_run"].run_after
-        reason = pipeline.missed_slot(str(context["dag_run"].run_type), slot, pendulum.now("UTC"))
+        reason = pipeline.missed_slot(context["dag_run"].run_type, slot, pendulum.now("UTC"))
         if reason:
             raise AirflowSkipException(reason)  # the whole run is skipped, and says why
         return pipeline.check_raw(cfg, pipeline.raw_root(cfg, params), directory)

@@ -59,9 +59,10 @@ def _spark(cfg: Config):
 MISSED_SLOT_AFTER = timedelta(hours=1)
 
 
-def missed_slot(run_type: str, slot: datetime, now: datetime) -> str | None:
-    """Why a run must not retrain (a missed scheduled slot), or None."""
-    if run_type != "scheduled" or now - slot <= MISSED_SLOT_AFTER:
+def missed_slot(run_type: Any, slot: datetime, now: datetime) -> str | None:
+    """Why a run must not retrain (a missed scheduled slot), or None. ``run_type``: "scheduled",
+    "manual", … or Airflow's enum of them (the Task SDK's prints as "DagRunType.SCHEDULED")."""
+    if getattr(run_type, "value", run_type) != "scheduled" or now - slot <= MISSED_SLOT_AFTER:
         return None
     return (f"scheduled slot {slot.isoformat()} was missed (the DAG was paused then; it started {now - slot} late): "
             "not retraining by surprise; trigger a run to retrain now")

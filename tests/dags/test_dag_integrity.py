@@ -89,3 +89,17 @@ def test_a_missed_scheduled_slot_is_not_a_reason_to_retrain():
     assert missed_slot("scheduled", slot, slot + timedelta(minutes=5)) is None
     for run_type in ("manual", "backfill", "asset_triggered"):
         assert missed_slot(run_type, slot, slot + timedelta(days=3)) is None
+
+
+def test_the_missed_slot_check_takes_the_task_sdks_run_type():
+    # The UI test found the first version comparing str(run_type), which is "DagRunType.SCHEDULED"
+    # for the Task SDK's enum: the missed slot still retrained.
+    from datetime import datetime, timedelta, timezone
+
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    from homefeed.pipeline import missed_slot
+
+    slot = datetime(2026, 11, 30, 3, tzinfo=timezone.utc)
+    assert missed_slot(DagRunType.SCHEDULED, slot, slot + timedelta(hours=3)) is not None
+    assert missed_slot(DagRunType.MANUAL, slot, slot + timedelta(hours=3)) is None
