@@ -38,7 +38,8 @@ class GateDecision:
     def summary(self) -> str:
         if self.passed:
             against = f"champion v{self.champion_version}" if self.champion_version else "no champion (first model)"
-            return f"gate passed ({len(self.checks)} checks, against {against})"
+            checks = f"{len(self.checks)} check{'' if len(self.checks) == 1 else 's'}"
+            return f"gate passed ({checks}, against {against})"
         return "gate failed: " + "; ".join(self.reasons)
 
     def to_dict(self) -> dict[str, Any]:

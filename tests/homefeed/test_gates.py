@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from homefeed.config import GatesConfig
-from homefeed.gates import decide
+from homefeed.gates import GateCheck, GateDecision, decide
 
 
 def evaluation(auc_repin, hit_repin, hit_hide, slices=None):
@@ -67,3 +67,8 @@ def test_slice_gates_check_each_slice_and_name_it():
 def test_unknown_slice_is_a_config_error():
     with pytest.raises(ValidationError, match="unknown slices"):
         GatesConfig(slices=["weekend"])
+
+
+def test_the_summary_counts_checks_in_words_a_person_reads():
+    one = GateDecision(True, [GateCheck("auc/repin floor", True, 0.74, 0.6, "")], None)
+    assert one.summary() == "gate passed (1 check, against no champion (first model))"
