@@ -490,11 +490,10 @@ def _parse_time(text: str) -> int:
 
 def _sequence_store(cfg: Config, raw: Path | None = None):
     from homefeed import features
-    from homefeed.sequence_store import open_store, store_location
+    from homefeed.sequence_store import open_configured
 
     snapshot = features.FeatureSnapshot.load(raw) if raw else features.FeatureSnapshot(pins={}, users={})
-    location = store_location(cfg.serving.sequence_store, cfg.storage.root)
-    return open_store(location, snapshot, cfg.instances.seq_len, cfg.serving.sequence_margin, cfg.serving.store_timeout_s)
+    return open_configured(cfg, snapshot, cfg.instances.seq_len)
 
 
 @sequences_app.command("load")
@@ -542,12 +541,11 @@ def sequences_show(
     except SequenceStoreUnavailable as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    names = {code: name for name, code in schema.ACTION_CODES.items()}
     events = [] if history is None else history.events[::-1][:limit]
     typer.echo(json.dumps({
         "store": store.describe(), "user_id": user, "kept": 0 if history is None else len(history.events),
         "evicted": 0 if history is None else history.evicted_total,
-        "newest": [{"ts": e.ts, "pin_id": e.pin_id, "action": names.get(e.action_code, "?")} for e in events],
+        "newest": [{"ts": e.ts, "pin_id": e.pin_id, "action": schema.ACTION_NAMES_BY_CODE.get(e.action_code, "?")} for e in events],
     }, indent=2))
 
 

@@ -67,6 +67,11 @@ def with_paired_differences(rows: list[dict[str, Any]], differences: dict[str, d
                 r[name], r[f"{name}_lo"], r[f"{name}_hi"] = value
 
 
+def _metric_columns(k: int) -> list[str]:
+    """What the tables show: AUC per head, HIT@k for the primary and the negative head."""
+    return [f"auc_{h}" for h in schema.HEADS] + [f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}"]
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else str(value)
 
@@ -76,7 +81,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path, k: int, title: str) -> N
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    columns = [f"auc_{h}" for h in schema.HEADS] + [f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}"]
+    columns = _metric_columns(k)
     lines = [f"# {title}", "", "95% intervals: percentile bootstrap over requests. "
              f"HIT@{k} counts requests with a positive and more than {k} candidates; n = how many. "
              f"HIT@{k} {schema.NEGATIVE_HEAD}: lower is better (ranked by the feed utility).", "",
@@ -98,7 +103,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path, k: int, title: str) -> N
 
 
 def _paired_table(rows: list[dict[str, Any]], k: int) -> list[str]:
-    columns = [f"d_auc_{h}" for h in schema.HEADS] + [f"d_hit{k}_{schema.PRIMARY_HEAD}", f"d_hit{k}_{schema.NEGATIVE_HEAD}"]
+    columns = [f"d_{c}" for c in _metric_columns(k)]
     lines = ["", f"## Paired difference against `{CONTROL}` (the ranker without a sequence)", "",
              "Model minus control on the same bootstrap replicates of the test requests; an interval that excludes 0 "
              "is a difference the test days can tell apart. `*` marks it.", "",
@@ -141,7 +146,7 @@ BASELINES = ("lr", "gbdt")  # deterministic given the data: one seed is all they
 
 def seed_spread(seed_rows: dict[str, list[dict[str, Any]]], k: int) -> list[dict[str, Any]]:
     """Per model: mean, min and max over its seeds of each AUC and HIT@k (a seed's luck, visible)."""
-    columns = [f"auc_{h}" for h in schema.HEADS] + [f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}"]
+    columns = _metric_columns(k)
     out = []
     for model, rows in seed_rows.items():
         summary: dict[str, Any] = {"model": model, "seeds": len(rows)}
@@ -154,7 +159,7 @@ def seed_spread(seed_rows: dict[str, list[dict[str, Any]]], k: int) -> list[dict
 
 
 def _seed_table(spread: list[dict[str, Any]], k: int) -> list[str]:
-    columns = [f"auc_{h}" for h in schema.HEADS] + [f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}"]
+    columns = _metric_columns(k)
     lines = ["", "## Across seeds", "", "Mean over the seeds [lowest, highest]; the tables above are seed 0's. A gap between "
              "two models smaller than their seed spread is luck, whatever the bootstrap interval says.", "",
              "| model | seeds | " + " | ".join(columns) + " |", "| --- | ---: |" + " ---: |" * len(columns)]

@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from homefeed import schema, segments
+from homefeed.config import InstancesConfig, TrainConfig
 from homefeed.simulate import SimulatedLog, write_raw
 
 ACTION_COLUMNS = {"is_like": "repin", "is_click": "click", "long_view": "closeup", "is_comment": "comment", "is_hate": "hide"}
@@ -96,7 +97,8 @@ def _content_embedding(videos: pd.DataFrame) -> np.ndarray:
 
 HISTORY_FILE = "user_sequences_before_0425.parquet"
 MINUTE_MS = 60_000
-DEFAULT_GUARD_MS = 86_400_000 + 30_000  # train.time_window_ms + instances.delay_ms defaults
+# The TransAct time-window mask plus the sequence delay, as the config's defaults set them.
+DEFAULT_GUARD_MS = TrainConfig.model_fields["time_window_ms"].default + InstancesConfig.model_fields["delay_ms"].default
 
 
 def parse_window(text: str) -> int:

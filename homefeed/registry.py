@@ -250,10 +250,7 @@ class RegistryState:
 
 def state(cfg: Config) -> RegistryState:
     champion = alias_version(cfg, CHAMPION)
-    holdout = {}
-    if champion is not None:
-        tags = client(cfg).get_model_version(cfg.registry.model_name, champion).tags
-        holdout = {k: tags[k] for k in HOLDOUT_TAGS if k in tags}
+    holdout = {} if champion is None else _holdout_of(cfg, champion)
     return RegistryState(champion, alias_version(cfg, CHALLENGER), alias_version(cfg, PREVIOUS), holdout)
 
 
@@ -300,9 +297,12 @@ def _gate_refusal(tags: dict[str, str], version: str, champion: str | None) -> s
     return None
 
 
-def _holdout_of(cfg: Config, version: str) -> dict[str, str]:
-    tags = client(cfg).get_model_version(cfg.registry.model_name, version).tags
+def _holdout(tags: dict[str, str]) -> dict[str, str]:
     return {k: tags[k] for k in HOLDOUT_TAGS if k in tags}
+
+
+def _holdout_of(cfg: Config, version: str) -> dict[str, str]:
+    return _holdout(client(cfg).get_model_version(cfg.registry.model_name, version).tags)
 
 
 def promote(cfg: Config, version: str, reason: str, gate: str = "", force: bool = False, change_holdout: bool = False, actor: str | None = None) -> dict[str, Any]:
@@ -312,12 +312,12 @@ def promote(cfg: Config, version: str, reason: str, gate: str = "", force: bool 
     name = cfg.registry.model_name
     mlflow_client = client(cfg)
     try:
-        mlflow_client.get_model_version(name, version)
+        tags = mlflow_client.get_model_version(name, version).tags  # read once: holdout and gate come from them
     except MlflowException:
         raise PromotionRefused(f"{name} has no version {version}") from None
     if force and not reason:
         raise PromotionRefused("a forced promotion needs --reason")
-    holdout = _holdout_of(cfg, version)
+    holdout = _holdout(tags)
     if set(holdout) != set(HOLDOUT_TAGS):
         raise PromotionRefused(f"version {version} carries no holdout configuration (tags {list(HOLDOUT_TAGS)}); register it again")
     with _audit_log(cfg) as log:
@@ -331,7 +331,7 @@ def promote(cfg: Config, version: str, reason: str, gate: str = "", force: bool 
                 )
             if old_holdout != holdout and not reason:
                 raise PromotionRefused("changing the holdout group needs a reason")
-        refusal = None if force else _gate_refusal(mlflow_client.get_model_version(name, version).tags, version, old)
+        refusal = None if force else _gate_refusal(tags, version, old)
         if refusal:
             raise PromotionRefused(f"{refusal}; or promote it with --force and a --reason")
         if old is not None and old != version:

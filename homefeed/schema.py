@@ -53,6 +53,7 @@ ACTION_VOCAB: tuple[Action, ...] = (
 ACTIONS_BY_NAME = {a.name: a for a in ACTION_VOCAB}
 ACTION_NAMES = tuple(a.name for a in ACTION_VOCAB)
 ACTION_CODES = {a.name: a.code for a in ACTION_VOCAB}
+ACTION_NAMES_BY_CODE = {a.code: a.name for a in ACTION_VOCAB}
 POSITIVE_ACTIONS = tuple(a.name for a in ACTION_VOCAB if a.positive)
 NEGATIVE_ACTIONS = tuple(a.name for a in ACTION_VOCAB if not a.positive)
 NUM_ACTION_CODES = max(a.code for a in ACTION_VOCAB) + 1  # including padding 0

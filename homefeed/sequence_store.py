@@ -22,7 +22,6 @@ loaded up to, and a re-load adds only what is new.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import sqlite3
@@ -38,8 +37,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from homefeed import schema, storage
+from homefeed.config import Config
 from homefeed.errors import PermanentError
-from homefeed.features import POSITIVE_CODES, Event, FeatureSnapshot, InMemorySequenceStore, UserHistory, make_event
+from homefeed.features import POSITIVE_CODES, Event, FeatureSnapshot, UserHistory, make_event
 
 log = logging.getLogger(__name__)
 
@@ -291,15 +291,14 @@ class RedisSequenceStore:
 
     def extend(self, events: Iterable[tuple[int, Event]], batch: int = 2000) -> int:
         """Pipelined appends (one script call per event, in batches); the number that were new."""
-        added, pending = 0, []
+        added, pending = 0, 0
         with self._reachable():
             with self._redis.pipeline(transaction=False) as pipe:
                 for user_id, event in events:
                     self._append(keys=self._keys(user_id), args=self._args(event), client=pipe)
-                    pending.append(1)
-                    if len(pending) >= batch:
-                        added += sum(pipe.execute())
-                        pending.clear()
+                    pending += 1
+                    if pending == batch:
+                        added, pending = added + sum(pipe.execute()), 0
                 if pending:
                     added += sum(pipe.execute())
         return added
@@ -356,14 +355,15 @@ def open_store(location: str, snapshot: FeatureSnapshot, seq_len: int, margin: i
     raise ValueError(f"sequence store {location!r}: expected redis://host:port/db or sqlite:////path (empty: the embedded default)")
 
 
+def open_configured(cfg: Config, snapshot: FeatureSnapshot, seq_len: int) -> SequenceStore:
+    """The store ``serving.*`` names, keeping ``seq_len`` actions (+ the margin) per user."""
+    location = store_location(cfg.serving.sequence_store, cfg.storage.root)
+    return open_store(location, snapshot, seq_len, cfg.serving.sequence_margin, cfg.serving.store_timeout_s)
+
+
 # --------------------------------------------------------------------------- bootstrap
-def _digest(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
-
-
 def load_actions(
-    store: SequenceStore | InMemorySequenceStore, raw_root: str | Path, until: int | None = None,
+    store: SequenceStore, raw_root: str | Path, until: int | None = None,
     progress: Callable[[str], None] = log.info, progress_every_s: float = 5.0,
 ) -> dict[str, int]:
     """Add the raw root's actions with ``ts < until`` (all when None) to the store, file by file.
@@ -379,8 +379,8 @@ def load_actions(
     totals = {"files": len(files), "files_loaded": 0, "events_read": 0, "events_added": 0}
     started = last_report = time.monotonic()
     for number, path in enumerate(files, 1):
-        source = str(path.relative_to(root.parent)) if root.parent != root else str(path)
-        digest, state = _digest(path), store.source_state(source)
+        source = str(path.relative_to(root.parent))  # names the log's root too: raw-A/actions/… ≠ raw-B/actions/…
+        digest, state = storage.file_digest(path), store.source_state(source)
         if state is not None and state.digest != digest:
             raise SequenceLoadError(f"{path} changed since it was loaded into the sequence store; "
                                     "reload everything with `homefeed sequences load --reset`")

@@ -95,6 +95,12 @@ def private_file(path: Path) -> Path:
     return path
 
 
+def file_digest(path: Path) -> str:
+    """A short blake2b of a file's bytes: what says a raw or log file is the one seen before."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
+
+
 def fingerprint(payload: Any) -> str:
     """A stable short hash of a JSON-able value (config, input listing)."""
     text = json.dumps(payload, sort_keys=True, default=str)

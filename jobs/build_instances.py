@@ -125,47 +125,48 @@ def check_schema(frame: DataFrame, table: str) -> None:
             raise InputDataError(f"{table}: column {name!r} has type {actual[name]}, expected {ddl}")
 
 
-def _violations(frame: DataFrame, checks: list[tuple[str, Column]]) -> list[tuple[str, int]]:
-    """(message, rows) for each check some row fails, in one pass over ``frame``."""
-    counts = frame.agg(*[F.sum(cond.cast("long")).alias(f"c{i}") for i, (_, cond) in enumerate(checks)]).first()
-    return [(message, counts[f"c{i}"]) for i, (message, _) in enumerate(checks) if counts[f"c{i}"]]
+# A check: (message with {n} for the count, the condition true on a failing row, whether the
+# message names an example row).
+Check = tuple[str, Column, bool]
 
 
-def _contract_checks(table: str, now_ms: int) -> list[tuple[str, Column]]:
-    return [(f"{table}: {{n}} rows break the rule '{rule.holds}'", F.expr(rule.condition(now_ms))) for rule in contract.rules(table)]
+def _first_violation(frame: DataFrame, checks: list[Check]) -> tuple[Check, int] | None:
+    """The first check some row fails and how many rows fail it, in one pass over ``frame``."""
+    counts = frame.agg(*[F.sum(cond.cast("long")).alias(f"c{i}") for i, (_, cond, _) in enumerate(checks)]).first()
+    return next(((check, counts[f"c{i}"]) for i, check in enumerate(checks) if counts[f"c{i}"]), None)
 
 
-def _example(frame: DataFrame, table: str, message: str, now_ms: int) -> str:
+def _contract_checks(table: str, now_ms: int) -> list[Check]:
+    return [(f"{table}: {{n}} rows break the rule '{rule.holds}'", F.expr(rule.condition(now_ms)), True) for rule in contract.rules(table)]
+
+
+def _example(frame: DataFrame, table: str, condition: Column) -> str:
     """One offending row's key, for the message."""
-    rule = next((r for r in contract.rules(table) if f"'{r.holds}'" in message), None)
-    if rule is None:
-        return ""
     keys = [c for c in schema.RAW_KEYS[table] if c in frame.columns] + ([schema.DT] if schema.DT in frame.columns else [])
-    row = frame.filter(F.expr(rule.condition(now_ms))).select(*keys).limit(1).collect()
+    row = frame.filter(condition).select(*keys).limit(1).collect()
     return f" (e.g. {', '.join(f'{k}={row[0][k]!r}' for k in keys)})" if row else ""
 
 
 def check_rows(tables: dict[str, DataFrame], now_ms: int) -> None:
     """Null keys, duplicate impressions, unknown values, and every row rule of the contract
     (``homefeed.contract``, shared with the suites); one pass per table."""
-    checks: dict[str, list[tuple[str, Column]]] = {
+    checks: dict[str, list[Check]] = {
         schema.IMPRESSIONS: [
-            *[(f"{schema.IMPRESSIONS}: column {c!r} has {{n}} null or invalid values", F.col(c).isNull()) for c in ("request_id", "user_id", "pin_id", "ts")],
-            (f"{schema.IMPRESSIONS}: column 'source' has {{n}} null or invalid values", ~F.col("source").isin(*schema.SOURCES)),
+            *[(f"{schema.IMPRESSIONS}: column {c!r} has {{n}} null or invalid values", F.col(c).isNull(), False) for c in ("request_id", "user_id", "pin_id", "ts")],
+            (f"{schema.IMPRESSIONS}: column 'source' has {{n}} null or invalid values", ~F.col("source").isin(*schema.SOURCES), False),
         ],
         schema.ACTIONS: [
-            *[(f"{schema.ACTIONS}: column {c!r} has {{n}} rows with null", F.col(c).isNull()) for c in ("user_id", "pin_id", "ts", "action")],
-            (f"{schema.ACTIONS}: column 'action' has {{n}} rows with unknown action type", ~F.col("action").isin(*schema.ACTION_NAMES)),
+            *[(f"{schema.ACTIONS}: column {c!r} has {{n}} rows with null", F.col(c).isNull(), False) for c in ("user_id", "pin_id", "ts", "action")],
+            (f"{schema.ACTIONS}: column 'action' has {{n}} rows with unknown action type", ~F.col("action").isin(*schema.ACTION_NAMES), False),
         ],
         schema.PINS: [],
         schema.USERS: [],
     }
     for table, table_checks in checks.items():
-        table_checks += _contract_checks(table, now_ms)
-        found = _violations(tables[table], table_checks)
+        found = _first_violation(tables[table], table_checks + _contract_checks(table, now_ms))
         if found:
-            message, rows = found[0]
-            raise InputDataError(message.format(n=rows) + _example(tables[table], table, message, now_ms))
+            (message, condition, with_example), rows = found
+            raise InputDataError(message.format(n=rows) + (_example(tables[table], table, condition) if with_example else ""))
     duplicates = tables[schema.IMPRESSIONS].groupBy(*IMPRESSION_KEY).count().filter(F.col("count") > 1).limit(1).collect()
     if duplicates:
         row = duplicates[0]
@@ -542,14 +543,8 @@ def _input_listing(raw_root: str, event_logs: tuple[str, ...] = ()) -> dict[str,
     """Every raw file (and every event log's actions file) with a hash of its bytes: an edit that
     keeps a file's size (two values swapped) still changes it. blake2b over the 2M-impression
     simulation's raw files (40 MB) takes ~0.1 s, against ~45 s for the job."""
-    import hashlib
-
     def hashed(root: Path, table: str) -> list[tuple[str, str]]:
-        entries = []
-        for path in storage.list_files(root / table):
-            with path.open("rb") as handle:
-                entries.append((str(path.relative_to(root)), hashlib.file_digest(handle, "blake2b").hexdigest()[:32]))
-        return entries
+        return [(str(path.relative_to(root)), storage.file_digest(path)) for path in storage.list_files(root / table)]
 
     root = storage.local_path(raw_root)
     listing = {table: hashed(root, table) for table in schema.RAW_TABLES}

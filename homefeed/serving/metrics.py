@@ -18,7 +18,6 @@ from homefeed import schema
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 LENGTH_BUCKETS = (0, 1, 5, 10, 25, 50, 75, 99, 100)
-ACTION_BY_CODE = {code: name for name, code in schema.ACTION_CODES.items()}
 
 
 class ServiceMetrics:
@@ -57,7 +56,7 @@ class ServiceMetrics:
         """A ranking's sequence: its length, its action types, and the store read behind it."""
         self.sequence_length.observe(ranking.sequence_length)
         for code, count in ranking.sequence_actions.items():
-            self.sequence_actions.labels(ACTION_BY_CODE.get(code, "unknown")).inc(count)
+            self.sequence_actions.labels(schema.ACTION_NAMES_BY_CODE.get(code, "unknown")).inc(count)
         if not from_store:
             return
         self.store_read.observe(ranking.store_read_s)

@@ -97,11 +97,6 @@ class History:
     read_s: float = 0.0
 
 
-def open_sequence_store(cfg: Config, snapshot: features.FeatureSnapshot, seq_len: int) -> sequence_store.SequenceStore:
-    location = sequence_store.store_location(cfg.serving.sequence_store, cfg.storage.root)
-    return sequence_store.open_store(location, snapshot, seq_len, cfg.serving.sequence_margin, cfg.serving.store_timeout_s)
-
-
 def bootstrap(store: sequence_store.SequenceStore, raw_root: str) -> None:
     """Load what the store does not hold yet of the raw action log; serve regardless (said loudly)."""
     log.info("sequence store %s: loading the action log of %s", store.describe(), raw_root)
@@ -128,7 +123,7 @@ class RankingService:
         model = load_served_model(cfg, cfg.serving.alias)
         raw_root = cfg.serving.features_root or model.raw_root
         snapshot = features.FeatureSnapshot.load(raw_root)
-        store = open_sequence_store(cfg, snapshot, model.seq_len)
+        store = sequence_store.open_configured(cfg, snapshot, model.seq_len)
         if cfg.serving.bootstrap:
             bootstrap(store, raw_root)
         events = EventLog(log_root(cfg.serving.event_log, cfg.storage.root), cfg.serving.event_log_roll_events)

@@ -62,8 +62,7 @@ def test_a_durable_store_follows_the_in_memory_rules(make_store):
     store, reference = make_store(), features.InMemorySequenceStore(SNAPSHOT, 5, 3)
     stream = _stream(np.random.default_rng(0))
     assert [store.append(*e) for e in stream] == [reference.append(*e) for e in stream]
-    names = {code: name for name, code in schema.ACTION_CODES.items()}
-    held = [(1, e.pin_id, names[e.action_code], e.ts) for e in store.history(1).events]
+    held = [(1, e.pin_id, schema.ACTION_NAMES_BY_CODE[e.action_code], e.ts) for e in store.history(1).events]
     assert held and not any(store.append(*e) for e in held)  # a repeat of a held action is refused
     for user in (1, 2, 3, 99):
         _same(store.history(user), reference.history(user))
