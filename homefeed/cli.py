@@ -33,9 +33,10 @@ def _main() -> None:
     """Progress of long steps (epochs, stages) goes to stderr through logging."""
     import logging
 
+    from homefeed import progress
+
     logging.basicConfig(level=logging.INFO, format="    %(message)s", stream=sys.stderr)
-    for noisy in ("py4j", "mlflow", "great_expectations", "alembic", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    progress.quiet_libraries()
 
 
 def _config(files: list[Path] | None, overrides: dict | None = None) -> Config:
@@ -646,10 +647,21 @@ def migrate_airflow_db(env: dict[str, str]) -> None:
         subprocess.run([_airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-def run_dag(cfg: Config, dag_id: str, conf: dict, logical_date: str, config_files: list[Path] | None = None) -> None:
+def run_dag(cfg: Config, dag_id: str, conf: dict, logical_date: str, config_files: list[Path] | None = None,
+            log_path: Path | None = None, verbose: bool = False) -> None:
+    """``airflow dags test``; with ``log_path``, its whole output goes there and the terminal shows
+    homefeed's own lines (everything with ``verbose``). A failed run exits with airflow's status."""
+    from homefeed import progress
+
     env = airflow_env(cfg, config_files)
     migrate_airflow_db(env)
-    _run_airflow(env, "dags", "test", dag_id, logical_date, "-c", json.dumps(conf))
+    args = ["dags", "test", dag_id, logical_date, "-c", json.dumps(conf)]
+    if log_path is None:
+        return _run_airflow(env, *args)
+    code = progress.run_logged([_airflow_bin(), *args], env, log_path, sys.stdout, verbose)
+    if code != 0:
+        typer.echo(f"the run failed (exit {code}); its whole log: {log_path}", err=True)
+        raise typer.Exit(code)
 
 
 def airflow_login(home: Path) -> tuple[str, str]:
@@ -738,9 +750,13 @@ def run(
     raw: Annotated[Optional[Path], typer.Option(help="Raw data root; default: generate synthetic data under the storage root")] = None,
     label: Annotated[Optional[str], typer.Option(help="Run name; default: a timestamp")] = None,
     s3: Annotated[bool, typer.Option("--s3", help="S3 as the storage of record: a local SeaweedFS server (what `make run S3=1` runs)")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Airflow's, Spark's and GX's lines too (always in the run's run.log)")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """The main job: a full retraining run of the `homefeed_retrain` DAG on the embedded default."""
+    """The main job: a full retraining run of the `homefeed_retrain` DAG on the embedded default.
+
+    The terminal shows homefeed's lines (a line per stage, training progress every ~10 s); the
+    whole output of the run is kept in `<storage root>/runs/<run>/run.log`."""
     from homefeed import pipeline, registry, simulate, storage
 
     cfg = _config(config)
@@ -759,9 +775,11 @@ def run(
         if server is not None:
             cfg, conf["raw"] = _use_local_s3(server, cfg, Path(raw))
         started = _step(f"running DAG homefeed_retrain on {conf['raw']} (window ending {end_day})")
+        log_path = pipeline.run_dir(cfg, label) / "run.log"
+        typer.echo(f"    the whole log: {log_path}", err=True)
         # A fresh logical date per run: `airflow dags test` resumes an existing run of the same date.
         logical_date = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-        run_dag(cfg, "homefeed_retrain", conf, logical_date, config)
+        run_dag(cfg, "homefeed_retrain", conf, logical_date, config, log_path=log_path, verbose=verbose)
         _done(started)
         if server is not None:
             _summarise_s3(cfg, label)

@@ -158,3 +158,19 @@ def headline(result: dict[str, Any]) -> dict[str, float]:
         flat[f"hit{k}_{head}"] = m["hit"]
         flat[f"logloss_{head}"] = m["logloss"]
     return flat
+
+
+def challenger_and_champion(challenger_scorer, champion_scorer, table: pa.Table, cfg: Config) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+    """Both models on the same test rows, and the challenger's change against the champion with a
+    paired 95% interval per head (``{head: {"auc"|"hit": [difference, lo, hi]}}``; None without a
+    champion or without bootstrap samples)."""
+    challenger_probs = challenger_scorer.predict(table)
+    challenger = {"model": challenger_scorer.name, **evaluate_probabilities(table, challenger_probs, cfg)}
+    if champion_scorer is None:
+        return challenger, None, None
+    champion_probs = champion_scorer.predict(table)
+    champion = {"model": champion_scorer.name, **evaluate_probabilities(table, champion_probs, cfg)}
+    if not table.num_rows or not cfg.evaluation.bootstrap_samples:
+        return challenger, champion, None
+    paired = paired_differences(table, {"challenger": challenger_probs, "champion": champion_probs}, "champion", cfg)
+    return challenger, champion, paired["challenger"]

@@ -9,13 +9,17 @@ version already registered for the run.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import re
-from datetime import date, datetime, timedelta
+import time
+from collections.abc import Callable
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from homefeed import schema, storage
+from homefeed import progress, schema, storage
 from homefeed.config import Config
 
 
@@ -53,6 +57,47 @@ def _spark(cfg: Config):
     return get_spark(cfg.spark, "homefeed-retrain", cfg.instances.shuffle_partitions)
 
 
+TIMINGS_DIR = "timings"  # <run>/timings/<stage>.json: when each stage started and how long it took
+
+
+def _spark_progress() -> str | None:
+    from homefeed.spark import progress as spark_progress
+
+    return spark_progress()
+
+
+def _stage(figure: Callable[[dict[str, Any]], str]):
+    """A stage says when it starts, that it is still running (every ~10 s, with Spark's progress
+    when a job runs), and when it is done: its duration and ``figure(result)``, its key figure."""
+    def wrap(function):
+        name = function.__name__
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def run(*args, **kwargs):
+            started, started_at = time.monotonic(), datetime.now(timezone.utc)
+            progress.report("%s: started", name)
+            with progress.heartbeat(name, _spark_progress):
+                result = function(*args, **kwargs)
+            seconds = time.monotonic() - started
+            directory = signature.bind(*args, **kwargs).arguments["directory"]
+            storage.write_json(Path(directory) / TIMINGS_DIR / f"{name}.json", {"started_at": started_at.isoformat(timespec="seconds"), "seconds": seconds})
+            progress.report("%s: done in %s: %s", name, progress.duration(seconds), figure(result))
+            return result
+
+        return run
+
+    return wrap
+
+
+def _suites_passed(result: dict[str, Any]) -> str:
+    return f"{len(result['suites'])} suites passed"
+
+
+def _version(version: Any) -> str:
+    return "none" if version is None else f"v{version}"
+
+
 # --------------------------------------------------------------------------- stages
 # A scheduled run that starts this long after its slot was created by unpausing the DAG (Airflow
 # then schedules the latest past slot at once), not by the clock: it must not retrain by surprise.
@@ -68,6 +113,7 @@ def missed_slot(run_type: Any, slot: datetime, now: datetime) -> str | None:
             "not retraining by surprise; trigger a run to retrain now")
 
 
+@_stage(lambda r: f"{len(r['tables'])} tables at {r['raw']}")
 def check_raw(cfg: Config, raw: str, directory: Path) -> dict[str, Any]:
     root = storage.require_published(raw, "raw data")
     missing = [t for t in schema.RAW_TABLES if not storage.list_files(root / t)]
@@ -76,6 +122,7 @@ def check_raw(cfg: Config, raw: str, directory: Path) -> dict[str, Any]:
     return _record(cfg, directory, "check_raw", {"raw": str(root), "tables": list(schema.RAW_TABLES)})
 
 
+@_stage(_suites_passed)
 def validate_raw(cfg: Config, raw: str, directory: Path) -> dict[str, Any]:
     from homefeed import validation
 
@@ -83,6 +130,7 @@ def validate_raw(cfg: Config, raw: str, directory: Path) -> dict[str, Any]:
     return _record(cfg, directory, "validate_raw", {"suites": [r.describe() for r in reports], "data_docs": str(directory / "data_docs" / "index.html")})
 
 
+@_stage(lambda r: f"{r['rows']:,} rows, {r['window']['start']}..{r['window']['end']}")
 def build_instances(cfg: Config, raw: str, directory: Path, start: date | None = None, end: date | None = None) -> dict[str, Any]:
     from homefeed.event_log import log_root
     from jobs import build_instances as job
@@ -94,6 +142,7 @@ def build_instances(cfg: Config, raw: str, directory: Path, start: date | None =
     return _record(cfg, directory, "build_instances", {"instances": str(out), "rows": manifest["output_rows"], "window": manifest["window"], "splits": manifest["splits"]})
 
 
+@_stage(lambda r: f"{_suites_passed(r)}; drift: {r['drift']}")
 def validate_instances(cfg: Config, directory: Path) -> dict[str, Any]:
     from homefeed import validation
 
@@ -135,24 +184,27 @@ def _mlflow_run(cfg: Config, directory: Path) -> str:
     return run.info.run_id
 
 
+@_stage(lambda r: "validation AUC " + ", ".join(f"{h} {a:.4f}" for h, a in r["validation_auc"].items() if a == a))
 def train(cfg: Config, directory: Path) -> dict[str, Any]:
     from homefeed import registry, train as trainer
 
     instances = _load(directory, "build_instances")["instances"]
-    result = trainer.train(instances, str(directory / "train"), cfg)
-    mlflow_client, run_id = registry.client(cfg), _mlflow_run(cfg, directory)
+    # The MLflow run starts with training, so its curves are live and its duration is true.
+    run_id = _mlflow_run(cfg, directory)
+    mlflow_client = registry.client(cfg)
     registry.log_train_params(mlflow_client, run_id, cfg.train)
-    for entry in result.history:
-        for head, auc in entry["val_auc"].items():
-            if auc == auc:  # skip NaN
-                mlflow_client.log_metric(run_id, f"val_auc_{head}", auc, step=entry["epoch"])
-        mlflow_client.log_metric(run_id, "train_loss", entry["train_loss"], step=entry["epoch"])
     mlflow_client.log_dict(run_id, storage.read_manifest(instances), "data/instances_manifest.json")
+    result = trainer.train(instances, str(directory / "train"), cfg, tracking=(registry.tracking_uri(cfg), run_id))
+    for head, head_metrics in result.validation.items():
+        if head_metrics["auc"] == head_metrics["auc"]:  # skip NaN
+            mlflow_client.log_metric(run_id, f"best_val_auc_{head}", head_metrics["auc"])
     return _record(cfg, directory, "train", {"model_dir": result.model_dir, "model": result.model,
                                         "validation_auc": {h: m["auc"] for h, m in result.validation.items()},
                                         "examples_per_second": result.examples_per_second, "history": result.history})
 
 
+@_stage(lambda r: "test AUC " + ", ".join(f"{h} {m['auc']:.4f}" for h, m in r["challenger"]["overall"].items() if m["auc"] == m["auc"])
+        + f"; champion {_version(r['champion_version'])}")
 def evaluate(cfg: Config, directory: Path) -> dict[str, Any]:
     """Score the challenger and the current champion on the same test split."""
     from homefeed import evaluate as ev, registry
@@ -161,19 +213,35 @@ def evaluate(cfg: Config, directory: Path) -> dict[str, Any]:
 
     instances = _load(directory, "build_instances")["instances"]
     test = read_instances(instances, "test")
-    challenger = ev.evaluate_scorer(load_scorer(_load(directory, "train")["model_dir"]), test, cfg)
     champion_version, champion_scorer = registry.load_scorer_for(cfg, registry.CHAMPION)
-    champion = ev.evaluate_scorer(champion_scorer, test, cfg) if champion_scorer is not None else None
+    challenger, champion, paired = ev.challenger_and_champion(load_scorer(_load(directory, "train")["model_dir"]), champion_scorer, test, cfg)
     run_id = _mlflow_run(cfg, directory)
     mlflow_client = registry.client(cfg)
-    for key, value in ev.headline(challenger).items():
-        if value == value:
-            mlflow_client.log_metric(run_id, f"test_{key}", value)
-    result = {"challenger": challenger, "champion": champion, "champion_version": champion_version}
+    registry.log_metrics(mlflow_client, run_id, _test_metrics(challenger, champion))
+    result = {"challenger": challenger, "champion": champion, "champion_version": champion_version, "paired_vs_champion": paired}
     mlflow_client.log_dict(run_id, result, "evaluation.json")
     return _record(cfg, directory, "evaluate", result)
 
 
+def _test_metrics(challenger: dict[str, Any], champion: dict[str, Any] | None) -> dict[str, float]:
+    """The run's test metrics for MLflow: the headline, each slice's, the 95% interval bounds of
+    each AUC and HIT@k, and the champion's headline on the same data (``champion_test_*``)."""
+    from homefeed import evaluate as ev
+
+    k = challenger["hit_k"]
+    flat = {f"test_{key}": value for key, value in ev.headline(challenger).items()}
+    for scope, per_head in challenger["slices"].items():
+        for head, m in per_head.items():
+            flat |= {f"test_{scope}_auc_{head}": m["auc"], f"test_{scope}_hit{k}_{head}": m["hit"]}
+    for head, bounds in challenger["intervals"]["overall"].items():
+        for metric, name in (("auc", "auc"), ("hit", f"hit{k}")):
+            flat |= {f"test_{name}_{head}_lo": bounds[metric][0], f"test_{name}_{head}_hi": bounds[metric][1]}
+    if champion is not None:
+        flat |= {f"champion_test_{key}": value for key, value in ev.headline(champion).items()}
+    return flat
+
+
+@_stage(lambda r: r["summary"])
 def gate(cfg: Config, directory: Path) -> dict[str, Any]:
     from homefeed import gates, registry
 
@@ -185,6 +253,7 @@ def gate(cfg: Config, directory: Path) -> dict[str, Any]:
     return _record(cfg, directory, "gate", decision.to_dict())
 
 
+@_stage(lambda r: f"{r['model_name']} {_version(r['version'])}")
 def register(cfg: Config, directory: Path) -> dict[str, Any]:
     from homefeed import registry
     from homefeed.data import read_instances
@@ -199,10 +268,10 @@ def register(cfg: Config, directory: Path) -> dict[str, Any]:
     manifest = storage.read_manifest(instances)
     example = registry.input_example(read_instances(instances, "test"))
     tags = {
-        "data.instances": instances, "data.fingerprint": manifest["fingerprint"], "data.rows": manifest["output_rows"],
-        "data.window": f"{manifest['window']['start']}..{manifest['window']['end']}",
         "model.name": _load(directory, "train")["model"], "gate": decision["summary"],
         **registry.gate_tags(decision["champion_version"]),
+        "data.window": f"{manifest['window']['start']}..{manifest['window']['end']}", "data.rows": manifest["output_rows"],
+        "data.instances": instances, "data.fingerprint": manifest["fingerprint"],
     }
     run_id = _mlflow_run(cfg, directory)
     checks = _log_lineage(cfg, run_id, directory)
@@ -230,6 +299,7 @@ def _log_lineage(cfg: Config, run_id: str, directory: Path) -> dict[str, str]:
     return summaries
 
 
+@_stage(lambda r: f"{_version(r['version'])} is champion" if r["promoted"] else f"{_version(r['version'])} left as challenger")
 def promote(cfg: Config, directory: Path, auto_promote: bool = True) -> dict[str, Any]:
     from homefeed import registry
 
@@ -243,13 +313,18 @@ def promote(cfg: Config, directory: Path, auto_promote: bool = True) -> dict[str
     return _record(cfg, directory, "promote", {"promoted": True, **record})
 
 
+@_stage(lambda r: r["report"])
 def report(cfg: Config, directory: Path) -> dict[str, Any]:
     from homefeed import registry, report as run_report
 
     path = run_report.write(cfg, directory, registry.state(cfg).to_dict())
     marker = directory / "mlflow_run.json"
     if marker.exists():
-        registry.client(cfg).log_artifact(json.loads(marker.read_text())["run_id"], str(path), "report")
+        run_id, mlflow_client = json.loads(marker.read_text())["run_id"], registry.client(cfg)
+        mlflow_client.log_artifact(run_id, str(path), "report")
+        # The run ends when the retraining does (a failed gate is a finished run; a failed stage is not).
+        failed = any(directory.glob(f"*{schema.STAGE_FAILED_SUFFIX}"))
+        mlflow_client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
     return _record(cfg, directory, "report", {"report": str(path)})
 
 

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import getpass
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ HOLDOUT_TAGS = ("holdout.fraction", "holdout.salt")
 GATE_PASSED, GATE_CHAMPION = "gate.passed", "gate.champion"
 NO_CHAMPION = "none"
 AUDIT_LOG = "registry/audit.jsonl"
+EXPERIMENT_KIND, CLASSIC_ML = "mlflow.experimentKind", "custom_model_development"
 
 
 class PromotionRefused(PermanentError, RuntimeError):
@@ -112,13 +114,17 @@ def client(cfg: Config):
         storage.private_file(Path(uri[len("sqlite:///") :]))
     _set_mlflow_uris(uri)
     mlflow_client = MlflowClient(uri, uri)
-    if mlflow_client.get_experiment_by_name(cfg.registry.experiment) is None:
+    experiment = mlflow_client.get_experiment_by_name(cfg.registry.experiment)
+    if experiment is not None and EXPERIMENT_KIND not in experiment.tags:  # made before the tag existed
+        mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, CLASSIC_ML)
+    if experiment is None:
         artifacts = None
         if cfg.storage.s3_uri:  # MLflow's S3 repository: boto3, with MLFLOW_S3_ENDPOINT_URL for non-AWS servers
             artifacts = f"{cfg.storage.s3_uri}/mlflow"
         elif uri.startswith("sqlite:"):
             artifacts = (storage.local_path(cfg.storage.root).resolve() / "mlartifacts").as_uri()
-        mlflow_client.create_experiment(cfg.registry.experiment, artifact_location=artifacts)
+        # Tagged as classic model development: MLflow 3 otherwise opens it on its GenAI views.
+        mlflow_client.create_experiment(cfg.registry.experiment, artifact_location=artifacts, tags={EXPERIMENT_KIND: CLASSIC_ML})
     return mlflow_client
 
 
@@ -130,6 +136,49 @@ def log_train_params(mlflow_client, run_id: str, train: Any) -> None:
     """The training config as ``train.<key>`` params (dicts as JSON)."""
     for key, value in train.model_dump(mode="json").items():
         mlflow_client.log_param(run_id, f"train.{key}", json.dumps(value) if isinstance(value, dict) else value)
+
+
+def log_metrics(mlflow_client, run_id: str, values: dict[str, float], step: int = 0) -> None:
+    """Metrics in one request per 1000 (MLflow's limit); NaN (undefined) values are left out."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, step) for key, value in values.items() if value == value]
+    for start in range(0, len(batch), 1000):
+        mlflow_client.log_batch(run_id, metrics=batch[start:start + 1000])
+
+
+class StepMetrics:
+    """A training's metrics onto its MLflow run while it trains: buffered, sent as one batch at
+    most every ``flush_every_s`` (and on ``flush()``), so the UI's curves move without a request
+    per step. A tracking server that fails costs one warning, never the training."""
+
+    def __init__(self, uri: str, run_id: str, flush_every_s: float = 10.0):
+        from mlflow import MlflowClient
+
+        self.client, self.run_id, self.flush_every_s = MlflowClient(uri, uri), run_id, flush_every_s
+        self._pending: list = []
+        self._last_flush = time.monotonic()
+        self._failed = False
+
+    def log(self, key: str, value: float, step: int) -> None:
+        from mlflow.entities import Metric
+
+        if value == value:  # NaN: a head without positives in the split
+            self._pending.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending, self._last_flush = self._pending, [], time.monotonic()
+        if not pending or self._failed:
+            return
+        try:
+            for start in range(0, len(pending), 1000):  # MLflow's per-request limit
+                self.client.log_batch(self.run_id, metrics=pending[start:start + 1000])
+        except Exception as exc:  # noqa: BLE001 - tracking is not worth a training
+            self._failed = True
+            logging.getLogger(__name__).warning("MLflow run %s: step metrics not logged (%s); training goes on", self.run_id, exc)
 
 
 # --------------------------------------------------------------------------- the served model
@@ -206,10 +255,23 @@ def log_and_register(
         )
     version = str(info.registered_model_version)
     all_tags = {**tags, "holdout.fraction": str(cfg.holdout.fraction), "holdout.salt": cfg.holdout.salt, "run_id": run_id}
-    for key, value in all_tags.items():
+    for key, value in all_tags.items():  # in the order they read best: model, gate, data, checks, holdout
         mlflow_client.set_model_version_tag(cfg.registry.model_name, version, key, str(value))
+    mlflow_client.update_model_version(cfg.registry.model_name, version, description=version_description(all_tags))
     mlflow_client.set_registered_model_alias(cfg.registry.model_name, CHALLENGER, version)
     return version
+
+
+def version_description(tags: dict[str, str]) -> str:
+    """What MLflow's version page says first: what was trained on what, the gate's verdict, the
+    holdout group, and that promotion belongs to homefeed (MLflow's own alias buttons skip its checks)."""
+    return "\n".join([
+        f"**{tags.get('model.name', 'model')}** trained on {tags.get('data.window', '?')} ({tags.get('data.rows', '?')} instance rows).",
+        f"Gate: {tags.get('gate', '?')}",
+        f"Holdout group: {float(tags['holdout.fraction']):.2%} of users (salt `{tags['holdout.salt']}`).",
+        "Promote and roll back with `homefeed promote` / `homefeed rollback` (or the homefeed_promote DAG): they keep "
+        "the holdout group and the gate. Moving the `champion` alias in MLflow's UI skips both checks.",
+    ])
 
 
 # --------------------------------------------------------------------------- aliases

@@ -1,9 +1,12 @@
-"""One self-contained HTML report per retraining run (plots embedded as PNG).
+"""One self-contained HTML report per retraining run (plots embedded as PNG, a small inline
+stylesheet: nothing is fetched, so it reads the same offline and as an e-mail attachment).
 
-It shows what each stage recorded: data volumes and checks (with Data Docs links), training
-curves, challenger vs champion per head and per slice with intervals, calibration, the gate
-decision with reasons, and the registry state after the run. Stages that did not run are listed
-as such, so a failed run still gets a report.
+It opens with the verdict (promoted, registered, stopped by the gate, or failed at a stage with
+its error), then the lineage (data window, raw root, MLflow run and model version, config, commit,
+stage timings), what each stage recorded (data volumes and checks with Data Docs links, training
+curves, challenger vs champion per head and slice with intervals and the paired change, calibration,
+the gate's checks with their reasons) and the registry after the run. Stages that did not run are
+listed as such, so a failed run still gets a report.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import html
 import io
 import json
 import os
+import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +39,19 @@ def _training_plot(history: list[dict[str, Any]]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(9, 3))
-    epochs = [h["epoch"] for h in history]
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(10, 3))
+    epochs = [h["epoch"] + 1 for h in history]  # epochs as people count them: 1, 2, …
     loss_ax.plot(epochs, [h["train_loss"] for h in history], marker="o")
     loss_ax.set(title="train loss", xlabel="epoch")
     for head in schema.HEADS:
         auc_ax.plot(epochs, [h["val_auc"].get(head) for h in history], marker="o", label=head)
     auc_ax.set(title="validation AUC", xlabel="epoch")
-    auc_ax.legend(fontsize=7)
+    for ax in (loss_ax, auc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, max(epochs) + 0.5)  # one epoch: a point in the middle, not an axis of 0.945 … 1.050
+    auc_ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the lines, never over them
     out = _png(fig)
     plt.close(fig)
     return out
@@ -98,20 +108,41 @@ def _with_interval(value: float, interval: list[float] | None) -> str:
     return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
+LOWER_IS_BETTER = {schema.NEGATIVE_HEAD}  # HIT@k of hide: a hidden pin ranked in the top k is a miss
+
+
+def _delta(paired: dict[str, Any] | None, head: str, metric: str) -> str:
+    if not paired or head not in paired:
+        return "-"
+    change, low, high = paired[head][metric]
+    if change != change:
+        return "-"
+    return f"{change:+.4f} [{low:+.4f}, {high:+.4f}]" if low == low else f"{change:+.4f}"
+
+
 def _comparison(evaluation: dict[str, Any]) -> str:
     challenger, champion = evaluation["challenger"], evaluation.get("champion")
+    paired = evaluation.get("paired_vs_champion")
     k = challenger["hit_k"]
     rows = []
     for scope, metrics in [("overall", challenger["overall"]), *challenger["slices"].items()]:
         champ = (champion["overall"] if scope == "overall" else champion["slices"][scope]) if champion else {}
         intervals = challenger["intervals"][scope]
         for head in schema.HEADS:
+            overall = scope == "overall"
+            lower = " (lower is better)" if head in LOWER_IS_BETTER else ""
             rows.append([scope, head,
                          _with_interval(metrics[head]["auc"], intervals[head]["auc"]), champ.get(head, {}).get("auc", "-"),
-                         _with_interval(metrics[head]["hit"], intervals[head]["hit"]), champ.get(head, {}).get("hit", "-"),
+                         _delta(paired, head, "auc") if overall else "",
+                         _with_interval(metrics[head]["hit"], intervals[head]["hit"]) + lower, champ.get(head, {}).get("hit", "-"),
+                         _delta(paired, head, "hit") if overall else "",
                          _with_interval(metrics[head]["logloss"], intervals[head]["logloss"])])
-    header = ["slice", "head", "AUC challenger [95%]", "AUC champion", f"HIT@{k} challenger [95%]", f"HIT@{k} champion", "log loss challenger [95%]"]
-    note = "<p>Intervals: percentile bootstrap over requests; every metric's interval is in evaluate.json.</p>"
+    header = ["slice", "head", "AUC challenger [95%]", "AUC champion", "AUC change [95%, paired]",
+              f"HIT@{k} challenger [95%]", f"HIT@{k} champion", f"HIT@{k} change [95%, paired]", "log loss challenger [95%]"]
+    note = ("<p>Intervals: percentile bootstrap over requests. A change's interval is paired: both models scored on the "
+            "same resampled requests, so it is narrower than the two separate intervals suggest. AUC is higher-is-better "
+            f"for every head; HIT@{k} is too, except for <b>hide</b>, where a hidden pin in the top {k} is a miss. "
+            "Every metric's interval is in evaluate.json.</p>")
     return _table(rows, header) + note
 
 
@@ -128,28 +159,117 @@ def _drift(saved: dict[str, Any]) -> str:
             + _table(rows, ["statistic", "passed", "previous", "now", "change", "limit"]))
 
 
-def _status(stage: str, results: dict[str, Any], failures: dict[str, Any]) -> str:
+def _status(stage: str, results: dict[str, Any], failures: dict[str, Any], timings: dict[str, Any]) -> list[str]:
+    timing = timings.get(stage)
+    when = [_when(timing["started_at"]), f"{timing['seconds']:.1f} s"] if timing else ["", ""]
     if stage in results:
-        return "done"
+        return ["done", *when]
     if stage in failures:
-        return f"FAILED: {failures[stage]['error'].splitlines()[0] if failures[stage]['error'] else ''}"
-    return "did not run"
+        return [f"FAILED: {failures[stage]['error'].splitlines()[0] if failures[stage]['error'] else ''}", *when]
+    return ["did not run", "", ""]
+
+
+def _when(value: Any) -> str:
+    """A timestamp people read: ISO text or epoch milliseconds → "2026-11-30 08:02:29 UTC"."""
+    moment = datetime.fromtimestamp(value / 1000, timezone.utc) if isinstance(value, (int, float)) else datetime.fromisoformat(str(value))
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def verdict(results: dict[str, Any], failures: dict[str, Any]) -> tuple[str, str]:
+    """(css class, headline) of the whole run: what a reader needs first."""
+    if failures:
+        stage = next(s for s in STAGES if s in failures)
+        return "failed", f"FAILED at {stage}: {(failures[stage]['error'] or 'unknown error').splitlines()[0]}"
+    if "promote" in results:
+        promoted = results["promote"]
+        if promoted["promoted"]:
+            return "passed", f"PASSED: v{promoted['version']} is the champion"
+        return "passed", f"PASSED: v{promoted['version']} registered as challenger ({promoted.get('reason', 'not promoted')})"
+    if "gate" in results and not results["gate"]["passed"]:
+        return "stopped", f"NOT PROMOTED: {results['gate']['summary']}"
+    if not results:
+        return "stopped", "DID NOT RUN: no stage ran (a skipped run says why in its task log)"
+    last = [s for s in STAGES if s in results][-1]
+    return "stopped", f"INCOMPLETE: the last stage done is {last}"
+
+
+def _commit() -> str:
+    """The code's git commit (with "+changes" when the tree differs), or "unknown" outside a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + (" +changes" if dirty.stdout.strip() else "")
+
+
+def _lineage(cfg: Config, directory: Path, results: dict[str, Any]) -> str:
+    from homefeed import registry
+
+    rows = [["run directory", str(directory.resolve())]]
+    if "check_raw" in results:
+        rows.append(["raw data", results["check_raw"]["raw"]])
+    if "build_instances" in results:
+        built = results["build_instances"]
+        rows += [["data window", f"{built['window']['start']} .. {built['window']['end']}"], ["instances", built["instances"]]]
+    marker = directory / "mlflow_run.json"
+    if marker.exists():
+        run_id = json.loads(marker.read_text())["run_id"]
+        rows += [["MLflow", f"{registry.tracking_uri(cfg)} (experiment {cfg.registry.experiment})"], ["MLflow run", run_id]]
+    if "register" in results:
+        rows.append(["model version", f"{cfg.registry.model_name} v{results['register']['version']}"])
+    rows += [["config", '<a href="config.json">config.json</a> (the whole typed config of this run)'], ["code commit", _commit()]]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{v if k == 'config' else html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<h2>Lineage</h2><table class='lineage'>{body}</table>"
+
+
+def _promotion(record: dict[str, Any]) -> str:
+    rows = [[k, _when(v) if k == "at_ms" else v] for k, v in record.items()]
+    return "<h2>Promotion</h2>" + _table([[("at" if k == "at_ms" else k), v] for k, v in rows], ["", ""])
+
+
+def _registry(name: str, state: dict[str, Any]) -> str:
+    rows = [[alias, "none" if state.get(alias) is None else f"v{state[alias]}"] for alias in ("champion", "challenger", "previous")]
+    holdout = state.get("holdout") or {}
+    rows += [[key, value] for key, value in holdout.items()]
+    return f"<h2>Registry after the run ({html.escape(name)})</h2>" + _table(rows, ["", ""])
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:80em;color:#222;line-height:1.4}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f4f4f4}.lineage th{width:12em}pre{background:#f7f7f7;padding:.6em;overflow-x:auto}
+.verdict{padding:.7em 1em;border-radius:4px;font-weight:600;font-size:1.1em}
+.verdict.passed{background:#e3f4e6;border:1px solid #3a8a4a}.verdict.failed{background:#fbe4e4;border:1px solid #b33}
+.verdict.stopped{background:#fdf3dc;border:1px solid #b8860b}
+"""
 
 
 def write(cfg: Config, directory: Path, registry_state: dict[str, Any]) -> Path:
+    from homefeed import storage
+
     results = {s: json.loads((directory / f"{s}.json").read_text()) for s in STAGES if (directory / f"{s}.json").exists()}
-    parts = [f"<h1>homefeed retraining run {html.escape(directory.name)}</h1>"]
+    timings = {s: json.loads((directory / "timings" / f"{s}.json").read_text()) for s in STAGES if (directory / "timings" / f"{s}.json").exists()}
+    # A stage that failed and then succeeded on a retry is done, not failed.
+    failures = {s: json.loads((directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").read_text()) for s in STAGES
+                if s not in results and (directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").exists()}
+    storage.write_json(directory / "config.json", cfg.model_dump(mode="json"))
+    kind, headline = verdict(results, failures)
+    parts = [f"<h1>homefeed retraining run {html.escape(directory.name)}</h1>",
+             f'<p class="verdict {kind}" id="verdict">{html.escape(headline)}</p>']
     notice = monitor.stale_notice(cfg, results.get("evaluate", {}).get("champion_version"))
     if notice:
         parts.append(f"<h2>Why this run</h2><p>The staleness monitor marked champion v{html.escape(notice['model_version'])} "
                      f"stale on {html.escape(notice['day'])}: {html.escape(notice['reason'])}</p>")
-    # A stage that failed and then succeeded on a retry is done, not failed.
-    failures = {s: json.loads((directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").read_text()) for s in STAGES
-                if s not in results and (directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").exists()}
     if failures:
         first = next(s for s in STAGES if s in failures)
         parts.append(f'<h2 class="failed">FAILED at {html.escape(first)}</h2><pre>{html.escape(failures[first]["error"])}</pre>')
-    parts.append("<h2>Stages</h2>" + _table([[s, _status(s, results, failures)] for s in STAGES], ["stage", "status"]))
+    parts.append(_lineage(cfg, directory, results))
+    parts.append("<h2>Stages</h2>" + _table([[s, *_status(s, results, failures, timings)] for s in STAGES], ["stage", "status", "started", "took"]))
     if "build_instances" in results:
         built = results["build_instances"]
         parts.append("<h2>Data</h2>" + _table(
@@ -160,16 +280,18 @@ def write(cfg: Config, directory: Path, registry_state: dict[str, Any]) -> Path:
         if stage in results:
             docs = os.path.relpath(results[stage]["data_docs"], directory)  # the report sits in the run directory
             parts.append(f"<h2>Checks: {stage}</h2><pre>{html.escape(chr(10).join(results[stage]['suites']))}</pre>"
-                         f'<p><a href="{html.escape(docs)}">Data Docs</a></p>')
+                         f'<p><a href="{html.escape(docs)}">Data Docs</a> (every suite of the run)</p>')
     if (directory / "drift.json").exists():
         parts.append(_drift(json.loads((directory / "drift.json").read_text())))
     if "train" in results:
         train = results["train"]
-        parts.append(f"<h2>Training: {html.escape(train['model'])}</h2><p>{train['examples_per_second']:.0f} examples/s</p>")
+        parts.append(f"<h2>Training: {html.escape(train['model'])}</h2><p>{train['examples_per_second']:,.0f} examples/s</p>")
         if train["history"]:
             parts.append(_training_plot(train["history"]))
     if "evaluate" in results:
-        parts.append("<h2>Challenger vs champion (test split)</h2>" + _comparison(results["evaluate"]))
+        champion_version = results["evaluate"].get("champion_version")
+        against = f"champion v{champion_version}" if champion_version else "no champion (first model)"
+        parts.append(f"<h2>Challenger vs {html.escape(against)} (test split)</h2>" + _comparison(results["evaluate"]))
         challenger = results["evaluate"]["challenger"]
         if challenger.get("roc"):
             parts.append(_roc_plot(challenger["roc"]))
@@ -177,14 +299,14 @@ def write(cfg: Config, directory: Path, registry_state: dict[str, Any]) -> Path:
     if "gate" in results:
         gate = results["gate"]
         parts.append(f"<h2>Gate: {'passed' if gate['passed'] else 'FAILED'}</h2><p>{html.escape(gate['summary'])}</p>")
-        parts.append(_table([[c["name"], c["passed"], c["observed"], c["reason"] if not c["passed"] else ""] for c in gate["checks"]],
+        parts.append(_table([[c["name"], c["passed"], c["observed"], c.get("reason", "")] for c in gate["checks"]],
                             ["check", "passed", "observed", "reason"]))
     if "promote" in results:
-        parts.append(f"<h2>Promotion</h2><pre>{html.escape(json.dumps(results['promote'], indent=2))}</pre>")
-    parts.append(f"<h2>Registry after the run ({html.escape(cfg.registry.model_name)})</h2><pre>{html.escape(json.dumps(registry_state, indent=2))}</pre>")
-    style = "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style>"
+        parts.append(_promotion(results["promote"]))
+    parts.append(_registry(cfg.registry.model_name, registry_state))
     path = directory / "report.html"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>homefeed run</title>{style}</head><body>{''.join(parts)}</body></html>")
+    tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>homefeed run {html.escape(directory.name)}: {html.escape(headline)}</title>"
+                   f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     tmp.replace(path)
     return path

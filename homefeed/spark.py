@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from homefeed.config import SparkConfig
+
+# Errors only from the JVM's first line on (Spark's default profile announces itself at WARN).
+QUIET_LOG4J = Path(__file__).parent / "defaults" / "log4j2.properties"
 
 
 def get_spark(cfg: SparkConfig, app_name: str = "homefeed", shuffle_partitions: int = 8) -> SparkSession:
@@ -25,6 +29,7 @@ def get_spark(cfg: SparkConfig, app_name: str = "homefeed", shuffle_partitions: 
         SparkSession.builder.appName(app_name)
         .master(os.environ.get("HOMEFEED_SPARK_MASTER", cfg.master))
         .config("spark.driver.memory", cfg.driver_memory)
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()}")
         .config("spark.driver.bindAddress", "0.0.0.0" if driver_host != "127.0.0.1" else driver_host)
         .config("spark.driver.host", driver_host)
         .config("spark.ui.enabled", "false")
@@ -39,3 +44,16 @@ def get_spark(cfg: SparkConfig, app_name: str = "homefeed", shuffle_partitions: 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def progress() -> str | None:
+    """Where the running Spark job is, for a progress line: "stage 12: 5/8 tasks" (None when idle)."""
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    if context is None:
+        return None
+    tracker = context.statusTracker()
+    stages = [tracker.getStageInfo(s) for s in tracker.getActiveStageIds()]
+    parts = [f"stage {s.stageId}: {s.numCompletedTasks}/{s.numTasks} tasks" for s in stages if s is not None]
+    return "Spark " + ", ".join(parts) if parts else None

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from homefeed import metrics, schema, storage
+from homefeed import metrics, progress, schema, storage
 from homefeed.config import Config, TrainConfig
 from homefeed.data import InstanceStream, read_pin_features, read_instances
 from models import BASELINE_NAMES
@@ -36,6 +36,7 @@ from models.zoo import write_model_info
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+LOSS_EVERY_STEPS = 10  # the MLflow loss curve: the mean loss of every 10 batches
 MODEL_DIR = "model"
 METRICS = "train_metrics.json"
 
@@ -133,8 +134,16 @@ def _autocast(device: torch.device):
 
 
 # --------------------------------------------------------------------------- the worker
-def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainResult | None:
-    """The DDP worker; returns the result on rank 0, None elsewhere."""
+def _progress_line(epoch: int, epochs: int, batch: int, batches: int, losses: list[float], examples: int,
+                   epoch_seconds: float, done: int, remaining: int, run_seconds: float) -> None:
+    progress.report("train: epoch %d/%d, batch %d/%d (%d%%), loss %.4f, %s examples/s, ETA %s", epoch + 1, epochs, batch, batches,
+                    100 * batch // max(batches, 1), float(np.mean(losses[-LOSS_EVERY_STEPS:])), f"{examples / max(epoch_seconds, 1e-9):,.0f}",
+                    progress.eta(done, done + remaining, run_seconds), live=True)
+
+
+def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: tuple[str, str] | None = None) -> TrainResult | None:
+    """The DDP worker; returns the result on rank 0, None elsewhere. ``tracking``: (MLflow
+    tracking URI, run id) that rank 0 logs the loss and validation AUC to while it trains."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     device = pick_device(cfg.use_gpu)
@@ -162,6 +171,13 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainRes
     )
     head_weights = torch.tensor([cfg.head_weights.get(h, 1.0) for h in schema.HEADS], device=device)
 
+    step_metrics = None
+    if tracking is not None and rank == 0:
+        from homefeed.registry import StepMetrics
+
+        step_metrics = StepMetrics(*tracking)
+    ticker, run_started, run_batches = progress.Ticker(), time.perf_counter(), 0
+
     state = {"epoch": 0, "best_auc": -1.0, "bad_epochs": 0, "history": [], "best_state": None, "examples": 0, "seconds": 0.0}
     checkpoint_path = out / CHECKPOINT
     key = training_key(instances_dir, cfg)
@@ -181,7 +197,7 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainRes
         train_stream.epoch = epoch
         ddp_model.train()
         started, losses, examples = time.perf_counter(), [], 0
-        for batch in train_stream:
+        for batch_index, batch in enumerate(train_stream):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             labels, weights = batch.pop("labels"), batch.pop("sample_weight")
             with _autocast(device):
@@ -194,6 +210,14 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainRes
             scheduler.step()
             losses.append(loss.item())
             examples += len(labels)
+            run_batches += 1
+            step = epoch * steps_per_epoch + batch_index + 1
+            if step_metrics is not None and step % LOSS_EVERY_STEPS == 0:
+                step_metrics.log("train_loss", float(np.mean(losses[-LOSS_EVERY_STEPS:])), step)
+            if rank == 0 and ticker.due():
+                _progress_line(epoch, cfg.epochs, batch_index + 1, steps_per_epoch, losses, examples * world_size,
+                               time.perf_counter() - started, run_batches, cfg.epochs * steps_per_epoch - step,
+                               time.perf_counter() - run_started)
         elapsed = time.perf_counter() - started
         probs, labels_np, weights_np = predict_split(model, instances_dir, "validation", 4 * cfg.batch_size, device)
         val = validation_metrics(probs, labels_np, weights_np)
@@ -218,8 +242,15 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainRes
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "state": state, "key": key}, tmp)
             tmp.replace(checkpoint_path)
-            log.info("epoch %d: loss %.4f, val auc/%s %.4f, %.0f examples/s", epoch, state["history"][-1]["train_loss"],
-                     schema.PRIMARY_HEAD, val_auc, examples * world_size / max(elapsed, 1e-9))
+            progress.report("train: epoch %d/%d done in %s: loss %.4f, validation AUC %s %.4f, %s examples/s", epoch + 1, cfg.epochs,
+                            progress.duration(elapsed), state["history"][-1]["train_loss"], schema.PRIMARY_HEAD, val_auc,
+                            f"{examples * world_size / max(elapsed, 1e-9):,.0f}")
+            if step_metrics is not None:
+                step = (epoch + 1) * steps_per_epoch
+                for head, head_metrics in val.items():
+                    step_metrics.log(f"val_auc_{head}", head_metrics["auc"], step)
+                step_metrics.log("epoch", epoch + 1, step)
+                step_metrics.flush()
 
     result = None
     if rank == 0:
@@ -306,13 +337,14 @@ def write_worker_config(out_dir: str, tcfg: TrainConfig) -> Path:
 def torchrun_command(
     instances_dir: str, out_dir: str, config_file: Path, nproc_per_node: int,
     nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1", master_port: int = 29500,
+    tracking: tuple[str, str] | None = None,
 ) -> list[str]:
     """The command one node runs; on N nodes each runs it with its ``node_rank`` (static rendezvous
     at ``master_addr:master_port``, the rank-0 node). ``out_dir`` must be shared storage."""
     return [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc_per_node}",
         f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}",
-        "-m", "homefeed.train", instances_dir, out_dir, str(config_file),
+        "-m", "homefeed.train", instances_dir, out_dir, str(config_file), *(tracking or ()),
     ]
 
 
@@ -321,16 +353,17 @@ def worker_env() -> dict[str, str]:
     return {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
 
 
-def train(instances_dir: str, out_dir: str, cfg: Config) -> TrainResult:
-    """Train ``cfg.train.model`` on published instances; the model lands in ``out_dir/model``."""
+def train(instances_dir: str, out_dir: str, cfg: Config, tracking: tuple[str, str] | None = None) -> TrainResult:
+    """Train ``cfg.train.model`` on published instances; the model lands in ``out_dir/model``.
+    ``tracking``: (MLflow tracking URI, run id) for the live loss and validation curves."""
     storage.require_published(instances_dir, "instances")
     tcfg = cfg.train
     if tcfg.model in BASELINE_NAMES:
         return train_baseline(instances_dir, out_dir, tcfg)
     if tcfg.num_processes == 1:
-        return train_worker(instances_dir, out_dir, tcfg)
+        return train_worker(instances_dir, out_dir, tcfg, tracking)
     config_file = write_worker_config(out_dir, tcfg)
-    command = torchrun_command(instances_dir, out_dir, config_file, tcfg.num_processes, master_port=_free_port())
+    command = torchrun_command(instances_dir, out_dir, config_file, tcfg.num_processes, master_port=_free_port(), tracking=tracking)
     completed = subprocess.run(command, env=worker_env())
     if completed.returncode != 0:
         raise RuntimeError(f"distributed training failed (exit {completed.returncode}): {' '.join(command)}")
@@ -338,6 +371,8 @@ def train(instances_dir: str, out_dir: str, cfg: Config) -> TrainResult:
     return TrainResult(**saved)
 
 
-if __name__ == "__main__":  # torchrun entry: python -m homefeed.train INSTANCES OUT CONFIG_JSON
+if __name__ == "__main__":  # torchrun entry: python -m homefeed.train INSTANCES OUT CONFIG_JSON [TRACKING_URI RUN_ID]
+    logging.basicConfig(level=logging.INFO, format="%(message)s [%(name)s]")  # what `homefeed run` shows
     instances, output, config_json = sys.argv[1:4]
-    train_worker(instances, output, TrainConfig.model_validate_json(Path(config_json).read_text()))
+    tracking_args = tuple(sys.argv[4:6])
+    train_worker(instances, output, TrainConfig.model_validate_json(Path(config_json).read_text()), tracking_args if len(tracking_args) == 2 else None)

@@ -20,11 +20,15 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from homefeed import schema, storage
+from homefeed import progress, schema, storage
 from homefeed.config import Config
 from homefeed.errors import PermanentError
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+def _quiet_gx() -> None:
+    """GX without its analytics and INFO chatter; before GX is first imported, which logs too."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    progress.quiet_libraries()
 
 
 class ValidationFailed(PermanentError, RuntimeError):
@@ -102,29 +106,44 @@ def _outcome(result) -> ExpectationOutcome:
     )
 
 
+def _context(docs_dir: str | Path | None):
+    """A GX context: in memory without Data Docs; with them, one file-backed context per docs
+    folder (``<docs_dir>/../gx``), so the site's index lists every suite the run validated (a
+    fresh context per suite rebuilt the site with the last suite only)."""
+    _quiet_gx()
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    if docs_dir is None:
+        context = gx.get_context(mode="ephemeral")
+    else:
+        context = gx.get_context(mode="file", project_root_dir=str(Path(docs_dir).resolve().parent))
+        if "homefeed" not in context.get_site_names():
+            context.add_data_docs_site(
+                site_name="homefeed",
+                site_config={
+                    "class_name": "SiteBuilder",
+                    "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                },
+            )
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # tqdm bars in a task log are noise
+    return context
+
+
 def run_suite(name: str, frame: DataFrame, expectation_list: list, docs_dir: str | Path | None) -> SuiteReport:
     """Validate one DataFrame against a list of expectations; build Data Docs when asked."""
     import great_expectations as gx
 
-    context = gx.get_context(mode="ephemeral")
-    if docs_dir is not None:
-        context.add_data_docs_site(
-            site_name="homefeed",
-            site_config={
-                "class_name": "SiteBuilder",
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
-        )
+    context = _context(docs_dir)
+    # add_or_update throughout: a retried task validates the same suite names in the same context.
     batch_definition = (
-        context.data_sources.add_spark(f"{name}_source").add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        context.data_sources.add_or_update_spark(f"{name}_source").add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
     )
-    suite = context.suites.add(gx.ExpectationSuite(name=name))
-    for expectation in expectation_list:
-        suite.add_expectation(expectation)
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
+    suite = context.suites.add_or_update(gx.ExpectationSuite(name=name, expectations=list(expectation_list)))
+    definition = context.validation_definitions.add_or_update(gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
     actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["homefeed"])] if docs_dir is not None else []
-    checkpoint = context.checkpoints.add(gx.Checkpoint(name=f"{name}_checkpoint", validation_definitions=[definition], actions=actions))
+    checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(name=f"{name}_checkpoint", validation_definitions=[definition], actions=actions))
     result = checkpoint.run(batch_parameters={"dataframe": frame})
     outcomes = [_outcome(r) for run in result.run_results.values() for r in run.results]
     docs = str(Path(docs_dir).resolve() / "index.html") if docs_dir is not None else None
@@ -177,6 +196,7 @@ def empty_partitions(table_root: Path) -> list[str]:
 
 def validate(spark: SparkSession, suite: str, data_root: str, cfg: Config, docs_dir: str | Path | None = None) -> list[SuiteReport]:
     """Run one suite on a dataset root; raises :class:`ValidationFailed` on any failure."""
+    _quiet_gx()
     module = _suite_module(suite)
     frame = read_dataset(spark, suite, data_root)
     try:
@@ -200,6 +220,8 @@ def validate(spark: SparkSession, suite: str, data_root: str, cfg: Config, docs_
         raise ValidationFailed(
             [SuiteReport(suite, False, 0, [ExpectationOutcome("readable_data", None, False, str(exc).splitlines()[0], {"path": data_root})])]
         ) from exc
+    for report in reports:  # one line per suite, in the task log and the terminal
+        progress.report("%s", report.describe().splitlines()[0])
     if not all(r.success for r in reports):
         raise ValidationFailed(reports)
     return reports

@@ -82,3 +82,33 @@ def redis_url(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser_page():
+    """``open(url, wait_for_text) -> (page text, urls it asked for beyond file:// and loopback)``
+    in headless Debian Chromium (installed by `make test`). The machine has no route out, so a
+    page that needs a CDN shows it in the second value."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Debian chromium is not installed (scripts/install_test_servers.sh)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-background-networking"])
+
+        def open_page(url: str, wait_for_text: str, screenshot: Path | None = None) -> tuple[str, list[str]]:
+            page = browser.new_page()
+            outside: list[str] = []
+            local = ("file://", "data:", "http://127.0.0.1", "about:")
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(local) else None)
+            page.goto(url)
+            page.wait_for_selector(f"text={wait_for_text}", timeout=30_000)
+            if screenshot is not None:
+                page.screenshot(path=str(screenshot), full_page=True)
+            text = page.inner_text("body")
+            page.close()
+            return text, outside
+
+        yield open_page
+        browser.close()

@@ -44,6 +44,10 @@ def test_first_run_promotes_and_a_worse_model_stops_at_the_gate(airflow_db, dagb
     # Lineage: the version names its data and the checks that data passed.
     tags = registry.client(retrain_env).get_model_version(retrain_env.registry.model_name, "1").tags
     assert tags["validation.validate_instances"].endswith("suites passed") and tags["data.fingerprint"]
+    _mlflow_as_people_use_it(retrain_env, directory)
+    # Data Docs: one context per run, so the site lists every suite (before: only the last one).
+    index = (directory / "data_docs" / "index.html").read_text()
+    assert all(f"expectations/{suite}.html" in index for suite in ("raw_impressions", "raw_actions", "pins", "users", "instances", "instances_label_rates"))
 
     # A challenger that cannot reach the floor: the gate skips registration and promotion.
     states, dagrun = run_retrain(dagbag, raw_dir, "second", min_auc_repin=0.999)
@@ -56,6 +60,32 @@ def test_first_run_promotes_and_a_worse_model_stops_at_the_gate(airflow_db, dagb
     evaluation = json.loads((pipeline.run_dir(retrain_env, "second") / "evaluate.json").read_text())
     assert evaluation["champion_version"] == "1"
     assert evaluation["champion"]["rows"] == evaluation["challenger"]["rows"]
+    change, low, high = evaluation["paired_vs_champion"]["repin"]["auc"]
+    assert low <= change <= high
+    report = (pipeline.run_dir(retrain_env, "second") / "report.html").read_text()
+    assert "NOT PROMOTED: gate failed" in report and "AUC change [95%, paired]" in report and "below the floor 0.999" in report
+
+
+def _mlflow_as_people_use_it(cfg, directory):
+    """Issue 22: live curves (loss per 10 steps, validation per epoch), a true run duration, a
+    classic-ML experiment, slice metrics as run metrics, a version description."""
+    from homefeed import registry
+
+    client = registry.client(cfg)
+    run_id = json.loads((directory / "mlflow_run.json").read_text())["run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.end_time > run.info.start_time
+    training = sum(epoch["seconds"] for epoch in json.loads((directory / "train.json").read_text())["history"])
+    evaluation = json.loads((directory / "timings" / "evaluate.json").read_text())["seconds"]
+    assert (run.info.end_time - run.info.start_time) / 1000 >= training + evaluation  # before: only the logging after training
+    loss = client.get_metric_history(run_id, "train_loss")
+    assert len(loss) >= 1 and all(m.step % 10 == 0 for m in loss)
+    assert [m.step > 0 for m in client.get_metric_history(run_id, "val_auc_repin")] == [True]  # 1 epoch
+    assert {"test_auc_repin", "test_core_auc_repin", "test_auc_repin_lo", "test_auc_repin_hi"} <= set(run.data.metrics)
+    experiment = client.get_experiment_by_name(cfg.registry.experiment)
+    assert experiment.tags[registry.EXPERIMENT_KIND] == registry.CLASSIC_ML
+    description = client.get_model_version(cfg.registry.model_name, "1").description
+    assert "trained on 2026-01-05..2026-01-09" in description and "Holdout group" in description and "skips both checks" in description
 
 
 def test_promote_dag_changes_the_registry_through_the_same_functions(airflow_db, dagbag, tmp_path, monkeypatch, instances_dir, base_config):
@@ -121,3 +151,35 @@ def test_bad_raw_data_stops_the_run_at_validation_without_retries(airflow_db, da
     assert "FAILED at validate_raw" in report and "FAILED: " in report and "user_id" in report
     ti = next(t for t in dagrun.get_task_instances() if t.task_id == "validate_raw")
     assert ti.try_number == 1  # bad data is not retried
+
+
+@pytest.mark.slow
+def test_reports_of_a_passed_and_a_failed_run_read_right_in_a_browser(airflow_db, dagbag, raw_dir, retrain_env, tmp_path, browser_page):
+    """Issue 22: the verdict first, the failure with its error, lineage, readable times, and
+    nothing fetched from the network (the report is read offline and shared as a file)."""
+    import shutil
+
+    from homefeed import pipeline
+
+    states, dagrun = run_retrain(dagbag, raw_dir, "passed", min_auc_repin=0.0)
+    assert dagrun.state == "success", states
+    text, outside = browser_page((pipeline.run_dir(retrain_env, "passed") / "report.html").as_uri(), "PASSED", tmp_path / "passed.png")
+    assert outside == []
+    assert _lines(text)[1] == "PASSED: v1 is the champion"  # right under the title
+    for line in ("data window\t2026-01-05 .. 2026-01-09", "MLflow run\t", "model version\thomefeed-ranker v1", "code commit\t"):
+        assert line in text, line
+    assert " UTC" in text and "at_ms" not in text  # times people read
+    assert "auc/repin is" in text  # the gate's reasons, passed checks too
+
+    broken = shutil.copytree(raw_dir, tmp_path / "no-actions")
+    shutil.rmtree(broken / "actions")
+    states, dagrun = run_retrain(dagbag, broken, "failed")
+    assert dagrun.state == "failed" and states["check_raw"] == "failed"
+    text, outside = browser_page((pipeline.run_dir(retrain_env, "failed") / "report.html").as_uri(), "FAILED", tmp_path / "failed.png")
+    assert outside == []
+    assert _lines(text)[1].startswith("FAILED at check_raw: ") and "actions" in _lines(text)[1]
+    assert "did not run" in text and (tmp_path / "failed.png").stat().st_size > 10_000
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
