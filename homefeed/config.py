@@ -216,6 +216,9 @@ class GatesConfig(_Section):
 class RegistryConfig(_Section):
     model_name: str = "homefeed-ranker"
     experiment: str = "homefeed"
+    # Empty: MLFLOW_TRACKING_URI, else SQLite under the storage root. Set, it wins over the
+    # environment (a simulation keeps its models out of the registry the shell points at).
+    tracking_uri: str = ""
     # An MLflow server (http[s]://) that does not answer within this budget is unreachable: one
     # clear error, not minutes of MLflow's own retries (7 × exponential backoff by default).
     http_timeout_s: float = Field(10.0, gt=0, le=300)

@@ -178,8 +178,13 @@ def engagement(impressions: pd.DataFrame, actions: pd.DataFrame) -> dict[str, tu
 
 # --------------------------------------------------------------------------- the loop
 def loop_config(cfg: Config, root: Path, settings: LoopSettings) -> Config:
+    store = (root / "store").resolve()
     return cfg.with_overrides({
-        "storage": {"root": str(root / "store")},
+        "storage": {"root": str(store)},
+        # Each loop its own registry, whatever MLFLOW_TRACKING_URI says: loops that shared one
+        # gated each loop's first model against the previous loop's champion (issue 22), and
+        # simulated models have no place in a real registry.
+        "registry": {"tracking_uri": f"sqlite:///{store}/mlflow.db"},
         "train": {"model": settings.model},
         "holdout": {"fraction": settings.holdout_fraction},
         # The world drifts on purpose here; the drift check would stop every retraining.
@@ -213,6 +218,8 @@ def run_loop(cfg: Config, out: Path, settings: LoopSettings) -> list[DayRecord]:
         start = last_day - timedelta(days=settings.window_days - 1)
         return pipeline.retrain_in_process(cfg, str(raw), pipeline.run_dir(cfg, label), start, last_day)
 
+    if registry.alias_version(cfg, registry.CHAMPION) is not None:  # in seconds, not after the warm-up's training
+        raise LoopError(f"the loop's registry {registry.tracking_uri(cfg)} already has a champion; a loop starts from none")
     first = retrain(first_day - timedelta(days=1), "warmup")
     if not first["passed"]:
         raise LoopError(f"the first model failed its gate, so there is nothing to serve: {first['summary']} "

@@ -54,6 +54,8 @@ class RegistryUnreachable(RuntimeError):
 
 
 def tracking_uri(cfg: Config) -> str:
+    if cfg.registry.tracking_uri:
+        return cfg.registry.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{storage.local_path(cfg.storage.root)}/mlflow.db"

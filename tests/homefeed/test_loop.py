@@ -64,3 +64,36 @@ def test_the_world_drifts(base_config):
     assert len(moved.pins) > len(log.world.pins) and len(moved.quality) == len(moved.pins)
     assert not np.allclose(moved.interests, log.world.interests)
     assert np.allclose(moved.interests.sum(axis=1), 1.0)
+
+
+def test_each_loop_has_its_own_registry_whatever_the_environment_says(base_config, tmp_path, monkeypatch):
+    """Before: with MLFLOW_TRACKING_URI set, every loop of `simulate-loop` shared one registry and
+    the second loop's first model was gated against the first loop's champion (issue 22)."""
+    from homefeed import registry
+
+    shared = f"sqlite:///{tmp_path}/shared.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared)
+    settings = loop.LoopSettings(days=1, retrain_every=0, model="none")
+    first, second = (loop.loop_config(base_config, tmp_path / name, settings) for name in ("a", "b"))
+    assert registry.tracking_uri(first) != registry.tracking_uri(second)
+    assert shared not in (registry.tracking_uri(first), registry.tracking_uri(second))
+    assert registry.tracking_uri(base_config) == shared  # outside a loop the environment still decides
+
+
+def test_a_loop_whose_registry_has_a_champion_fails_in_seconds(base_config, tmp_path, instances_dir, monkeypatch):
+    import time
+
+    from homefeed import train as trainer
+    from tests.conftest import register_and_promote
+
+    settings = loop.LoopSettings(days=1, retrain_every=0, model="lr", warmup_days=3, window_days=3, impressions_per_day=1000, users=20)
+    out = tmp_path / "loop"
+    cfg = loop.loop_config(base_config, out, settings)
+    model_dir = trainer.train(str(instances_dir), str(tmp_path / "lr"), cfg).model_dir
+    register_and_promote(cfg, model_dir, instances_dir)
+    # run_loop starts by clearing `out`; keep the store where the loop will look for it.
+    monkeypatch.setattr(loop.shutil, "rmtree", lambda path: None)
+    started = time.monotonic()
+    with pytest.raises(loop.LoopError, match="already has a champion"):
+        loop.run_loop(base_config, out, settings)
+    assert time.monotonic() - started < 60
