@@ -28,10 +28,13 @@ from airflow.sdk import Param, dag, get_current_context, task, teardown
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from homefeed.config import load_config
 from homefeed.orchestration import champion_stale_asset, fail_fast
 from models import MODEL_NAMES
 
 SEMIWEEKLY = "0 3 * * 1,4"
+# The form says what "empty" means: the config's values (defaults and overlays), read once here.
+DEFAULTS = load_config()
 
 
 def _run():
@@ -64,6 +67,8 @@ def _on_failure(context) -> None:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    # The DAG list shows the asset as the schedule; the description says the rest.
+    description="Retrain the ranker: Mon and Thu 03:00 UTC (cron 0 3 * * 1,4), and when homefeed_monitor finds the champion stale",
     doc_md=__doc__,
     tags=["homefeed", "retraining"],
     default_args={
@@ -77,11 +82,18 @@ def _on_failure(context) -> None:
         "raw": Param(None, type=["null", "string"], description="Raw data root; empty: <storage root>/raw"),
         "end_date": Param(None, type=["null", "string"], format="date", description="Last day of the window; empty: the day before the run"),
         "window_days": Param(7, type="integer", minimum=3, maximum=90, description="Days of impressions to train and evaluate on"),
-        "model": Param(None, type=["null", "string"], enum=[None, *MODEL_NAMES], description="Architecture to train; empty: the config's"),
-        "epochs": Param(None, type=["null", "integer"], minimum=1, description="Training epochs; empty: the config's"),
-        "positive_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1),
-        "negative_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1),
-        "min_auc_repin": Param(None, type=["null", "number"], minimum=0, maximum=1, description="Gate: absolute repin AUC floor"),
+        "model": Param(None, type=["null", "string"], enum=[None, *MODEL_NAMES],
+                       values_display={None: f"(the config's: {DEFAULTS.train.model})"},  # not a bare "null" in the dropdown
+                       description=f"Architecture to train; empty: the config's ({DEFAULTS.train.model})"),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, description=f"Training epochs; empty: the config's ({DEFAULTS.train.epochs})"),
+        "positive_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
+                               description="Share of impressions with any positive label kept for training; "
+                                           f"empty: the config's ({DEFAULTS.instances.positive_rate})"),
+        "negative_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
+                               description="Share of the other impressions kept for training (train split only; evaluation keeps all); "
+                                           f"empty: the config's ({DEFAULTS.instances.negative_rate})"),
+        "min_auc_repin": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                               description=f"Gate: absolute repin AUC floor; empty: the config's ({DEFAULTS.gates.min_auc.get('repin')})"),
         "auto_promote": Param(True, type="boolean", description="Promote to champion when the gate passes"),
         "run_label": Param(None, type=["null", "string"], pattern="^[A-Za-z0-9._-]+$", description="Names the run directory; empty: the Airflow run id"),
     },

@@ -618,6 +618,7 @@ def airflow_env(cfg: Config, config_files: list[Path] | None = None) -> dict[str
         "AIRFLOW__CORE__PARALLELISM": "4",
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_LOGGING_LEVEL": os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING"),
         "SPARK_LOCAL_IP": "127.0.0.1",
         CONFIG_FILES_ENV: ":".join(
             [f for f in os.environ.get(CONFIG_FILES_ENV, "").split(":") if f] + [str(Path(f).resolve()) for f in config_files or []]

@@ -191,6 +191,8 @@ def train(cfg: Config, directory: Path) -> dict[str, Any]:
     instances = _load(directory, "build_instances")["instances"]
     # The MLflow run starts with training, so its curves are live and its duration is true.
     run_id = _mlflow_run(cfg, directory)
+    progress.report("train: MLflow run %s (experiment %s at %s): loss and validation AUC live there", run_id,
+                    cfg.registry.experiment, registry.tracking_uri(cfg))
     mlflow_client = registry.client(cfg)
     registry.log_train_params(mlflow_client, run_id, cfg.train)
     mlflow_client.log_dict(run_id, storage.read_manifest(instances), "data/instances_manifest.json")

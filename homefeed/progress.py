@@ -45,6 +45,9 @@ def eta(done: float, total: float, elapsed: float) -> str:
 
 
 def quiet_libraries() -> None:
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its own level when imported
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
 

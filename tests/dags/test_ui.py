@@ -146,6 +146,10 @@ def test_trigger_form_starts_a_run_that_succeeds(standalone, raw_dir, tmp_path):
         form.locator("input[name=element_window_days]").fill("5")
         form.locator("input[name=element_run_label]").fill(RUN_LABEL)
         page.screenshot(path=str(screenshot), full_page=True)
+        # The form says what "empty" means (before: "empty: the config's", and a "null" model).
+        form_text = form.inner_text()
+        assert "empty: the config's (0.5)" in form_text and "Share of the other impressions" in form_text
+        assert "(the config's: " in form_text and "Training epochs; empty: the config's (" in form_text and "\nnull\n" not in form_text
         form.get_by_role("button", name="Trigger").click()
         page.wait_for_timeout(2000)
         browser.close()
