@@ -28,6 +28,7 @@ from airflow.sdk import Param, dag, get_current_context, task, teardown
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from homefeed import pipeline
 from homefeed.config import load_config
 from homefeed.orchestration import champion_stale_asset, fail_fast
 from models import MODEL_NAMES
@@ -37,21 +38,19 @@ SEMIWEEKLY = "0 3 * * 1,4"
 DEFAULTS = load_config()
 
 
-def _run():
-    """(config, run directory, params, window) for the task being executed."""
-    from homefeed import pipeline
-
+def _inputs() -> "pipeline.RunInputs":
+    """The stage inputs of the task being executed: config (with the run's params), run
+    directory, raw root, data window and whether to promote."""
     context = get_current_context()
     params = dict(context["params"])
     cfg = pipeline.config_from_params(params)
     directory = pipeline.run_dir(cfg, params.get("run_label") or context["run_id"])
     logical = context.get("logical_date") or pendulum.now("UTC")
-    return cfg, directory, params, pipeline.data_window(params, logical.date())
+    start, end = pipeline.data_window(params, logical.date())
+    return pipeline.RunInputs(cfg, directory, pipeline.raw_root(cfg, params), start, end, bool(params.get("auto_promote", True)))
 
 
 def _on_failure(context) -> None:
-    from homefeed import pipeline
-
     directory = None
     try:  # the run directory, for the report to show the error; a bad config must not hide the failure
         params = dict(context["params"])
@@ -99,102 +98,48 @@ def _on_failure(context) -> None:
     },
 )
 def homefeed_retrain():
-    @task
+    # One task per stage of homefeed.pipeline.STAGES, in its order; each task body is one call.
+    tasks = [_stage_task(step) for step in pipeline.STAGES]
+    for upstream, downstream in zip(tasks, tasks[1:]):
+        upstream >> downstream
+    tasks >> _report_task()  # all done, whatever the outcome: a failed or gated run is reported too
+
+
+def _stage_task(step: "pipeline.Stage"):
+    @task(task_id=step.name)
     @fail_fast
-    def check_raw():
+    def run_stage():
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from homefeed import pipeline
-
-        cfg, directory, params, _ = _run()
-        context = get_current_context()
-        slot = context.get("logical_date") or context["dag_run"].run_after
-        reason = pipeline.missed_slot(context["dag_run"].run_type, slot, pendulum.now("UTC"))
+        if step is pipeline.STAGES[0]:
+            _skip_a_missed_slot()
+        result = step.call(_inputs())
+        reason = step.stops_run(result)
         if reason:
-            raise AirflowSkipException(reason)  # the whole run is skipped, and says why
-        return pipeline.check_raw(cfg, pipeline.raw_root(cfg, params), directory)
+            raise AirflowSkipException(reason)  # the stages after it are skipped too, and say why
+        return step.name  # the stages hand over through the run directory, not XCom
 
-    @task
-    @fail_fast
-    def validate_raw():
-        from homefeed import pipeline
+    return run_stage()
 
-        cfg, directory, params, _ = _run()
-        return pipeline.validate_raw(cfg, pipeline.raw_root(cfg, params), directory)
 
-    @task
-    @fail_fast
-    def build_instances():
-        from homefeed import pipeline
-
-        cfg, directory, params, (start, end) = _run()
-        return pipeline.build_instances(cfg, pipeline.raw_root(cfg, params), directory, start, end)["rows"]
-
-    @task
-    @fail_fast
-    def validate_instances():
-        from homefeed import pipeline
-
-        cfg, directory, _, _ = _run()
-        return pipeline.validate_instances(cfg, directory)
-
-    @task
-    @fail_fast
-    def train():
-        from homefeed import pipeline
-
-        cfg, directory, _, _ = _run()
-        return pipeline.train(cfg, directory)["validation_auc"]
-
-    @task
-    @fail_fast
-    def evaluate():
-        from homefeed import pipeline
-
-        cfg, directory, _, _ = _run()
-        return pipeline.evaluate(cfg, directory)["champion_version"]
-
-    @task
-    def gate():
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from homefeed import pipeline
-
-        cfg, directory, _, _ = _run()
-        decision = pipeline.gate(cfg, directory)
-        if not decision["passed"]:
-            raise AirflowSkipException(decision["summary"])
-        return decision["summary"]
-
-    @task
-    @fail_fast
-    def register():
-        from homefeed import pipeline
-
-        cfg, directory, _, _ = _run()
-        return pipeline.register(cfg, directory)["version"]
-
-    @task
-    @fail_fast
-    def promote():
-        from homefeed import pipeline
-
-        cfg, directory, params, _ = _run()
-        return pipeline.promote(cfg, directory, bool(params.get("auto_promote", True)))
-
+def _report_task():
     # A teardown runs once everything upstream is done, whatever the outcome, and (unlike an
     # ALL_DONE leaf) leaves the run's state to the stages: a run stopped by bad data shows failed.
     @teardown
-    def report():
-        from homefeed import pipeline
+    def report():  # the task id is the function's name: pipeline.REPORT.name
+        return pipeline.REPORT.call(_inputs())["report"]
 
-        cfg, directory, _, _ = _run()
-        return pipeline.report(cfg, directory)["report"]
+    return report()
 
-    stages = [check_raw(), validate_raw(), build_instances(), validate_instances(), train(), evaluate(), gate(), register(), promote()]
-    for upstream, downstream in zip(stages, stages[1:]):
-        upstream >> downstream
-    stages >> report()  # all done, whatever the outcome: a failed or gated run is reported too
+
+def _skip_a_missed_slot() -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    context = get_current_context()
+    slot = context.get("logical_date") or context["dag_run"].run_after
+    reason = pipeline.missed_slot(context["dag_run"].run_type, slot, pendulum.now("UTC"))
+    if reason:
+        raise AirflowSkipException(reason)  # the whole run is skipped, and says why
 
 
 homefeed_retrain()

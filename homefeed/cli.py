@@ -220,24 +220,18 @@ def train(
     config: ConfigOption = None,
 ) -> None:
     """Train one model, log it to MLflow and print the run id and validation AUC per head."""
-    from homefeed import registry, storage
-    from homefeed import train as trainer
+    from homefeed import pipeline, registry, storage
 
     overrides = {k: v for k, v in {"model": model, "epochs": epochs, "num_processes": num_processes}.items() if v is not None}
     cfg = _config(config, {"train": overrides})
     out = out or storage.local_path(cfg.storage.root) / "train" / cfg.train.model
     started = _step(f"training {cfg.train.model} on {instances}")
-    result = trainer.train(str(instances), str(out), cfg)
+    run_id = registry.start_run(cfg, f"train-{cfg.train.model}")
+    result = pipeline.train_tracked(cfg, str(instances), str(out), run_id)
+    registry.client(cfg).log_artifacts(run_id, result.model_dir, "model_files")
+    registry.end_run(cfg, run_id)
     _done(started)
-    mlflow_client = registry.client(cfg)
-    run = mlflow_client.create_run(registry.experiment_id(cfg), run_name=f"train-{cfg.train.model}")
-    for head, metrics in result.validation.items():
-        if metrics["auc"] == metrics["auc"]:
-            mlflow_client.log_metric(run.info.run_id, f"val_auc_{head}", metrics["auc"])
-    mlflow_client.log_param(run.info.run_id, "model", cfg.train.model)
-    mlflow_client.log_artifacts(run.info.run_id, result.model_dir, "model_files")
-    mlflow_client.set_terminated(run.info.run_id)
-    typer.echo(json.dumps({"run_id": run.info.run_id, "model_dir": result.model_dir,
+    typer.echo(json.dumps({"run_id": run_id, "model_dir": result.model_dir,
                            "validation_auc": {h: m["auc"] for h, m in result.validation.items()}}))
 
 
@@ -249,16 +243,13 @@ def evaluate(
     config: ConfigOption = None,
 ) -> None:
     """Score a model and the current champion on the same test split; print metrics per head."""
-    from homefeed import evaluate as ev, registry, storage
-    from homefeed.data import read_instances
-    from models.zoo import load_scorer
+    from homefeed import evaluate as ev, pipeline, storage
 
     cfg = _config(config)
-    test = read_instances(str(instances), "test")
-    results = {"challenger": ev.evaluate_scorer(load_scorer(model_dir), test, cfg)}
-    version, champion = registry.load_scorer_for(cfg, registry.CHAMPION)
-    if champion is not None:
-        results[f"champion v{version}"] = ev.evaluate_scorer(champion, test, cfg)
+    evaluation = pipeline.evaluate_against_champion(cfg, str(instances), str(model_dir))
+    results = {"challenger": evaluation["challenger"]}
+    if evaluation["champion"] is not None:
+        results[f"champion v{evaluation['champion_version']}"] = evaluation["champion"]
     if out:
         storage.write_json(out, results)
     for name, result in results.items():
@@ -445,7 +436,7 @@ def serve(
     import uvicorn
 
     from homefeed.serving.app import create_app
-    from homefeed.serving.service import NoServableModel
+    from homefeed.registry import NoServableModel
 
     cfg = _config(config)
     bind = host or cfg.serving.host

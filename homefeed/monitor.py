@@ -90,9 +90,8 @@ def landed_days(raw_root: str) -> list[date]:
 # --------------------------------------------------------------------------- the monitor run
 def _champion(cfg: Config) -> tuple[Any, date]:
     from homefeed import registry
-    from homefeed.serving.service import load_served_model
 
-    model = load_served_model(cfg, registry.CHAMPION)
+    model = registry.load_served_model(cfg, registry.CHAMPION)
     tags = registry.client(cfg).get_model_version(cfg.registry.model_name, model.version).tags
     if "data.window" not in tags:
         raise storage.StorageError(f"{cfg.registry.model_name} v{model.version} has no data.window tag: its age is unknown")

@@ -15,6 +15,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -179,48 +180,60 @@ def _mlflow_run(cfg: Config, directory: Path) -> str:
     marker = directory / "mlflow_run.json"
     if marker.exists():
         return json.loads(marker.read_text())["run_id"]
-    run = registry.client(cfg).create_run(registry.experiment_id(cfg), run_name=directory.name, tags={"homefeed.run_dir": str(directory)})
-    storage.write_json(marker, {"run_id": run.info.run_id})
-    return run.info.run_id
+    run_id = registry.start_run(cfg, directory.name, {"homefeed.run_dir": str(directory)})
+    storage.write_json(marker, {"run_id": run_id})
+    return run_id
 
 
-@_stage(lambda r: "validation AUC " + ", ".join(f"{h} {a:.4f}" for h, a in r["validation_auc"].items() if a == a))
-def train(cfg: Config, directory: Path) -> dict[str, Any]:
+def train_tracked(cfg: Config, instances: str, out_dir: str, run_id: str):
+    """Train ``cfg.train.model`` with its MLflow run live (params, data manifest, loss and
+    validation curves while it trains, the best validation AUC after); the train stage and
+    ``homefeed train`` both train through here."""
     from homefeed import registry, train as trainer
 
-    instances = _load(directory, "build_instances")["instances"]
-    # The MLflow run starts with training, so its curves are live and its duration is true.
-    run_id = _mlflow_run(cfg, directory)
     progress.report("train: MLflow run %s (experiment %s at %s): loss and validation AUC live there", run_id,
                     cfg.registry.experiment, registry.tracking_uri(cfg))
     mlflow_client = registry.client(cfg)
     registry.log_train_params(mlflow_client, run_id, cfg.train)
     mlflow_client.log_dict(run_id, storage.read_manifest(instances), "data/instances_manifest.json")
-    result = trainer.train(instances, str(directory / "train"), cfg, tracking=(registry.tracking_uri(cfg), run_id))
-    for head, head_metrics in result.validation.items():
-        if head_metrics["auc"] == head_metrics["auc"]:  # skip NaN
-            mlflow_client.log_metric(run_id, f"best_val_auc_{head}", head_metrics["auc"])
+    result = trainer.train(instances, out_dir, cfg, tracking=(registry.tracking_uri(cfg), run_id))
+    registry.log_metrics(mlflow_client, run_id, {f"best_val_auc_{h}": m["auc"] for h, m in result.validation.items()})
+    return result
+
+
+@_stage(lambda r: "validation AUC " + ", ".join(f"{h} {a:.4f}" for h, a in r["validation_auc"].items() if a == a))
+def train(cfg: Config, directory: Path) -> dict[str, Any]:
+    instances = _load(directory, "build_instances")["instances"]
+    # The MLflow run starts with training, so its curves are live and its duration is true.
+    result = train_tracked(cfg, instances, str(directory / "train"), _mlflow_run(cfg, directory))
     return _record(cfg, directory, "train", {"model_dir": result.model_dir, "model": result.model,
                                         "validation_auc": {h: m["auc"] for h, m in result.validation.items()},
                                         "examples_per_second": result.examples_per_second, "history": result.history})
+
+
+def evaluate_against_champion(cfg: Config, instances: str, model_dir: str) -> dict[str, Any]:
+    """A trained model and the current champion on the same test split, with the paired change;
+    the evaluate stage and ``homefeed evaluate`` both score through here."""
+    from homefeed import evaluate as ev, registry
+    from homefeed.data import read_instances
+    from models.zoo import load_scorer
+
+    test = read_instances(instances, "test")
+    champion_version, champion_scorer = registry.load_scorer_for(cfg, registry.CHAMPION)
+    challenger, champion, paired = ev.challenger_and_champion(load_scorer(model_dir), champion_scorer, test, cfg)
+    return {"challenger": challenger, "champion": champion, "champion_version": champion_version, "paired_vs_champion": paired}
 
 
 @_stage(lambda r: "test AUC " + ", ".join(f"{h} {m['auc']:.4f}" for h, m in r["challenger"]["overall"].items() if m["auc"] == m["auc"])
         + f"; champion {_version(r['champion_version'])}")
 def evaluate(cfg: Config, directory: Path) -> dict[str, Any]:
     """Score the challenger and the current champion on the same test split."""
-    from homefeed import evaluate as ev, registry
-    from homefeed.data import read_instances
-    from models.zoo import load_scorer
+    from homefeed import registry
 
-    instances = _load(directory, "build_instances")["instances"]
-    test = read_instances(instances, "test")
-    champion_version, champion_scorer = registry.load_scorer_for(cfg, registry.CHAMPION)
-    challenger, champion, paired = ev.challenger_and_champion(load_scorer(_load(directory, "train")["model_dir"]), champion_scorer, test, cfg)
+    result = evaluate_against_champion(cfg, _load(directory, "build_instances")["instances"], _load(directory, "train")["model_dir"])
     run_id = _mlflow_run(cfg, directory)
     mlflow_client = registry.client(cfg)
-    registry.log_metrics(mlflow_client, run_id, _test_metrics(challenger, champion))
-    result = {"challenger": challenger, "champion": champion, "champion_version": champion_version, "paired_vs_champion": paired}
+    registry.log_metrics(mlflow_client, run_id, _test_metrics(result["challenger"], result["champion"]))
     mlflow_client.log_dict(run_id, result, "evaluation.json")
     return _record(cfg, directory, "evaluate", result)
 
@@ -319,15 +332,65 @@ def promote(cfg: Config, directory: Path, auto_promote: bool = True) -> dict[str
 def report(cfg: Config, directory: Path) -> dict[str, Any]:
     from homefeed import registry, report as run_report
 
-    path = run_report.write(cfg, directory, registry.state(cfg).to_dict())
+    path = run_report.write(cfg, directory, registry.state(cfg).to_dict(), STAGE_NAMES)
     marker = directory / "mlflow_run.json"
     if marker.exists():
-        run_id, mlflow_client = json.loads(marker.read_text())["run_id"], registry.client(cfg)
-        mlflow_client.log_artifact(run_id, str(path), "report")
+        run_id = json.loads(marker.read_text())["run_id"]
+        registry.client(cfg).log_artifact(run_id, str(path), "report")
         # The run ends when the retraining does (a failed gate is a finished run; a failed stage is not).
-        failed = any(directory.glob(f"*{schema.STAGE_FAILED_SUFFIX}"))
-        mlflow_client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        registry.end_run(cfg, run_id, failed=any(directory.glob(f"*{schema.STAGE_FAILED_SUFFIX}")))
     return _record(cfg, directory, "report", {"report": str(path)})
+
+
+# --------------------------------------------------------------------------- the pipeline, defined once
+@dataclass(frozen=True)
+class RunInputs:
+    """What one retraining run's stages are called with."""
+
+    cfg: Config
+    directory: Path
+    raw: str
+    start: date | None = None
+    end: date | None = None
+    auto_promote: bool = True
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the retraining: its function (a single call), what it reads and writes under
+    the run directory (or beyond it), and, for the gate, why the rest of the run stops."""
+
+    name: str
+    call: Callable[[RunInputs], dict[str, Any]]
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    stops_run: Callable[[dict[str, Any]], str | None] = lambda result: None
+
+
+# The only place the stage order is written: the retrain DAG builds its tasks from it,
+# retrain_in_process loops over it, and the report lists it.
+STAGES: tuple[Stage, ...] = (
+    Stage("check_raw", lambda r: check_raw(r.cfg, r.raw, r.directory), ("raw/",), ("check_raw.json",)),
+    Stage("validate_raw", lambda r: validate_raw(r.cfg, r.raw, r.directory), ("raw/",), ("validate_raw.json", "data_docs/")),
+    Stage("build_instances", lambda r: build_instances(r.cfg, r.raw, r.directory, r.start, r.end),
+          ("raw/", "<storage root>/events/"), ("instances/", "build_instances.json")),
+    Stage("validate_instances", lambda r: validate_instances(r.cfg, r.directory), ("instances/", "<storage root>/drift/"),
+          ("validate_instances.json", "drift.json", "data_docs/")),
+    Stage("train", lambda r: train(r.cfg, r.directory), ("instances/",), ("train/", "train.json", "mlflow_run.json", "MLflow run")),
+    Stage("evaluate", lambda r: evaluate(r.cfg, r.directory), ("instances/", "train/", "registry: champion"), ("evaluate.json",)),
+    Stage("gate", lambda r: gate(r.cfg, r.directory), ("evaluate.json",), ("gate.json",),
+          stops_run=lambda result: None if result["passed"] else result["summary"]),
+    Stage("register", lambda r: register(r.cfg, r.directory), ("gate.json", "train/"), ("register.json", "registry: version, challenger")),
+    Stage("promote", lambda r: promote(r.cfg, r.directory, r.auto_promote), ("register.json", "gate.json"),
+          ("promote.json", "registry: champion, previous")),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+# Runs last, whatever happened before: a failed or gated run is reported too.
+REPORT = Stage("report", lambda r: report(r.cfg, r.directory), ("every stage's record",), ("report.html", "report.json"))
+
+
+def stage(name: str) -> Stage:
+    return next(s for s in (*STAGES, REPORT) if s.name == name)
 
 
 # --------------------------------------------------------------------------- runs from the orchestrator
@@ -362,34 +425,22 @@ def retrain_in_process(cfg: Config, raw: str, directory: Path, start: date, end:
 
     For simulations that retrain many times (``homefeed simulate-loop``), where an Airflow run per
     simulated retraining would cost more than the retraining. A failed gate stops before
-    registration, as in the DAG; the report is written either way.
+    registration, as in the DAG; the report is written either way. Returns the gate's decision.
     """
-    stage = "check_raw"
+    inputs = RunInputs(cfg, directory, raw, start, end)
+    results: dict[str, dict[str, Any]] = {}
     try:
-        check_raw(cfg, raw, directory)
-        stage = "validate_raw"
-        validate_raw(cfg, raw, directory)
-        stage = "build_instances"
-        build_instances(cfg, raw, directory, start, end)
-        stage = "validate_instances"
-        validate_instances(cfg, directory)
-        stage = "train"
-        train(cfg, directory)
-        stage = "evaluate"
-        evaluate(cfg, directory)
-        stage = "gate"
-        decision = gate(cfg, directory)
-        if decision["passed"]:
-            stage = "register"
-            register(cfg, directory)
-            stage = "promote"
-            promote(cfg, directory)
-        return decision
-    except Exception as exc:
-        log_task_failure(stage, exc, directory)
-        raise
+        for step in STAGES:
+            try:
+                results[step.name] = step.call(inputs)
+            except Exception as exc:
+                log_task_failure(step.name, exc, directory)
+                raise
+            if step.stops_run(results[step.name]):
+                break
+        return results["gate"]
     finally:
-        report(cfg, directory)
+        REPORT.call(inputs)
 
 
 def monitor_champion(cfg: Config, raw: str) -> dict[str, Any]:

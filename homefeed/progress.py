@@ -48,6 +48,7 @@ def quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its own level when imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model download
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
 

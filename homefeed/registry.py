@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import getpass
 import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,10 +106,8 @@ def require_reachable(cfg: Config, uri: str) -> None:
 
 
 def client(cfg: Config):
-    """An MlflowClient on the configured store, with the experiment created if needed."""
-    import mlflow
-    from mlflow import MlflowClient
-
+    """The MlflowClient of the configured store (one per tracking URI in this process), with the
+    experiment created if needed. Every tracking and registry call of homefeed goes through here."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     _bound_http_retries(cfg)
     uri = tracking_uri(cfg)
@@ -115,23 +115,43 @@ def client(cfg: Config):
     if uri.startswith("sqlite:///"):
         storage.private_file(Path(uri[len("sqlite:///") :]))
     _set_mlflow_uris(uri)
+    artifacts = None
+    if cfg.storage.s3_uri:  # MLflow's S3 repository: boto3, with MLFLOW_S3_ENDPOINT_URL for non-AWS servers
+        artifacts = f"{cfg.storage.s3_uri}/mlflow"
+    elif uri.startswith("sqlite:"):
+        artifacts = (storage.local_path(cfg.storage.root).resolve() / "mlartifacts").as_uri()
+    return _client(uri, cfg.registry.experiment, artifacts)
+
+
+@functools.lru_cache(maxsize=16)
+def _client(uri: str, experiment_name: str, artifacts: str | None):
+    from mlflow import MlflowClient
+
     mlflow_client = MlflowClient(uri, uri)
-    experiment = mlflow_client.get_experiment_by_name(cfg.registry.experiment)
-    if experiment is not None and EXPERIMENT_KIND not in experiment.tags:  # made before the tag existed
-        mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, CLASSIC_ML)
+    experiment = mlflow_client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        artifacts = None
-        if cfg.storage.s3_uri:  # MLflow's S3 repository: boto3, with MLFLOW_S3_ENDPOINT_URL for non-AWS servers
-            artifacts = f"{cfg.storage.s3_uri}/mlflow"
-        elif uri.startswith("sqlite:"):
-            artifacts = (storage.local_path(cfg.storage.root).resolve() / "mlartifacts").as_uri()
         # Tagged as classic model development: MLflow 3 otherwise opens it on its GenAI views.
-        mlflow_client.create_experiment(cfg.registry.experiment, artifact_location=artifacts, tags={EXPERIMENT_KIND: CLASSIC_ML})
+        mlflow_client.create_experiment(experiment_name, artifact_location=artifacts, tags={EXPERIMENT_KIND: CLASSIC_ML})
+    elif EXPERIMENT_KIND not in experiment.tags:  # made before the tag existed
+        mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, CLASSIC_ML)
     return mlflow_client
 
 
 def experiment_id(cfg: Config) -> str:
-    return client(cfg).get_experiment_by_name(cfg.registry.experiment).experiment_id
+    experiment = client(cfg).get_experiment_by_name(cfg.registry.experiment)
+    if experiment is None:  # the store was replaced under the cached client (a fresh root at the same path)
+        _client.cache_clear()
+        experiment = client(cfg).get_experiment_by_name(cfg.registry.experiment)
+    return experiment.experiment_id
+
+
+def start_run(cfg: Config, name: str, tags: dict[str, str] | None = None) -> str:
+    """A new MLflow run in the experiment (RUNNING until ``end_run``); its id."""
+    return client(cfg).create_run(experiment_id(cfg), run_name=name, tags=tags or {}).info.run_id
+
+
+def end_run(cfg: Config, run_id: str, failed: bool = False) -> None:
+    client(cfg).set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
 def log_train_params(mlflow_client, run_id: str, train: Any) -> None:
@@ -246,7 +266,10 @@ def log_and_register(
         features_file = Path(model_dir).parent / "serving_features.json"
         storage.write_json(features_file, features)
         artifacts["features"] = str(features_file)
-    with mlflow.start_run(run_id=run_id):
+    # The input example's integer columns never hold missing values (the contract): MLflow's hint
+    # about them is noise in every run's log.
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=_pyfunc_model(),
@@ -274,6 +297,67 @@ def version_description(tags: dict[str, str]) -> str:
         "Promote and roll back with `homefeed promote` / `homefeed rollback` (or the homefeed_promote DAG): they keep "
         "the holdout group and the gate. Moving the `champion` alias in MLflow's UI skips both checks.",
     ])
+
+
+# --------------------------------------------------------------------------- the served model, loaded
+class NoServableModel(PermanentError, RuntimeError):
+    """No model behind the alias, or one logged without what serving needs."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A registered version with everything needed to score it online."""
+
+    version: str
+    scorer: Any  # models.zoo.Scorer
+    utility: dict[str, float]
+    feature_stats: dict[str, dict[str, float]]
+    delay_ms: int
+    seq_len: int
+    raw_root: str
+    holdout_fraction: float
+    holdout_salt: str
+
+
+def load_served_model(cfg: Config, alias: str) -> ServedModel:
+    """``models:/<name>@alias`` from the registry, with its feature spec and holdout tags."""
+    version = alias_version(cfg, alias)
+    if version is None:
+        raise NoServableModel(
+            f"no version of {cfg.registry.model_name!r} has the alias {alias!r} in {tracking_uri(cfg)}; "
+            "run the pipeline (`homefeed run`) or promote a version: `homefeed promote --version N --reason '…'`"
+        )
+    python_model = load_python_model(f"models:/{cfg.registry.model_name}@{alias}")
+    spec = getattr(python_model, "features", None)
+    if not spec:
+        raise NoServableModel(
+            f"{cfg.registry.model_name} v{version} was logged without its serving feature spec "
+            "(serving_features.json); retrain and promote a newer version"
+        )
+    tags = client(cfg).get_model_version(cfg.registry.model_name, version).tags
+    missing = [t for t in HOLDOUT_TAGS if t not in tags]
+    if missing:
+        raise NoServableModel(f"{cfg.registry.model_name} v{version} has no holdout configuration (tags {missing})")
+    return ServedModel(
+        version=version, scorer=python_model.scorer, utility=python_model.utility,
+        feature_stats=spec["feature_stats"], delay_ms=int(spec["delay_ms"]), seq_len=int(spec["seq_len"]),
+        raw_root=spec["raw_root"], holdout_fraction=float(tags["holdout.fraction"]), holdout_salt=tags["holdout.salt"],
+    )
+
+
+def load_python_model(model_uri: str) -> HomefeedModel:
+    """The pyfunc's Python model (scorer, utility, feature spec) from ``models:/…`` or a local copy."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+
+
+def download_model(cfg: Config, alias: str, destination: str) -> str:
+    """A local copy of ``models:/<name>@alias`` (for workers that load it themselves)."""
+    import mlflow.artifacts
+
+    return mlflow.artifacts.download_artifacts(f"models:/{cfg.registry.model_name}@{alias}", dst_path=destination,
+                                               tracking_uri=tracking_uri(cfg))
 
 
 # --------------------------------------------------------------------------- aliases

@@ -24,8 +24,6 @@ from typing import Any
 from homefeed import monitor, schema
 from homefeed.config import Config
 
-STAGES = ("check_raw", "validate_raw", "build_instances", "validate_instances", "train", "evaluate", "gate", "register", "promote")
-
 
 def _png(fig) -> str:
     buffer = io.BytesIO()
@@ -175,10 +173,10 @@ def _when(value: Any) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def verdict(results: dict[str, Any], failures: dict[str, Any]) -> tuple[str, str]:
+def verdict(results: dict[str, Any], failures: dict[str, Any], stages: tuple[str, ...]) -> tuple[str, str]:
     """(css class, headline) of the whole run: what a reader needs first."""
     if failures:
-        stage = next(s for s in STAGES if s in failures)
+        stage = next(s for s in stages if s in failures)
         return "failed", f"FAILED at {stage}: {(failures[stage]['error'] or 'unknown error').splitlines()[0]}"
     if "promote" in results:
         promoted = results["promote"]
@@ -189,7 +187,7 @@ def verdict(results: dict[str, Any], failures: dict[str, Any]) -> tuple[str, str
         return "stopped", f"NOT PROMOTED: {results['gate']['summary']}"
     if not results:
         return "stopped", "DID NOT RUN: no stage ran (a skipped run says why in its task log)"
-    last = [s for s in STAGES if s in results][-1]
+    last = [s for s in stages if s in results][-1]
     return "stopped", f"INCOMPLETE: the last stage done is {last}"
 
 
@@ -249,16 +247,17 @@ th{background:#f4f4f4}.lineage th{width:12em}pre{background:#f7f7f7;padding:.6em
 """
 
 
-def write(cfg: Config, directory: Path, registry_state: dict[str, Any]) -> Path:
+def write(cfg: Config, directory: Path, registry_state: dict[str, Any], stages: tuple[str, ...]) -> Path:
+    """``stages``: the pipeline's stage names in order (``homefeed.pipeline.STAGE_NAMES``)."""
     from homefeed import storage
 
-    results = {s: json.loads((directory / f"{s}.json").read_text()) for s in STAGES if (directory / f"{s}.json").exists()}
-    timings = {s: json.loads((directory / "timings" / f"{s}.json").read_text()) for s in STAGES if (directory / "timings" / f"{s}.json").exists()}
+    results = {s: json.loads((directory / f"{s}.json").read_text()) for s in stages if (directory / f"{s}.json").exists()}
+    timings = {s: json.loads((directory / "timings" / f"{s}.json").read_text()) for s in stages if (directory / "timings" / f"{s}.json").exists()}
     # A stage that failed and then succeeded on a retry is done, not failed.
-    failures = {s: json.loads((directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").read_text()) for s in STAGES
+    failures = {s: json.loads((directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").read_text()) for s in stages
                 if s not in results and (directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").exists()}
     storage.write_json(directory / "config.json", cfg.model_dump(mode="json"))
-    kind, headline = verdict(results, failures)
+    kind, headline = verdict(results, failures, stages)
     parts = [f"<h1>homefeed retraining run {html.escape(directory.name)}</h1>",
              f'<p class="verdict {kind}" id="verdict">{html.escape(headline)}</p>']
     notice = monitor.stale_notice(cfg, results.get("evaluate", {}).get("champion_version"))
@@ -266,10 +265,10 @@ def write(cfg: Config, directory: Path, registry_state: dict[str, Any]) -> Path:
         parts.append(f"<h2>Why this run</h2><p>The staleness monitor marked champion v{html.escape(notice['model_version'])} "
                      f"stale on {html.escape(notice['day'])}: {html.escape(notice['reason'])}</p>")
     if failures:
-        first = next(s for s in STAGES if s in failures)
+        first = next(s for s in stages if s in failures)
         parts.append(f'<h2 class="failed">FAILED at {html.escape(first)}</h2><pre>{html.escape(failures[first]["error"])}</pre>')
     parts.append(_lineage(cfg, directory, results))
-    parts.append("<h2>Stages</h2>" + _table([[s, *_status(s, results, failures, timings)] for s in STAGES], ["stage", "status", "started", "took"]))
+    parts.append("<h2>Stages</h2>" + _table([[s, *_status(s, results, failures, timings)] for s in stages], ["stage", "status", "started", "took"]))
     if "build_instances" in results:
         built = results["build_instances"]
         parts.append("<h2>Data</h2>" + _table(

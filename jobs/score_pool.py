@@ -43,11 +43,9 @@ def _worker_state(model_dir: str, raw_root: str):
     """The scorer and feature snapshot, loaded once per Python worker."""
     key = (model_dir, raw_root)
     if key not in _WORKER_CACHE:
-        import mlflow.pyfunc
+        from homefeed import features, registry
 
-        from homefeed import features
-
-        python_model = mlflow.pyfunc.load_model(model_dir).unwrap_python_model()
+        python_model = registry.load_python_model(model_dir)
         _WORKER_CACHE[key] = (python_model, features.FeatureSnapshot.load(raw_root))
     return _WORKER_CACHE[key]
 
@@ -86,15 +84,12 @@ def pool_scores(users: DataFrame, actions: DataFrame, pin_ids: list[int], served
 
 def run(spark: SparkSession, raw_root: str, pin_ids: list[int], out: str, cfg: Config,
         user_ids: list[int] | None = None, request_ts: int | None = None) -> dict[str, Any]:
-    import mlflow.artifacts
-
     from homefeed import registry
-    from homefeed.serving.service import load_served_model
 
     if not pin_ids:
         raise InputDataError("no pins to score (--pins is empty)")
     storage.require_published(raw_root, "raw data")
-    model = load_served_model(cfg, cfg.serving.alias)
+    model = registry.load_served_model(cfg, cfg.serving.alias)
     request_ts = int(time.time() * 1000) if request_ts is None else request_ts
     users = read_table(spark, raw_root, schema.USERS)
     latest = users.agg(F.max(schema.DT)).first()[0]
@@ -104,9 +99,7 @@ def run(spark: SparkSession, raw_root: str, pin_ids: list[int], out: str, cfg: C
     cutoff = request_ts - model.delay_ms
     actions = read_table(spark, raw_root, schema.ACTIONS).filter(F.col("ts") < cutoff).select("user_id", "pin_id", "ts", "action")
     with tempfile.TemporaryDirectory(prefix="homefeed-pool-model-") as download:
-        model_dir = mlflow.artifacts.download_artifacts(
-            f"models:/{cfg.registry.model_name}@{cfg.serving.alias}", dst_path=download, tracking_uri=registry.tracking_uri(cfg)
-        )
+        model_dir = registry.download_model(cfg, cfg.serving.alias, download)
         served = {
             "model_dir": model_dir, "raw_root": cfg.serving.features_root or raw_root, "version": model.version,
             "request_ts": request_ts, "delay_ms": model.delay_ms, "seq_len": model.seq_len, "position": cfg.serving.position,

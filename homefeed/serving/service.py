@@ -17,60 +17,11 @@ import numpy as np
 
 from homefeed import features, holdout, schema, sequence_store
 from homefeed.config import Config
-from homefeed.errors import PermanentError
 from homefeed.event_log import EventLog, log_root
 from homefeed.metrics import ranking_utility
+from homefeed.registry import NoServableModel, ServedModel, load_served_model  # noqa: F401 - the service's model, re-exported for its users
 
 log = logging.getLogger(__name__)
-
-
-class NoServableModel(PermanentError, RuntimeError):
-    """No model behind the alias, or one logged without what serving needs."""
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """A registered version with everything needed to score it online."""
-
-    version: str
-    scorer: Any  # models.zoo.Scorer
-    utility: dict[str, float]
-    feature_stats: dict[str, dict[str, float]]
-    delay_ms: int
-    seq_len: int
-    raw_root: str
-    holdout_fraction: float
-    holdout_salt: str
-
-
-def load_served_model(cfg: Config, alias: str) -> ServedModel:
-    """``models:/<name>@alias`` from the registry, with its feature spec and holdout tags."""
-    import mlflow.pyfunc
-
-    from homefeed import registry
-
-    version = registry.alias_version(cfg, alias)
-    if version is None:
-        raise NoServableModel(
-            f"no version of {cfg.registry.model_name!r} has the alias {alias!r} in {registry.tracking_uri(cfg)}; "
-            "run the pipeline (`homefeed run`) or promote a version: `homefeed promote --version N --reason '…'`"
-        )
-    python_model = mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}@{alias}").unwrap_python_model()
-    spec = getattr(python_model, "features", None)
-    if not spec:
-        raise NoServableModel(
-            f"{cfg.registry.model_name} v{version} was logged without its serving feature spec "
-            "(serving_features.json); retrain and promote a newer version"
-        )
-    tags = registry.client(cfg).get_model_version(cfg.registry.model_name, version).tags
-    missing = [t for t in registry.HOLDOUT_TAGS if t not in tags]
-    if missing:
-        raise NoServableModel(f"{cfg.registry.model_name} v{version} has no holdout configuration (tags {missing})")
-    return ServedModel(
-        version=version, scorer=python_model.scorer, utility=python_model.utility,
-        feature_stats=spec["feature_stats"], delay_ms=int(spec["delay_ms"]), seq_len=int(spec["seq_len"]),
-        raw_root=spec["raw_root"], holdout_fraction=float(tags["holdout.fraction"]), holdout_salt=tags["holdout.salt"],
-    )
 
 
 @dataclass(frozen=True)

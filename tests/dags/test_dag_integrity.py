@@ -103,3 +103,13 @@ def test_the_missed_slot_check_takes_the_task_sdks_run_type():
     slot = datetime(2026, 11, 30, 3, tzinfo=timezone.utc)
     assert missed_slot(DagRunType.SCHEDULED, slot, slot + timedelta(hours=3)) is not None
     assert missed_slot(DagRunType.MANUAL, slot, slot + timedelta(hours=3)) is None
+
+
+def test_the_retrain_dag_is_the_pipeline_stage_list_in_its_order(dagbag):
+    """One place for the stage order (issue 23): the DAG's tasks are pipeline.STAGES, then the report."""
+    from homefeed import pipeline
+
+    dag = dagbag.dags["homefeed_retrain"]
+    assert [t.task_id for t in dag.topological_sort()] == [*pipeline.STAGE_NAMES, pipeline.REPORT.name]
+    report = dag.get_task(pipeline.REPORT.name)
+    assert report.is_teardown and report.upstream_task_ids == set(pipeline.STAGE_NAMES)

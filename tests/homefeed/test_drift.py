@@ -62,7 +62,7 @@ def test_a_shifted_feature_fails_naming_it_and_keeps_the_old_baseline(cfg, insta
     assert not (pipeline.run_dir(cfg, "shifted") / "validate_instances.json").exists()
     assert drift.previous_profile(cfg.storage.root, "next")[0] == "good"
     # The run report shows the comparison, the shifted statistic on top.
-    html = report.write(cfg, pipeline.run_dir(cfg, "shifted"), {}).read_text()
+    html = report.write(cfg, pipeline.run_dir(cfg, "shifted"), {}, pipeline.STAGE_NAMES).read_text()
     assert "Drift vs run good: FAILED" in html
     assert html.index("mean/pin_spam_score") < html.index("label_rate/repin")
 
