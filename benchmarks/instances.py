@@ -93,11 +93,11 @@ def measure_one(raw: str, plan: str, stage: str, out: str) -> dict:
     from pyspark.sql import functions as F
 
     from homefeed.config import load_config
-    from homefeed.spark import get_spark
+    from homefeed.spark import session
     from jobs import build_instances as job
 
     cfg = load_config(environ={})
-    spark = get_spark(cfg.spark, "homefeed-benchmark", cfg.instances.shuffle_partitions)
+    spark = session(cfg, "benchmark")
     started = time.perf_counter()
     if stage == "job" and plan == "per-impression":
         per_impression_job(spark, raw, out, cfg)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
 import sys
 import time
 from datetime import date
@@ -25,7 +23,6 @@ sequences_app = typer.Typer(help="The serving sequence store: load it from a raw
 app.add_typer(sequences_app, name="sequences")
 
 ConfigOption = Annotated[Optional[list[Path]], typer.Option("--config", "-c", help="Config overlay file (repeatable).")]
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @app.callback()
@@ -121,14 +118,14 @@ def build_instances(
     config: ConfigOption = None,
 ) -> None:
     """Build labelled instances with realtime sequences (Spark)."""
-    from homefeed.spark import get_spark
+    from homefeed.spark import session
     from homefeed.storage import StorageError
     from jobs import build_instances as job
 
     cfg = _config(config)
     started = _step(f"building instances from {raw}")
     try:
-        manifest = job.run(get_spark(cfg.spark, "homefeed-build-instances", cfg.instances.shuffle_partitions), str(raw), str(out), cfg,
+        manifest = job.run(session(cfg, "build-instances"), str(raw), str(out), cfg,
                            date.fromisoformat(start) if start else None, date.fromisoformat(end) if end else None)
     except (job.InputDataError, StorageError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -183,7 +180,7 @@ def validate(
     """Validate a dataset with a Great Expectations suite: exit 0 pass, 1 fail, 2 usage."""
     from expectations import SUITES
     from homefeed import validation
-    from homefeed.spark import get_spark
+    from homefeed.spark import session
 
     if suite not in SUITES:
         typer.echo(f"error: unknown suite {suite!r}; suites are {', '.join(SUITES)}", err=True)
@@ -193,7 +190,7 @@ def validate(
         raise typer.Exit(2)
     cfg = _config(config)
     try:
-        reports = validation.validate(get_spark(cfg.spark, "homefeed-validate"), suite, str(data), cfg, docs)
+        reports = validation.validate(session(cfg, "validate"), suite, str(data), cfg, docs)
     except validation.ValidationFailed as exc:
         typer.echo(str(exc))
         raise typer.Exit(1) from None
@@ -348,7 +345,7 @@ def monitor(
     """Score the champion on days after its training window; mark it stale when it has decayed."""
     from homefeed import monitor as staleness_monitor
     from homefeed.errors import PermanentError
-    from homefeed.spark import get_spark
+    from homefeed.spark import session
 
     cfg = _config(config)
     try:
@@ -357,7 +354,7 @@ def monitor(
         typer.echo(f"error: --day must be YYYY-MM-DD, got {day}", err=True)
         raise typer.Exit(2) from None
     try:
-        decision = staleness_monitor.run(get_spark(cfg.spark, "homefeed-monitor", cfg.instances.shuffle_partitions), cfg, str(raw), days)
+        decision = staleness_monitor.run(session(cfg, "monitor"), cfg, str(raw), days)
     except (ValueError, PermanentError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -405,7 +402,7 @@ def score_pool(
 ) -> None:
     """Pool insertion: score pins against many users with the served model (a Spark job)."""
     from homefeed.errors import PermanentError
-    from homefeed.spark import get_spark
+    from homefeed.spark import session
     from jobs import score_pool as job
 
     cfg = _config(config)
@@ -417,7 +414,7 @@ def score_pool(
         raise typer.Exit(2) from None
     started = _step(f"scoring {len(pin_ids)} pins against {'all' if user_ids is None else len(user_ids)} users")
     try:
-        manifest = job.run(get_spark(cfg.spark, "homefeed-score-pool", cfg.instances.shuffle_partitions),
+        manifest = job.run(session(cfg, "score-pool"),
                            str(raw), pin_ids, str(out), cfg, user_ids, request_ts)
     except PermanentError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -541,131 +538,20 @@ def sequences_show(
     }, indent=2))
 
 
-# --------------------------------------------------------------------------- the main job
-LOCAL_BUCKET = "homefeed"
+# --------------------------------------------------------------------------- the local platform
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
 
 
-def _start_local_s3(root: Path):
-    """SeaweedFS under <root>/s3, with credentials generated once and kept there (mode 600)."""
-    import secrets
+@contextlib.contextmanager
+def _platform_errors():
+    from homefeed.local_platform import PlatformError
 
-    from homefeed import storage
-    from homefeed.local_s3 import SeaweedServer
-
-    directory = root.resolve() / "s3"
-    directory.mkdir(parents=True, exist_ok=True)
-    credentials = directory / "credentials.json"
-    if not credentials.exists():
-        storage.write_secret(credentials, json.dumps({"access_key": f"homefeed-{secrets.token_hex(4)}", "secret_key": secrets.token_urlsafe(24)}))
-    keys = json.loads(credentials.read_text())
-    started = _step(f"starting a local S3 server (SeaweedFS) with its data in {directory}")
-    server = SeaweedServer(directory, keys["access_key"], keys["secret_key"], LOCAL_BUCKET).start()
-    _done(started)
-    return server
-
-
-def _use_local_s3(server, cfg: Config, raw: Path) -> tuple[Config, str]:
-    """Point this process and the DAG run at the server; the raw data goes there first."""
-    from homefeed import s3, storage
-
-    s3_uri = f"s3://{LOCAL_BUCKET}"
-    os.environ.update({**server.environment(), "HOMEFEED__STORAGE__S3_URI": s3_uri})
-    raw_uri = f"{s3_uri}/raw/{raw.name}"
-    client = s3.client()
-    if not s3.is_published(client, raw_uri) or s3.read_manifest(client, raw_uri) != storage.read_manifest(raw):
-        started = _step(f"publishing {raw} to {raw_uri}")
-        s3.publish_directory(client, raw, raw_uri)
-        _done(started)
-    return cfg.with_overrides({"storage": {"s3_uri": s3_uri}}), raw_uri
-
-
-def _summarise_s3(cfg: Config, label: str) -> None:
-    from homefeed import s3
-
-    client = s3.client()
-    for uri in (f"{cfg.storage.s3_uri}/runs/{label}", f"{cfg.storage.s3_uri}/mlflow"):
-        typer.echo(f"{uri}/: {len(s3.list_keys(client, uri))} objects")
-
-
-def airflow_env(cfg: Config, config_files: list[Path] | None = None) -> dict[str, str]:
-    """Environment for an embedded Airflow: SQLite metadata under the storage root, our DAGs.
-
-    Config overlay files travel to the tasks through HOMEFEED_CONFIG.
-    """
-    from homefeed import storage
-    from homefeed.config import CONFIG_FILES_ENV
-
-    home = (storage.local_path(cfg.storage.root) / "airflow").resolve()
-    storage.private_file(home / "airflow.db")
-    return {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        # Airflow starts its components as `airflow …` by name: the venv's must come first.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "homefeed.orchestration.SQLITE_CONNECT_ARGS",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "GX_ANALYTICS_ENABLED": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_LOGGING_LEVEL": os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING"),
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        CONFIG_FILES_ENV: ":".join(
-            [f for f in os.environ.get(CONFIG_FILES_ENV, "").split(":") if f] + [str(Path(f).resolve()) for f in config_files or []]
-        ),
-    }
-
-
-def _airflow_bin() -> str:
-    """The venv's airflow, beside this interpreter (not whichever is first on PATH)."""
-    return str(Path(sys.executable).with_name("airflow"))
-
-
-def _run_airflow(env: dict[str, str], *args: str) -> None:
-    """``airflow ARGS`` in ``env``; a failure exits this command with airflow's status."""
-    completed = subprocess.run([_airflow_bin(), *args], env=env)
-    if completed.returncode != 0:
-        raise typer.Exit(completed.returncode)
-
-
-def migrate_airflow_db(env: dict[str, str]) -> None:
-    """``airflow db migrate`` under an exclusive lock in AIRFLOW_HOME: two runs started together on
-    a fresh root otherwise both create the tables, and one dies ("table … already exists")."""
-    import fcntl
-
-    with open(Path(env["AIRFLOW_HOME"]) / "migrate.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        subprocess.run([_airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
-
-
-def run_dag(cfg: Config, dag_id: str, conf: dict, logical_date: str, config_files: list[Path] | None = None,
-            log_path: Path | None = None, verbose: bool = False) -> None:
-    """``airflow dags test``; with ``log_path``, its whole output goes there and the terminal shows
-    homefeed's own lines (everything with ``verbose``). A failed run exits with airflow's status."""
-    from homefeed import progress
-
-    env = airflow_env(cfg, config_files)
-    migrate_airflow_db(env)
-    args = ["dags", "test", dag_id, logical_date, "-c", json.dumps(conf)]
-    if log_path is None:
-        return _run_airflow(env, *args)
-    code = progress.run_logged([_airflow_bin(), *args], env, log_path, sys.stdout, verbose)
-    if code != 0:
-        typer.echo(f"the run failed (exit {code}); its whole log: {log_path}", err=True)
-        raise typer.Exit(code)
-
-
-def airflow_login(home: Path) -> tuple[str, str]:
-    """The embedded Airflow's one user and its password, made once and kept in AIRFLOW_HOME."""
-    import secrets
-
-    from homefeed import storage
-
-    passwords = home / "passwords.json"
-    if not passwords.exists():
-        storage.write_secret(passwords, json.dumps({"admin": secrets.token_urlsafe(12)}))
-    return "admin", json.loads(passwords.read_text())["admin"]
+    try:
+        yield
+    except PlatformError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
 
 
 @app.command()
@@ -674,43 +560,12 @@ def airflow(
     config: ConfigOption = None,
 ) -> None:
     """Start `airflow standalone` with the project's DAGs on 127.0.0.1 and print the login."""
-    cfg = _config(config)
-    env = airflow_env(cfg, config)
-    home = Path(env["AIRFLOW_HOME"])
-    user, password = airflow_login(home)
-    env.update({
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-    })
-    typer.echo(f"Airflow UI: http://127.0.0.1:{port}   login: {user} / {password}   (AIRFLOW_HOME={home})")
+    from homefeed import local_platform
+
+    env, user, password = local_platform.standalone_env(_config(config), port, config)
+    typer.echo(f"Airflow UI: http://127.0.0.1:{port}   login: {user} / {password}   (AIRFLOW_HOME={env['AIRFLOW_HOME']})")
     typer.echo("DAGs: homefeed_retrain (trigger with the parameter form), homefeed_promote. Ctrl-C stops it.")
-    raise typer.Exit(_supervise([_airflow_bin(), "standalone"], env))
-
-
-def _supervise(command: list[str], env: dict[str, str]) -> int:
-    """Run ``command`` in a session of its own; SIGTERM / SIGINT / SIGHUP to this process stop it
-    and every process it started (task runners included), which a signal to the group misses."""
-    import signal
-
-    from homefeed.processes import stop_tree
-
-    process = subprocess.Popen(command, env=env, start_new_session=True)
-    stopping = []
-
-    def stop(signum, _frame) -> None:
-        if not stopping:
-            stopping.append(signum)
-            stop_tree(process.pid, signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, stop)
-    code = process.wait()
-    return 128 + stopping[0] if stopping else code
+    raise typer.Exit(local_platform.supervise([local_platform.airflow_bin(), "standalone"], env))
 
 
 @app.command()
@@ -733,8 +588,11 @@ def backfill(
             raise ValueError(f"--conf must be a JSON object, got {conf}")
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
-    _run_airflow(airflow_env(cfg, config), "backfill", "create", "--dag-id", "homefeed_retrain", "--from-date", from_date,
-                 "--to-date", to_date, "--dag-run-conf", conf, "--max-active-runs", "1")
+    from homefeed import local_platform
+
+    with _platform_errors():
+        local_platform.run_airflow(local_platform.airflow_env(cfg, config), "backfill", "create", "--dag-id", "homefeed_retrain",
+                                   "--from-date", from_date, "--to-date", to_date, "--dag-run-conf", conf, "--max-active-runs", "1")
 
 
 @app.command()
@@ -749,66 +607,21 @@ def run(
 
     The terminal shows homefeed's lines (a line per stage, training progress every ~10 s); the
     whole output of the run is kept in `<storage root>/runs/<run>/run.log`."""
-    from homefeed import pipeline, registry, simulate, storage
+    from homefeed import local_platform, registry
 
-    cfg = _config(config)
-    root = storage.local_path(cfg.storage.root)
-    if raw is None:
-        raw = root / "raw" / f"synthetic-seed{cfg.simulator.seed}-n{cfg.simulator.impressions}"
-        if not storage.is_published(raw):
-            started = _step(f"simulating {cfg.simulator.impressions} impressions into {raw}")
-            simulate.generate(cfg.simulator, raw)
-            _done(started)
-    end_day = max(p.name.split("=", 1)[1] for p in (Path(raw) / "impressions").glob("dt=*"))
-    label = label or time.strftime("run-%Y%m%dT%H%M%S")
-    conf = {"raw": str(Path(raw).resolve()), "end_date": end_day, "window_days": cfg.simulator.days, "run_label": label}
-    server = _start_local_s3(root) if s3 else None
-    try:
-        if server is not None:
-            cfg, conf["raw"] = _use_local_s3(server, cfg, Path(raw))
-        started = _step(f"running DAG homefeed_retrain on {conf['raw']} (window ending {end_day})")
-        log_path = pipeline.run_dir(cfg, label) / "run.log"
-        typer.echo(f"    the whole log: {log_path}", err=True)
-        # A fresh logical date per run: `airflow dags test` resumes an existing run of the same date.
-        logical_date = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-        run_dag(cfg, "homefeed_retrain", conf, logical_date, config, log_path=log_path, verbose=verbose)
-        _done(started)
-        if server is not None:
-            _summarise_s3(cfg, label)
-    finally:
-        if server is not None:
-            server.stop()
-    directory = pipeline.run_dir(cfg, label)
+    with _platform_errors():
+        cfg, directory = local_platform.run_retraining(_config(config), raw, label, s3, config, verbose, _say)
     with _registry_errors():
         state = registry.state(cfg)
     gate = json.loads((directory / "gate.json").read_text()) if (directory / "gate.json").exists() else {}
     evaluation = json.loads((directory / "evaluate.json").read_text()) if (directory / "evaluate.json").exists() else None
     typer.echo("")
-    for line in run_summary(evaluation, gate, state, cfg.registry.model_name):
+    for line in local_platform.run_summary(evaluation, gate, state, cfg.registry.model_name):
         typer.echo(line)
     typer.echo(f"report: {directory / 'report.html'}")
     typer.echo(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {registry.tracking_uri(cfg)}")
     if state.champion:
         typer.echo(f"serve the champion: .venv/bin/homefeed serve   (POST /rank on http://{cfg.serving.host}:{cfg.serving.port})")
-
-
-def run_summary(evaluation: dict | None, gate: dict, state, model_name: str) -> list[str]:
-    """What a finished run says first: the challenger's test metrics with their 95% intervals
-    (HIT@k with the number of requests it counts), the gate's verdict, and the aliases."""
-    lines = []
-    if evaluation:
-        challenger = evaluation["challenger"]
-        k, overall, intervals = challenger["hit_k"], challenger["overall"], challenger["intervals"]["overall"]
-        lines.append("test AUC per head (95% interval): " + ", ".join(
-            f"{h} {m['auc']:.4f} [{intervals[h]['auc'][0]:.4f}, {intervals[h]['auc'][1]:.4f}]" for h, m in overall.items()))
-        hits = [f"{h} {overall[h]['hit']:.3f} over {overall[h].get('hit_requests', '?')} requests" for h in overall
-                if overall[h].get("hit") == overall[h].get("hit")]  # NaN: no request had more than k candidates
-        lines.append(f"test HIT@{k}: " + (", ".join(hits) if hits else f"undefined (no request with a positive and more than {k} candidates)"))
-    lines.append(gate.get("summary", "gate: did not run"))
-    version = lambda v: "none" if v is None else f"v{v}"  # noqa: E731
-    lines.append(f"registry: {model_name} champion={version(state.champion)} challenger={version(state.challenger)} "
-                 f"previous={version(state.previous)}")
-    return lines
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
     touching the test days (every table then describes the validation day)."""
     from homefeed import evaluate, registry, train as trainer
     from homefeed.data import read_instances
-    from homefeed.spark import get_spark
+    from homefeed.spark import session
     from jobs import build_instances as job
     from models import MODEL_NAMES
     from models.zoo import load_scorer
@@ -189,7 +189,7 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
     cfg = split_config(cfg, days, test_from)
     out.mkdir(parents=True, exist_ok=True)
     instances = out / "instances"
-    job.run(get_spark(cfg.spark, "homefeed-compare", cfg.instances.shuffle_partitions), raw, str(instances), cfg, days[0], days[-1])
+    job.run(session(cfg, "compare"), raw, str(instances), cfg, days[0], days[-1])
     test = read_instances(str(instances), split)
     tracking = cfg.with_overrides({"registry": {"experiment": cfg.registry.experiment + EXPERIMENT_SUFFIX}})
     mlflow_client = registry.client(tracking)

@@ -164,10 +164,8 @@ class TrainConfig(_Section):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        from models import MODEL_NAMES  # local import: models pulls in torch
-
-        if value not in MODEL_NAMES:
-            raise ValueError(f"unknown model {value!r}; choose one of {list(MODEL_NAMES)}")
+        if value not in schema.MODEL_NAMES:
+            raise ValueError(f"unknown model {value!r}; choose one of {list(schema.MODEL_NAMES)}")
         return value
 
     @field_validator("head_weights")

@@ -53,9 +53,9 @@ def _load(directory: Path, stage: str) -> dict[str, Any]:
 
 
 def _spark(cfg: Config):
-    from homefeed.spark import get_spark
+    from homefeed.spark import session
 
-    return get_spark(cfg.spark, "homefeed-retrain", cfg.instances.shuffle_partitions)
+    return session(cfg, "retrain")
 
 
 TIMINGS_DIR = "timings"  # <run>/timings/<stage>.json: when each stage started and how long it took

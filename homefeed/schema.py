@@ -71,6 +71,13 @@ def label_column(head: str) -> str:
 
 LABEL_COLUMNS = tuple(label_column(h) for h in HEADS)
 
+# --------------------------------------------------------------------------- models
+# Every name `train.model` accepts: Pinnability's baselines, then the neural ranker by its sequence
+# module. The names live here, below the config that checks them; ``models`` builds each one.
+BASELINE_NAMES = ("lr", "gbdt")
+SEQUENCE_MODULE_NAMES = ("none", "avgpool", "cnn", "rnn", "lstm", "transformer", "transact_v10", "transact_v11")
+MODEL_NAMES = BASELINE_NAMES + SEQUENCE_MODULE_NAMES
+
 # --------------------------------------------------------------------------- segments
 SEGMENTS = ("core", "casual", "new", "resurrected")
 CORE_SEGMENT = "core"

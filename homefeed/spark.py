@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from homefeed.config import SparkConfig
+from homefeed.config import Config, SparkConfig
 
 # Errors only from the JVM's first line on (Spark's default profile announces itself at WARN).
 QUIET_LOG4J = Path(__file__).parent / "defaults" / "log4j2.properties"
@@ -44,6 +44,12 @@ def get_spark(cfg: SparkConfig, app_name: str = "homefeed", shuffle_partitions: 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def session(cfg: Config, purpose: str) -> SparkSession:
+    """The session homefeed's jobs use: the config's Spark settings and shuffle width, named
+    ``homefeed-<purpose>`` (Spark's UI and logs say which job it is)."""
+    return get_spark(cfg.spark, f"homefeed-{purpose}", cfg.instances.shuffle_partitions)
 
 
 def progress() -> str | None:

@@ -667,7 +667,7 @@ def check_sequence_keys(sequences: DataFrame) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from homefeed.config import load_config
-    from homefeed.spark import get_spark
+    from homefeed.spark import session
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", required=True)
@@ -677,7 +677,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", action="append", default=[])
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
-    spark = get_spark(cfg.spark, "homefeed-build-instances", cfg.instances.shuffle_partitions)
+    spark = session(cfg, "build-instances")
     manifest = run(spark, args.raw, args.out, cfg, args.start, args.end)
     print(f"wrote {manifest['output_rows']} instances to {args.out}")
 

@@ -120,7 +120,7 @@ def run(spark: SparkSession, raw_root: str, pin_ids: list[int], out: str, cfg: C
 
 def main(argv: list[str] | None = None) -> None:
     from homefeed.config import load_config
-    from homefeed.spark import get_spark
+    from homefeed.spark import session
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", required=True)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", action="append", default=[])
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
-    spark = get_spark(cfg.spark, "homefeed-score-pool", cfg.instances.shuffle_partitions)
+    spark = session(cfg, "score-pool")
     users = [int(u) for u in args.users.split(",")] if args.users else None
     manifest = run(spark, args.raw, [int(p) for p in args.pins.split(",") if p], args.out, cfg, users, args.request_ts)
     print(f"wrote {manifest['rows']} pool entries to {args.out} (model v{manifest['model_version']})")

@@ -58,7 +58,8 @@ def test_embedded_airflow_waits_for_the_sqlite_lock(tmp_path, monkeypatch):
     """Airflow imports the connect args by name: the name must resolve to a busy timeout."""
     from airflow.configuration import conf
 
-    from homefeed.cli import _config, airflow_env
+    from homefeed.cli import _config
+    from homefeed.local_platform import airflow_env
 
     monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path))
     key = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"
@@ -83,7 +84,7 @@ def test_secrets_are_written_owner_only_whatever_the_umask(tmp_path):
     import os
 
     from homefeed import storage
-    from homefeed.cli import airflow_login
+    from homefeed.local_platform import airflow_login
 
     old = os.umask(0)
     try:
@@ -137,7 +138,7 @@ def test_two_runs_migrating_a_fresh_airflow_db_at_once_both_succeed(base_config,
     # dagrun_asset_event already exists" (issue 21, item 4). The migration is now under a lock.
     import threading
 
-    from homefeed.cli import airflow_env, migrate_airflow_db
+    from homefeed.local_platform import airflow_env, migrate_airflow_db
 
     env = airflow_env(base_config.with_overrides({"storage": {"root": str(tmp_path)}}))
     errors = []
@@ -161,7 +162,7 @@ def test_the_sqlite_stores_are_owner_only_whatever_the_umask(base_config, tmp_pa
     import os
 
     from homefeed import features, registry
-    from homefeed.cli import airflow_env
+    from homefeed.local_platform import airflow_env
     from homefeed.sequence_store import SqliteSequenceStore
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -182,7 +183,7 @@ def test_the_sqlite_stores_are_owner_only_whatever_the_umask(base_config, tmp_pa
 
 def test_the_run_summary_gives_intervals_hit_counts_and_no_vnone():
     # Before: "gate: gate passed", "previous=vNone", no intervals or HIT@3 (issue 22).
-    from homefeed.cli import run_summary
+    from homefeed.local_platform import run_summary
     from homefeed.registry import RegistryState
 
     head = {"auc": 0.74, "hit": 0.5, "hit_requests": 120}

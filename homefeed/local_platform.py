@@ -1,0 +1,250 @@
+"""The local platform `homefeed run`, `homefeed airflow` and `homefeed backfill` start: an embedded
+Airflow (SQLite metadata and a login under the storage root, the project's DAGs), an optional local
+S3 server (SeaweedFS) as the storage of record, and a full retraining run of homefeed_retrain
+with its output followed into the run's ``run.log``.
+
+The CLI's commands are thin wrappers; nothing here imports the CLI. Messages for the operator go
+through ``say`` (the CLI prints them on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from homefeed.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCAL_BUCKET = "homefeed"
+Say = Callable[[str], None]
+
+
+class PlatformError(RuntimeError):
+    """A platform process failed; ``exit_code`` is its status."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _timed(say: Say, message: str, work: Callable[[], Any]) -> Any:
+    say(f"==> {message}")
+    started = time.perf_counter()
+    result = work()
+    say(f"    done in {time.perf_counter() - started:.1f}s")
+    return result
+
+
+# --------------------------------------------------------------------------- local S3
+def start_local_s3(root: Path, say: Say):
+    """SeaweedFS under <root>/s3, with credentials generated once and kept there (mode 600)."""
+    import secrets
+
+    from homefeed import storage
+    from homefeed.local_s3 import SeaweedServer
+
+    directory = root.resolve() / "s3"
+    directory.mkdir(parents=True, exist_ok=True)
+    credentials = directory / "credentials.json"
+    if not credentials.exists():
+        storage.write_secret(credentials, json.dumps({"access_key": f"homefeed-{secrets.token_hex(4)}", "secret_key": secrets.token_urlsafe(24)}))
+    keys = json.loads(credentials.read_text())
+    return _timed(say, f"starting a local S3 server (SeaweedFS) with its data in {directory}",
+                  lambda: SeaweedServer(directory, keys["access_key"], keys["secret_key"], LOCAL_BUCKET).start())
+
+
+def use_local_s3(server, cfg: Config, raw: Path, say: Say) -> tuple[Config, str]:
+    """Point this process and the DAG run at the server; the raw data goes there first."""
+    from homefeed import s3, storage
+
+    s3_uri = f"s3://{LOCAL_BUCKET}"
+    os.environ.update({**server.environment(), "HOMEFEED__STORAGE__S3_URI": s3_uri})
+    raw_uri = f"{s3_uri}/raw/{raw.name}"
+    client = s3.client()
+    if not s3.is_published(client, raw_uri) or s3.read_manifest(client, raw_uri) != storage.read_manifest(raw):
+        _timed(say, f"publishing {raw} to {raw_uri}", lambda: s3.publish_directory(client, raw, raw_uri))
+    return cfg.with_overrides({"storage": {"s3_uri": s3_uri}}), raw_uri
+
+
+def s3_summary(cfg: Config, label: str) -> list[str]:
+    from homefeed import s3
+
+    client = s3.client()
+    return [f"{uri}/: {len(s3.list_keys(client, uri))} objects" for uri in (f"{cfg.storage.s3_uri}/runs/{label}", f"{cfg.storage.s3_uri}/mlflow")]
+
+
+# --------------------------------------------------------------------------- embedded Airflow
+def airflow_env(cfg: Config, config_files: list[Path] | None = None) -> dict[str, str]:
+    """Environment for an embedded Airflow: SQLite metadata under the storage root, our DAGs.
+
+    Config overlay files travel to the tasks through HOMEFEED_CONFIG.
+    """
+    from homefeed import storage
+    from homefeed.config import CONFIG_FILES_ENV
+
+    home = (storage.local_path(cfg.storage.root) / "airflow").resolve()
+    storage.private_file(home / "airflow.db")
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        # Airflow starts its components as `airflow …` by name: the venv's must come first.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "homefeed.orchestration.SQLITE_CONNECT_ARGS",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "GX_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_LOGGING_LEVEL": os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING"),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        CONFIG_FILES_ENV: ":".join(
+            [f for f in os.environ.get(CONFIG_FILES_ENV, "").split(":") if f] + [str(Path(f).resolve()) for f in config_files or []]
+        ),
+    }
+
+
+def airflow_bin() -> str:
+    """The venv's airflow, beside this interpreter (not whichever is first on PATH)."""
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def run_airflow(env: dict[str, str], *args: str) -> None:
+    """``airflow ARGS`` in ``env``; a failure raises PlatformError with airflow's status."""
+    completed = subprocess.run([airflow_bin(), *args], env=env)
+    if completed.returncode != 0:
+        raise PlatformError(f"airflow {' '.join(args[:2])} failed (exit {completed.returncode})", completed.returncode)
+
+
+def migrate_airflow_db(env: dict[str, str]) -> None:
+    """``airflow db migrate`` under an exclusive lock in AIRFLOW_HOME: two runs started together on
+    a fresh root otherwise both create the tables, and one dies ("table … already exists")."""
+    import fcntl
+
+    with open(Path(env["AIRFLOW_HOME"]) / "migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def run_dag(cfg: Config, dag_id: str, conf: dict, logical_date: str, config_files: list[Path] | None = None,
+            log_path: Path | None = None, verbose: bool = False) -> None:
+    """``airflow dags test``; with ``log_path``, its whole output goes there and the terminal shows
+    homefeed's own lines (everything with ``verbose``). A failed run raises PlatformError."""
+    from homefeed import progress
+
+    env = airflow_env(cfg, config_files)
+    migrate_airflow_db(env)
+    args = ["dags", "test", dag_id, logical_date, "-c", json.dumps(conf)]
+    if log_path is None:
+        return run_airflow(env, *args)
+    code = progress.run_logged([airflow_bin(), *args], env, log_path, sys.stdout, verbose)
+    if code != 0:
+        raise PlatformError(f"the run failed (exit {code}); its whole log: {log_path}", code)
+
+
+def airflow_login(home: Path) -> tuple[str, str]:
+    """The embedded Airflow's one user and its password, made once and kept in AIRFLOW_HOME."""
+    import secrets
+
+    from homefeed import storage
+
+    passwords = home / "passwords.json"
+    if not passwords.exists():
+        storage.write_secret(passwords, json.dumps({"admin": secrets.token_urlsafe(12)}))
+    return "admin", json.loads(passwords.read_text())["admin"]
+
+
+def standalone_env(cfg: Config, port: int, config_files: list[Path] | None = None) -> tuple[dict[str, str], str, str]:
+    """(environment, user, password) of `airflow standalone` on 127.0.0.1:``port`` with LocalExecutor."""
+    env = airflow_env(cfg, config_files)
+    home = Path(env["AIRFLOW_HOME"])
+    user, password = airflow_login(home)
+    env.update({
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+    })
+    return env, user, password
+
+
+def supervise(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` in a session of its own; SIGTERM / SIGINT / SIGHUP to this process stop it
+    and every process it started (task runners included), which a signal to the group misses."""
+    import signal
+
+    from homefeed.processes import stop_tree
+
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    stopping = []
+
+    def stop(signum, _frame) -> None:
+        if not stopping:
+            stopping.append(signum)
+            stop_tree(process.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+    code = process.wait()
+    return 128 + stopping[0] if stopping else code
+
+
+# --------------------------------------------------------------------------- the main job
+def run_retraining(cfg: Config, raw: Path | None, label: str | None, s3: bool, config_files: list[Path] | None,
+                   verbose: bool, say: Say) -> tuple[Config, Path]:
+    """A full retraining run of homefeed_retrain (synthetic data simulated first when ``raw`` is
+    None); (the config it ran with, its run directory)."""
+    from homefeed import pipeline, simulate, storage
+
+    root = storage.local_path(cfg.storage.root)
+    if raw is None:
+        raw = root / "raw" / f"synthetic-seed{cfg.simulator.seed}-n{cfg.simulator.impressions}"
+        if not storage.is_published(raw):
+            _timed(say, f"simulating {cfg.simulator.impressions} impressions into {raw}", lambda: simulate.generate(cfg.simulator, raw))
+    end_day = max(p.name.split("=", 1)[1] for p in (Path(raw) / "impressions").glob("dt=*"))
+    label = label or time.strftime("run-%Y%m%dT%H%M%S")
+    conf = {"raw": str(Path(raw).resolve()), "end_date": end_day, "window_days": cfg.simulator.days, "run_label": label}
+    server = start_local_s3(root, say) if s3 else None
+    try:
+        if server is not None:
+            cfg, conf["raw"] = use_local_s3(server, cfg, Path(raw), say)
+        log_path = pipeline.run_dir(cfg, label) / "run.log"
+        # A fresh logical date per run: `airflow dags test` resumes an existing run of the same date.
+        logical_date = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+        _timed(say, f"running DAG homefeed_retrain on {conf['raw']} (window ending {end_day}); the whole log: {log_path}",
+               lambda: run_dag(cfg, "homefeed_retrain", conf, logical_date, config_files, log_path=log_path, verbose=verbose))
+        if server is not None:
+            for line in s3_summary(cfg, label):
+                say(line)
+    finally:
+        if server is not None:
+            server.stop()
+    return cfg, pipeline.run_dir(cfg, label)
+
+
+def run_summary(evaluation: dict | None, gate: dict, state, model_name: str) -> list[str]:
+    """What a finished run says first: the challenger's test metrics with their 95% intervals
+    (HIT@k with the number of requests it counts), the gate's verdict, and the aliases."""
+    lines = []
+    if evaluation:
+        challenger = evaluation["challenger"]
+        k, overall, intervals = challenger["hit_k"], challenger["overall"], challenger["intervals"]["overall"]
+        lines.append("test AUC per head (95% interval): " + ", ".join(
+            f"{h} {m['auc']:.4f} [{intervals[h]['auc'][0]:.4f}, {intervals[h]['auc'][1]:.4f}]" for h, m in overall.items()))
+        hits = [f"{h} {overall[h]['hit']:.3f} over {overall[h].get('hit_requests', '?')} requests" for h in overall
+                if overall[h].get("hit") == overall[h].get("hit")]  # NaN: no request had more than k candidates
+        lines.append(f"test HIT@{k}: " + (", ".join(hits) if hits else f"undefined (no request with a positive and more than {k} candidates)"))
+    lines.append(gate.get("summary", "gate: did not run"))
+    version = lambda v: "none" if v is None else f"v{v}"  # noqa: E731
+    lines.append(f"registry: {model_name} champion={version(state.champion)} challenger={version(state.challenger)} "
+                 f"previous={version(state.previous)}")
+    return lines

@@ -1,0 +1,88 @@
+"""The layers of docs/architecture.md, checked on the import graph (every import, function-local
+ones included) with the standard library's ast, so the rule cannot rot."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Bottom to top, as docs/architecture.md lists them. A module may import its own layer and those below.
+LAYERS = {
+    "foundation": ["homefeed", "homefeed.errors", "homefeed.schema", "homefeed.config", "homefeed.storage", "homefeed.progress",
+                   "homefeed.contract", "homefeed.metrics", "homefeed.holdout", "homefeed.segments", "homefeed.processes",
+                   "homefeed.s3", "homefeed.local_s3", "homefeed.local_redis", "homefeed.spark", "homefeed.orchestration"],
+    "data": ["homefeed.data", "homefeed.features", "homefeed.simulate", "homefeed.kuairand", "homefeed.sequence_store",
+             "homefeed.event_log", "expectations"],
+    "models": ["models"],
+    "engines": ["jobs", "homefeed.validation", "homefeed.drift", "homefeed.train", "homefeed.evaluate", "homefeed.gates",
+                "homefeed.registry"],
+    "workflows": ["homefeed.pipeline", "homefeed.report", "homefeed.monitor", "homefeed.compare", "homefeed.loop",
+                  "homefeed.serving", "homefeed.serving.service", "homefeed.serving.metrics"],
+    "interfaces": ["homefeed.cli", "homefeed.local_platform", "homefeed.serving.app", "dags"],
+}
+PACKAGES = ("homefeed", "models", "jobs", "expectations", "dags")
+
+
+def layer_of(module: str) -> int | None:
+    """The layer of the longest listed prefix of ``module``."""
+    best = None
+    for rank, prefixes in enumerate(LAYERS.values()):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+                best = (rank, len(prefix))
+    return None if best is None else best[0]
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            found[".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")] = path
+    return found
+
+
+def imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def upward_imports() -> list[str]:
+    names = list(LAYERS)
+    found = []
+    for module, path in modules().items():
+        mine = layer_of(module)
+        for imported in imports(path):
+            theirs = layer_of(imported)
+            if mine is not None and theirs is not None and theirs > mine:
+                found.append(f"{module} ({names[mine]}) imports {imported} ({names[theirs]})")
+    return sorted(found)
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in modules() if layer_of(m) is None] == []
+
+
+def test_no_module_imports_a_higher_layer():
+    assert upward_imports() == []
+
+
+def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
+    """The negative case: a foundation module importing the CLI is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from homefeed.cli import app\n")
+    monkeypatch.setattr(f"{__name__}.modules", lambda: {"homefeed.storage": bad})
+    assert upward_imports() == ["homefeed.storage (foundation) imports homefeed.cli (interfaces)",
+                                "homefeed.storage (foundation) imports homefeed.cli.app (interfaces)"]
+
+
+def test_the_documented_layers_are_these():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    for layer, prefixes in LAYERS.items():
+        assert f"**{layer}**" in text, layer
+        for prefix in prefixes:
+            assert f"`{prefix}`" in text, prefix
