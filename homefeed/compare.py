@@ -27,7 +27,7 @@ CONTROL = "none"  # the ranker without a sequence: what every other model is pai
 
 
 def raw_days(raw: str) -> list[date]:
-    days = sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in (storage.local_path(raw) / schema.IMPRESSIONS).glob(f"{schema.DT}=*"))
+    days = storage.landed_days(raw)
     if not days:
         raise storage.StorageError(f"no {schema.IMPRESSIONS} partitions under {raw}")
     return days

@@ -41,7 +41,14 @@ ROW_INPUT_COLUMNS = (
 )
 
 
+def labels_and_weights(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (N, H) int64 in schema.HEADS order, sample weights (N,) float64) of instance rows."""
+    labels = np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in schema.LABEL_COLUMNS], axis=1)
+    return labels.astype(np.int64), table.column(schema.SAMPLE_WEIGHT).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
 # --------------------------------------------------------------------------- files
+
 def instances_root(instances_dir: str | Path) -> Path:
     """The published dataset's root; a clear error for the per-impression layout of older runs."""
     root = storage.require_published(instances_dir, "instances")
@@ -363,3 +370,42 @@ class InstanceStream(IterableDataset):
                 index += 1
         if pending is not None and pending.num_rows and not self.drop_remainder and index % self.world_size == self.rank and produced < limit:
             yield self._to_batch(pending, cache)
+
+
+# --------------------------------------------------------------------------- a published dataset
+@dataclass(frozen=True)
+class InstanceDataset:
+    """A published instance dataset: where it is, its manifest, and the ways to read it. Stages
+    hand its path over through the run directory; whoever reads it opens it here, once."""
+
+    path: str
+    manifest: dict
+
+    @classmethod
+    def open(cls, path: str | Path) -> "InstanceDataset":
+        storage.require_published(path, "instances")
+        return cls(str(path), storage.read_manifest(path))
+
+    @classmethod
+    def of(cls, dataset: "InstanceDataset | str | Path") -> "InstanceDataset":
+        return dataset if isinstance(dataset, cls) else cls.open(dataset)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.manifest.get("fingerprint")
+
+    @property
+    def window(self) -> str:
+        return f"{self.manifest['window']['start']}..{self.manifest['window']['end']}"
+
+    def label_rates(self, split: str) -> dict[str, float]:
+        return self.manifest["splits"][split]["label_rates"]
+
+    def read(self, split: str, columns: tuple[str, ...] | None = None) -> pa.Table:
+        return read_instances(self.path, split, columns)
+
+    def stream(self, split: str, batch_size: int, **kwargs) -> "InstanceStream":
+        return InstanceStream(self.path, split, batch_size, **kwargs)
+
+    def pin_features(self) -> tuple[np.ndarray, np.ndarray]:
+        return read_pin_features(self.path)

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from homefeed import metrics, schema
 from homefeed.config import Config
+from homefeed.data import labels_and_weights
 
 SLICES = {
     "core": lambda t: t["segment"] == schema.CORE_SEGMENT,
@@ -31,13 +32,14 @@ BOOTSTRAP_CHUNK = 50  # replicates per pass: bounds memory at chunk × rows weig
 def _columns(table: pa.Table) -> dict[str, np.ndarray]:
     request_id = table.column("request_id").to_numpy(zero_copy_only=False)
     _, request_code = np.unique(request_id, return_inverse=True)
+    labels, weights = labels_and_weights(table)
     return {
         "request_id": request_id,
         "request_code": request_code,
         "segment": table.column(schema.SEGMENT).to_numpy(zero_copy_only=False),
         "source": table.column("source").to_numpy(zero_copy_only=False),
-        "labels": np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in schema.LABEL_COLUMNS], axis=1),
-        "weights": table.column(schema.SAMPLE_WEIGHT).to_numpy(zero_copy_only=False).astype(np.float64),
+        "labels": labels,
+        "weights": weights,
     }
 
 

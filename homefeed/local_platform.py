@@ -210,7 +210,7 @@ def run_retraining(cfg: Config, raw: Path | None, label: str | None, s3: bool, c
         raw = root / "raw" / f"synthetic-seed{cfg.simulator.seed}-n{cfg.simulator.impressions}"
         if not storage.is_published(raw):
             _timed(say, f"simulating {cfg.simulator.impressions} impressions into {raw}", lambda: simulate.generate(cfg.simulator, raw))
-    end_day = max(p.name.split("=", 1)[1] for p in (Path(raw) / "impressions").glob("dt=*"))
+    end_day = storage.landed_days(raw)[-1].isoformat()
     label = label or time.strftime("run-%Y%m%dT%H%M%S")
     conf = {"raw": str(Path(raw).resolve()), "end_date": end_day, "window_days": cfg.simulator.days, "run_label": label}
     server = start_local_s3(root, say) if s3 else None

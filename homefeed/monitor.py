@@ -82,11 +82,6 @@ def records(cfg: Config, version: str | None = None) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(monitor_root(cfg).glob(pattern))]
 
 
-def landed_days(raw_root: str) -> list[date]:
-    root = storage.local_path(raw_root) / schema.IMPRESSIONS
-    return sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in root.glob(f"{schema.DT}=*") if p.is_dir())
-
-
 # --------------------------------------------------------------------------- the monitor run
 def _champion(cfg: Config) -> tuple[Any, date]:
     from homefeed import registry
@@ -119,7 +114,7 @@ def run(spark, cfg: Config, raw_root: str, days: list[date] | None = None) -> di
     model, window_end = _champion(cfg)
     done = {r["day"] for r in records(cfg, model.version)}
     if days is None:
-        days = [d for d in landed_days(raw_root) if d > window_end and d.isoformat() not in done]
+        days = [d for d in storage.landed_days(raw_root) if d > window_end and d.isoformat() not in done]
     for day in days:
         if day <= window_end:
             raise ValueError(f"{day} is inside v{model.version}'s training window (ends {window_end}); monitor later days")

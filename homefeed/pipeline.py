@@ -45,6 +45,13 @@ def _record(cfg: Config, directory: Path, stage: str, result: dict[str, Any]) ->
     return result
 
 
+def _instances(directory: Path):
+    """The run's published instances (the build_instances stage names them)."""
+    from homefeed.data import InstanceDataset
+
+    return InstanceDataset.open(_load(directory, "build_instances")["instances"])
+
+
 def _load(directory: Path, stage: str) -> dict[str, Any]:
     path = directory / f"{stage}.json"
     if not path.exists():
@@ -147,7 +154,7 @@ def build_instances(cfg: Config, raw: str, directory: Path, start: date | None =
 def validate_instances(cfg: Config, directory: Path) -> dict[str, Any]:
     from homefeed import validation
 
-    instances = _load(directory, "build_instances")["instances"]
+    instances = _instances(directory).path
     spark = _spark(cfg)
     reports = validation.validate(spark, "instances", instances, cfg, directory / "data_docs")
     shift = check_drift(cfg, spark, instances, directory)
@@ -190,12 +197,13 @@ def train_tracked(cfg: Config, instances: str, out_dir: str, run_id: str):
     validation curves while it trains, the best validation AUC after); the train stage and
     ``homefeed train`` both train through here."""
     from homefeed import registry, train as trainer
+    from homefeed.data import InstanceDataset
 
     progress.report("train: MLflow run %s (experiment %s at %s): loss and validation AUC live there", run_id,
                     cfg.registry.experiment, registry.tracking_uri(cfg))
     mlflow_client = registry.client(cfg)
     registry.log_train_params(mlflow_client, run_id, cfg.train)
-    mlflow_client.log_dict(run_id, storage.read_manifest(instances), "data/instances_manifest.json")
+    mlflow_client.log_dict(run_id, InstanceDataset.open(instances).manifest, "data/instances_manifest.json")
     result = trainer.train(instances, out_dir, cfg, tracking=(registry.tracking_uri(cfg), run_id))
     registry.log_metrics(mlflow_client, run_id, {f"best_val_auc_{h}": m["auc"] for h, m in result.validation.items()})
     return result
@@ -203,9 +211,8 @@ def train_tracked(cfg: Config, instances: str, out_dir: str, run_id: str):
 
 @_stage(lambda r: "validation AUC " + ", ".join(f"{h} {a:.4f}" for h, a in r["validation_auc"].items() if a == a))
 def train(cfg: Config, directory: Path) -> dict[str, Any]:
-    instances = _load(directory, "build_instances")["instances"]
     # The MLflow run starts with training, so its curves are live and its duration is true.
-    result = train_tracked(cfg, instances, str(directory / "train"), _mlflow_run(cfg, directory))
+    result = train_tracked(cfg, _instances(directory).path, str(directory / "train"), _mlflow_run(cfg, directory))
     return _record(cfg, directory, "train", {"model_dir": result.model_dir, "model": result.model,
                                         "validation_auc": {h: m["auc"] for h, m in result.validation.items()},
                                         "examples_per_second": result.examples_per_second, "history": result.history})
@@ -215,10 +222,10 @@ def evaluate_against_champion(cfg: Config, instances: str, model_dir: str) -> di
     """A trained model and the current champion on the same test split, with the paired change;
     the evaluate stage and ``homefeed evaluate`` both score through here."""
     from homefeed import evaluate as ev, registry
-    from homefeed.data import read_instances
+    from homefeed.data import InstanceDataset
     from models.zoo import load_scorer
 
-    test = read_instances(instances, "test")
+    test = InstanceDataset.open(instances).read("test")
     champion_version, champion_scorer = registry.load_scorer_for(cfg, registry.CHAMPION)
     challenger, champion, paired = ev.challenger_and_champion(load_scorer(model_dir), champion_scorer, test, cfg)
     return {"challenger": challenger, "champion": champion, "champion_version": champion_version, "paired_vs_champion": paired}
@@ -230,7 +237,7 @@ def evaluate(cfg: Config, directory: Path) -> dict[str, Any]:
     """Score the challenger and the current champion on the same test split."""
     from homefeed import registry
 
-    result = evaluate_against_champion(cfg, _load(directory, "build_instances")["instances"], _load(directory, "train")["model_dir"])
+    result = evaluate_against_champion(cfg, _instances(directory).path, _load(directory, "train")["model_dir"])
     run_id = _mlflow_run(cfg, directory)
     mlflow_client = registry.client(cfg)
     registry.log_metrics(mlflow_client, run_id, _test_metrics(result["challenger"], result["champion"]))
@@ -271,7 +278,6 @@ def gate(cfg: Config, directory: Path) -> dict[str, Any]:
 @_stage(lambda r: f"{r['model_name']} {_version(r['version'])}")
 def register(cfg: Config, directory: Path) -> dict[str, Any]:
     from homefeed import registry
-    from homefeed.data import read_instances
 
     existing = directory / "register.json"
     if existing.exists():
@@ -279,20 +285,19 @@ def register(cfg: Config, directory: Path) -> dict[str, Any]:
     decision = _load(directory, "gate")
     if not decision["passed"]:
         raise GateFailed(decision["summary"])
-    instances = _load(directory, "build_instances")["instances"]
-    manifest = storage.read_manifest(instances)
-    example = registry.input_example(read_instances(instances, "test"))
+    instances = _instances(directory)
+    example = registry.input_example(instances.read("test"))
     tags = {
         "model.name": _load(directory, "train")["model"], "gate": decision["summary"],
         **registry.gate_tags(decision["champion_version"]),
-        "data.window": f"{manifest['window']['start']}..{manifest['window']['end']}", "data.rows": manifest["output_rows"],
-        "data.instances": instances, "data.fingerprint": manifest["fingerprint"],
+        "data.window": instances.window, "data.rows": instances.manifest["output_rows"],
+        "data.instances": instances.path, "data.fingerprint": instances.fingerprint,
     }
     run_id = _mlflow_run(cfg, directory)
     checks = _log_lineage(cfg, run_id, directory)
     tags.update({f"validation.{stage}": summary for stage, summary in checks.items()})
     version = registry.log_and_register(
-        cfg, run_id, _load(directory, "train")["model_dir"], example, tags, features=registry.serving_features(manifest)
+        cfg, run_id, _load(directory, "train")["model_dir"], example, tags, features=registry.serving_features(instances.manifest)
     )
     return _record(cfg, directory, "register", {"version": version, "model_name": cfg.registry.model_name})
 

@@ -15,11 +15,12 @@ import shutil
 import socket
 import uuid
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from homefeed.errors import PermanentError
-from homefeed.schema import LEGACY_MANIFEST, MANIFEST, SUCCESS_MARKER
+from homefeed.schema import DT, IMPRESSIONS, LEGACY_MANIFEST, MANIFEST, SUCCESS_MARKER
 
 
 class StorageError(PermanentError, RuntimeError):
@@ -168,3 +169,9 @@ def publish_dataset(target: str | Path) -> Iterator[Path]:
 
 def list_files(root: Path, pattern: str = "*.parquet") -> list[Path]:
     return sorted(p for p in root.rglob(pattern) if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts))
+
+
+def landed_days(raw_root: str | Path, table: str = IMPRESSIONS) -> list[date]:
+    """The days a raw table has landed (its ``dt=`` partitions), oldest first."""
+    directory = local_path(raw_root) / table
+    return sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in directory.glob(f"{DT}=*") if p.is_dir())

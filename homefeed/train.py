@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from homefeed import metrics, progress, schema, storage
 from homefeed.config import Config, TrainConfig
-from homefeed.data import InstanceStream, read_pin_features, read_instances
+from homefeed.data import InstanceDataset, labels_and_weights
 from models import BASELINE_NAMES
 from models.ranker import Ranker, RankerConfig, pin_content_table, weighted_bce
 from models.sequence import SequenceConfig
@@ -71,11 +71,11 @@ def ranker_config(cfg: TrainConfig) -> RankerConfig:
     )
 
 
-def build_ranker(cfg: TrainConfig, instances_dir: str) -> Ranker:
-    pin_ids, embeddings = read_pin_features(instances_dir)
-    model = Ranker(ranker_config(cfg), pin_content_table(pin_ids, embeddings))
+def build_ranker(cfg: TrainConfig, instances: InstanceDataset | str) -> Ranker:
+    dataset = InstanceDataset.of(instances)
+    model = Ranker(ranker_config(cfg), pin_content_table(*dataset.pin_features()))
     # The manifest's train rates are weighted by sample_weight, as the loss is.
-    model.init_head_bias(storage.read_manifest(instances_dir)["splits"]["train"]["label_rates"])
+    model.init_head_bias(dataset.label_rates("train"))
     return model
 
 
@@ -83,12 +83,12 @@ def build_ranker(cfg: TrainConfig, instances_dir: str) -> Ranker:
 RESUMABLE_SETTINGS = ("epochs", "patience", "num_processes", "num_threads", "use_gpu")
 
 
-def training_key(instances_dir: str, cfg: TrainConfig) -> str:
+def training_key(instances: InstanceDataset | str, cfg: TrainConfig) -> str:
     """What a checkpoint belongs to: the instances (their manifest's fingerprint of inputs and
     config) and every training setting that changes what is learned. A checkpoint with another
     key is not resumed (it would return another training's model, or fail to load)."""
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in RESUMABLE_SETTINGS}
-    return storage.fingerprint({"instances": storage.read_manifest(instances_dir).get("fingerprint"), "train": settings})
+    return storage.fingerprint({"instances": InstanceDataset.of(instances).fingerprint, "train": settings})
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -108,9 +108,9 @@ def pick_device(use_gpu: bool | str) -> torch.device:
 
 
 # --------------------------------------------------------------------------- evaluation helper
-def predict_split(model: torch.nn.Module, instances_dir: str, split: str, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_split(model: torch.nn.Module, instances: InstanceDataset | str, split: str, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probabilities (N, H), labels (N, H), weights (N,)) over a whole split."""
-    stream = InstanceStream(instances_dir, split, batch_size, seq_len=getattr(model, "cfg").sequence.seq_len)
+    stream = InstanceDataset.of(instances).stream(split, batch_size, seq_len=getattr(model, "cfg").sequence.seq_len)
     probs, labels, weights = [], [], []
     model.eval()
     with torch.inference_mode():
@@ -158,10 +158,11 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: t
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    model = build_ranker(cfg, instances_dir).to(device)
+    dataset = InstanceDataset.open(instances_dir)
+    model = build_ranker(cfg, dataset).to(device)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
-    train_stream = InstanceStream(
-        instances_dir, "train", cfg.batch_size, seq_len=model.cfg.sequence.seq_len, shuffle=True,
+    train_stream = dataset.stream(
+        "train", cfg.batch_size, seq_len=model.cfg.sequence.seq_len, shuffle=True,
         seed=cfg.seed, rank=rank, world_size=world_size, drop_remainder=distributed, shuffle_unit=cfg.shuffle_unit,
     )
     steps_per_epoch = max(train_stream.batches_per_rank(), 1)
@@ -180,7 +181,7 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: t
 
     state = {"epoch": 0, "best_auc": -1.0, "bad_epochs": 0, "history": [], "best_state": None, "examples": 0, "seconds": 0.0}
     checkpoint_path = out / CHECKPOINT
-    key = training_key(instances_dir, cfg)
+    key = training_key(dataset, cfg)
     saved = torch.load(checkpoint_path, map_location=device, weights_only=False) if checkpoint_path.exists() else None
     if saved is not None and saved.get("key") != key:
         if rank == 0:
@@ -219,7 +220,7 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: t
                                time.perf_counter() - started, run_batches, cfg.epochs * steps_per_epoch - step,
                                time.perf_counter() - run_started)
         elapsed = time.perf_counter() - started
-        probs, labels_np, weights_np = predict_split(model, instances_dir, "validation", 4 * cfg.batch_size, device)
+        probs, labels_np, weights_np = predict_split(model, dataset, "validation", 4 * cfg.batch_size, device)
         val = validation_metrics(probs, labels_np, weights_np)
         val_auc = val[schema.PRIMARY_HEAD]["auc"]
         val_auc = -1.0 if np.isnan(val_auc) else val_auc
@@ -270,16 +271,11 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: t
 
 
 # --------------------------------------------------------------------------- baselines
-def _labels_weights(table) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.stack([table.column(c).to_numpy() for c in schema.LABEL_COLUMNS], axis=1)
-    return labels, table.column(schema.SAMPLE_WEIGHT).to_numpy()
-
-
 def _fit_and_check(kind: str, cfg: TrainConfig, fit_table, check_table):
     from models.baselines import FlatBaseline
 
     baseline = FlatBaseline(kind, seed=cfg.seed, num_threads=cfg.num_threads).fit(fit_table, check_table)
-    return baseline, validation_metrics(baseline.predict(check_table), *_labels_weights(check_table))
+    return baseline, validation_metrics(baseline.predict(check_table), *labels_and_weights(check_table))
 
 
 def cross_validate(kind: str, cfg: TrainConfig, train_table) -> dict[str, Any]:
@@ -298,8 +294,8 @@ def train_baseline(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainR
     """LR / GBDT. The returned validation metrics are on the validation day in every mode, so
     gates compare like with like; k-fold and 90/10 results are saved beside them."""
     started = time.perf_counter()
-    train_table = read_instances(instances_dir, "train")
-    validation_table = read_instances(instances_dir, "validation")
+    dataset = InstanceDataset.open(instances_dir)
+    train_table, validation_table = dataset.read("train"), dataset.read("validation")
     selection: dict[str, Any] = {"mode": cfg.baseline_validation}
     if cfg.baseline_validation == "split_90_10":
         tenth = train_table.column(schema.FOLD).to_numpy() % 10 == 9
@@ -313,7 +309,7 @@ def train_baseline(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainR
     model_dir = Path(out_dir) / MODEL_DIR
     baseline.save(model_dir)
     write_model_info(model_dir, cfg.model, {"train_config": cfg.model_dump(mode="json"), "model_selection": selection})
-    val = validation_metrics(baseline.predict(validation_table), *_labels_weights(validation_table))
+    val = validation_metrics(baseline.predict(validation_table), *labels_and_weights(validation_table))
     seconds = time.perf_counter() - started
     result = TrainResult(str(model_dir), cfg.model, val, [], seconds, train_table.num_rows / max(seconds, 1e-9), selection)
     storage.write_json(Path(out_dir) / METRICS, asdict(result))

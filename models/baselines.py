@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from homefeed import schema
+from homefeed.data import labels_and_weights
 
 
 def flat_features(table: pa.Table) -> np.ndarray:
@@ -27,11 +28,6 @@ def flat_features(table: pa.Table) -> np.ndarray:
         codes = np.clip(table.column(name).to_numpy(zero_copy_only=False).astype(np.int64), 0, size - 1)
         one_hot.append(np.eye(size, dtype=np.float32)[codes])
     return np.nan_to_num(np.concatenate([dense.astype(np.float32), emb, *one_hot], axis=1))
-
-
-def _labels_and_weights(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in schema.LABEL_COLUMNS], axis=1)
-    return labels.astype(np.int64), table.column(schema.SAMPLE_WEIGHT).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 class ConstantRate:
@@ -65,7 +61,7 @@ class FlatBaseline:
         )
 
     def fit(self, train: pa.Table, validation: pa.Table | None = None) -> "FlatBaseline":
-        x, (y, w) = flat_features(train), _labels_and_weights(train)
+        x, (y, w) = flat_features(train), labels_and_weights(train)
         for i, head in enumerate(schema.HEADS):
             if len(np.unique(y[:, i])) < 2:
                 self.estimators[head] = ConstantRate(float(np.average(y[:, i], weights=w)))
@@ -75,7 +71,7 @@ class FlatBaseline:
             if self.kind == "gbdt" and validation is not None:
                 import lightgbm as lgb
 
-                xv, (yv, wv) = flat_features(validation), _labels_and_weights(validation)
+                xv, (yv, wv) = flat_features(validation), labels_and_weights(validation)
                 if len(np.unique(yv[:, i])) == 2:
                     fit_kwargs |= {
                         "eval_set": [(xv, yv[:, i])], "eval_sample_weight": [wv], "eval_metric": "auc",

@@ -117,3 +117,18 @@ def test_read_instances_takes_sequence_columns_among_the_columns_asked_for(insta
     assert "label_repin" not in table.column_names
     full = read_instances(instances_dir, "test")
     assert table.column(schema.SEQ_PIN_ID).to_pylist() == full.column(schema.SEQ_PIN_ID).to_pylist()
+
+
+def test_an_instance_dataset_is_opened_once_and_read_through_it(instances_dir, tmp_path):
+    import pytest
+
+    from homefeed import storage
+    from homefeed.data import InstanceDataset, read_instances
+
+    dataset = InstanceDataset.open(instances_dir)
+    assert InstanceDataset.of(dataset) is dataset and InstanceDataset.of(str(instances_dir)) == dataset
+    assert dataset.fingerprint == storage.read_manifest(instances_dir)["fingerprint"]
+    assert dataset.read("test").num_rows == read_instances(instances_dir, "test").num_rows
+    assert set(dataset.label_rates("train")) >= {"repin", "hide"} and ".." in dataset.window
+    with pytest.raises(storage.StorageError):
+        InstanceDataset.open(tmp_path)  # nothing published there
