@@ -2,6 +2,7 @@
 #   make run   installs into .venv and runs a full retraining pipeline on the embedded default
 #   make test  installs into .venv and runs the test suite
 #   make airflow  the Airflow UI (standalone) with the project's DAGs
+#   make stack    the deployed topology on this machine (`make stack-down` stops it)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast clean airflow
+.PHONY: install run test test-fast clean airflow stack stack-down
 
 install: $(STAMP)
 
@@ -36,6 +37,14 @@ test-fast: $(STAMP)
 # The Airflow UI with the project's DAGs on http://127.0.0.1:8080 (login printed first).
 airflow: $(STAMP)
 	$(BIN)/homefeed airflow
+
+# The deployed topology on this machine (Postgres, MLflow server, S3, Spark cluster, Airflow, serve).
+stack: $(STAMP)
+	@bash scripts/install_test_servers.sh
+	$(BIN)/homefeed stack up
+
+stack-down: $(STAMP)
+	$(BIN)/homefeed stack down
 
 clean:
 	rm -rf .homefeed

@@ -21,6 +21,9 @@ instances_app = typer.Typer(help="Inspect a published instance dataset.", no_arg
 app.add_typer(instances_app, name="instances")
 sequences_app = typer.Typer(help="The serving sequence store: load it from a raw log, look a user up.", no_args_is_help=True)
 app.add_typer(sequences_app, name="sequences")
+stack_app = typer.Typer(help="The deployed topology on this machine: Postgres, MLflow server, S3, Spark cluster, Airflow, serve.",
+                        no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
 
 ConfigOption = Annotated[Optional[list[Path]], typer.Option("--config", "-c", help="Config overlay file (repeatable).")]
 
@@ -622,6 +625,74 @@ def run(
     typer.echo(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {registry.tracking_uri(cfg)}")
     if state.champion:
         typer.echo(f"serve the champion: .venv/bin/homefeed serve   (POST /rank on http://{cfg.serving.host}:{cfg.serving.port})")
+
+
+# --------------------------------------------------------------------------- the one-machine stack
+@contextlib.contextmanager
+def _stack_errors():
+    from homefeed.stack import StackError
+
+    try:
+        yield
+    except StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@stack_app.command("up")
+def stack_up(config: ConfigOption = None) -> None:
+    """Start every component that is not running (each waits until it answers)."""
+    from homefeed.stack import Stack
+
+    stack = Stack(_config(config))
+    with _stack_errors():
+        timings = stack.up(_say)
+    typer.echo(f"up in {sum(timings.values()):.0f} s; state, logs and credentials (0600) in {stack.home}")
+    _print_stack(stack)
+    api = stack.components().get("airflow-api-server")
+    if api is not None:
+        typer.echo(f"Airflow UI: {api.url}   login: admin / {stack.credentials()['airflow_password']}")
+    typer.echo(f"the stack's environment for other commands: `homefeed stack env` (e.g. eval \"$(homefeed stack env)\")")
+
+
+@stack_app.command("down")
+def stack_down(config: ConfigOption = None) -> None:
+    """Stop exactly the processes `stack up` started (their process groups)."""
+    from homefeed.stack import Stack
+
+    with _stack_errors():
+        stopped = Stack(_config(config)).down(_say)
+    typer.echo(f"stopped {len(stopped)} components" if stopped else "nothing was running")
+
+
+@stack_app.command("status")
+def stack_status(config: ConfigOption = None) -> None:
+    """Each component with its state, pid and port; exit 1 when a recorded one is not running."""
+    from homefeed.stack import Stack
+
+    stack = Stack(_config(config))
+    _print_stack(stack)
+    if any(not c.running() for c in stack.status()):
+        raise typer.Exit(1)
+
+
+@stack_app.command("env")
+def stack_env(config: ConfigOption = None) -> None:
+    """The stack's configuration as `export NAME=value` lines (the compose file's variable names)."""
+    import shlex
+
+    from homefeed.stack import Stack
+
+    for name, value in sorted(Stack(_config(config)).environment().items()):
+        typer.echo(f"export {name}={shlex.quote(value)}")
+
+
+def _print_stack(stack) -> None:
+    components = stack.status()
+    if not components:
+        typer.echo("no component recorded (run `homefeed stack up`)")
+    for c in components:
+        typer.echo(f"{c.name:24} {'running' if c.running() else 'STOPPED':8} pid {c.pid or '-':<8} port {c.port or '-':<6} {c.url}")
 
 
 if __name__ == "__main__":

@@ -322,8 +322,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
+        if not name.startswith(ENV_PREFIX) or raw == "":
+            continue  # empty, as an env file's `HOMEFEED__SERVING__TOKEN=` writes it: the default (YAML would read null)
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
         node = overrides
         for part in path[:-1]:

@@ -61,3 +61,10 @@ def test_the_sequence_store_takes_a_redis_or_sqlite_url_only():
     assert load_config(environ={"HOMEFEED__SERVING__SEQUENCE_STORE": "redis://127.0.0.1:6379/0"}).serving.sequence_store.startswith("redis://")
     with pytest.raises(ConfigError, match="serving.sequence_store"):
         load_config(environ={"HOMEFEED__SERVING__SEQUENCE_STORE": "memcached://127.0.0.1:11211"})
+
+
+def test_an_empty_environment_value_means_the_default():
+    """docker/.env.example leaves HOMEFEED__SERVING__TOKEN= empty; YAML would read it as null and
+    refuse the config (the stack's DAG failed to import that way)."""
+    cfg = load_config(environ={"HOMEFEED__SERVING__TOKEN": "", "HOMEFEED__SERVING__SEQUENCE_STORE": "", "HOMEFEED__TRAIN__EPOCHS": ""})
+    assert cfg.serving.token == "" and cfg.serving.sequence_store == "" and cfg.train.epochs == load_config(environ={}).train.epochs
