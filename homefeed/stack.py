@@ -255,7 +255,8 @@ class Stack:
         self._record("s3", server.process.pid, server.ports["s3"], server.endpoint)
 
     def _start_mlflow(self, say: Say) -> None:
-        env, port = {**os.environ, **self.environment()}, self.ports()["mlflow"]
+        # Its job runner (MLflow's GenAI jobs: eight worker processes, 2 GiB) serves nothing homefeed does.
+        env, port = {**os.environ, **self.environment(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, self.ports()["mlflow"]
         command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", env["MLFLOW_BACKEND_STORE_URI"],
                    "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         process = self._spawn("mlflow", command, env)
@@ -310,8 +311,10 @@ class Stack:
         api = self._spawn("airflow-api-server", [airflow_bin(), "api-server", "--port", str(port)], env)
         self._wait("airflow-api-server", lambda: _http_ok(f"http://127.0.0.1:{port}/api/v2/monitor/health"), api, 180)
         self._record("airflow-api-server", api.pid, port, f"http://127.0.0.1:{port}")
-        for part in ("scheduler", "dag-processor", "triggerer"):
-            process = self._spawn(f"airflow-{part}", [airflow_bin(), part], env)
+        # Their log servers bind every interface (no setting); the api-server reads the task logs
+        # from this machine's disk, so they are not started.
+        for part, args in (("scheduler", ["--skip-serve-logs"]), ("dag-processor", []), ("triggerer", ["--skip-serve-logs"])):
+            process = self._spawn(f"airflow-{part}", [airflow_bin(), part, *args], env)
             self._record(f"airflow-{part}", process.pid, None)
         self._wait("airflow-scheduler", lambda: self._airflow_healthy(port), None, 180)
 

@@ -48,6 +48,33 @@ def _call(base: str, path: str, token: str | None = None, method: str = "GET", b
         return json.load(response)
 
 
+def _listening_beyond_loopback(recorded: dict[int, str]) -> list[str]:
+    """Sockets of the stack's processes listening on anything but 127.0.0.1 (/proc/net/tcp{,6})."""
+    groups = set(recorded)
+    inodes = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(proc.name)) not in groups:
+                continue
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = f"{recorded[os.getpgid(int(proc.name))]} (pid {proc.name})"
+        except OSError:
+            continue
+    wide = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            address = local.split(":")[0]
+            if state == "0A" and inode in inodes and address not in ("0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"):
+                wide.append(f"{inodes[inode]} listens on {local}")
+    return wide
+
+
 def _left_behind(recorded: dict[int, str]) -> list[str]:
     """Recorded components with a process left: the postmaster by pid, the rest by process group
     (a group keeps living while any process up started in it does)."""
@@ -87,6 +114,7 @@ def test_the_stack_retrains_on_its_spark_cluster_and_mlflow_server_then_serves_t
         assert {"postgres", "s3", "mlflow", "spark-master", "spark-worker-1", "spark-worker-2", "airflow-api-server",
                 "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"} <= set(running)
         assert "waiting for a champion" in up.stderr
+        assert _listening_beyond_loopback(recorded) == []
         assert subprocess.run([HOMEFEED, "stack", "status"], env=env, capture_output=True).returncode == 0
 
         base = running["airflow-api-server"].url
