@@ -18,7 +18,7 @@ LAYERS = {
                 "homefeed.registry"],
     "workflows": ["homefeed.pipeline", "homefeed.report", "homefeed.monitor", "homefeed.compare", "homefeed.loop",
                   "homefeed.serving", "homefeed.serving.service", "homefeed.serving.metrics"],
-    "interfaces": ["homefeed.cli", "homefeed.local_platform", "homefeed.serving.app", "dags"],
+    "interfaces": ["homefeed.cli", "homefeed.local_platform", "homefeed.stack", "homefeed.serving.app", "dags"],
 }
 PACKAGES = ("homefeed", "models", "jobs", "expectations", "dags")
 
