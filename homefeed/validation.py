@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,23 @@ def _context(docs_dir: str | Path | None):
     return context
 
 
+OFFLINE_CSS = Path(__file__).parent / "defaults" / "data_docs_offline.css"
+
+
+def style_offline(docs_dir: Path) -> None:
+    """Link a local stylesheet into every Data Docs page (GX's own styles come from CDNs, so an
+    offline reader saw unstyled pages); idempotent."""
+    target = docs_dir / "static" / "styles" / OFFLINE_CSS.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(OFFLINE_CSS, target)
+    for page in docs_dir.rglob("*.html"):
+        text = page.read_text()
+        if OFFLINE_CSS.name in text or "</head>" not in text:
+            continue
+        href = os.path.relpath(target, page.parent)
+        page.write_text(text.replace("</head>", f'<link rel="stylesheet" href="{href}"></head>', 1))
+
+
 def run_suite(name: str, frame: DataFrame, expectation_list: list, docs_dir: str | Path | None) -> SuiteReport:
     """Validate one DataFrame against a list of expectations; build Data Docs when asked."""
     import great_expectations as gx
@@ -145,6 +163,8 @@ def run_suite(name: str, frame: DataFrame, expectation_list: list, docs_dir: str
     actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["homefeed"])] if docs_dir is not None else []
     checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(name=f"{name}_checkpoint", validation_definitions=[definition], actions=actions))
     result = checkpoint.run(batch_parameters={"dataframe": frame})
+    if docs_dir is not None:
+        style_offline(Path(docs_dir))
     outcomes = [_outcome(r) for run in result.run_results.values() for r in run.results]
     docs = str(Path(docs_dir).resolve() / "index.html") if docs_dir is not None else None
     rows = next((o.observed for o in outcomes if o.expectation == "expect_table_row_count_to_be_between"), None)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from homefeed import schema
+from homefeed import schema, validation
 from homefeed.cli import app
 from homefeed.storage import list_files
 
@@ -137,3 +137,16 @@ def test_a_row_whose_sequence_key_resolves_to_nothing_fails(instances_copy, spar
 def test_usage_errors_exit_2(raw_dir, tmp_path):
     assert validate("no_such_suite", raw_dir).exit_code == 2
     assert validate("pins", tmp_path / "missing").exit_code == 2
+
+
+def test_data_docs_keep_every_suite_of_a_run_and_read_offline(raw_dir, spark, base_config, tmp_path):
+    """Issue 22: one GX context per run, so the index lists every suite (before: the last one);
+    every page links a local stylesheet (GX's own come from CDNs), once, however often it is built."""
+    docs = tmp_path / "run" / "data_docs"
+    for suite in ("pins", "users", "pins"):  # a retried task validates a suite again
+        validation.validate(spark, suite, str(raw_dir), base_config, docs)
+    index = (docs / "index.html").read_text()
+    assert "expectations/pins.html" in index and "expectations/users.html" in index
+    pages = list(docs.rglob("*.html"))
+    assert len(pages) >= 3 and all(p.read_text().count(validation.OFFLINE_CSS.name) == 1 for p in pages)
+    assert (docs / "static" / "styles" / validation.OFFLINE_CSS.name).exists()
