@@ -84,11 +84,12 @@ def redis_url(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture()
 def browser_page():
     """``open(url, wait_for_text) -> (page text, urls it asked for beyond file:// and loopback)``
     in headless Debian Chromium (installed by `make test`). The machine has no route out, so a
-    page that needs a CDN shows it in the second value."""
+    page that needs a CDN shows it in the second value. Per test: Playwright's sync API keeps an
+    event loop running while it is open, which breaks every later test that runs one."""
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
         pytest.skip("Debian chromium is not installed (scripts/install_test_servers.sh)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -168,6 +169,18 @@ def test_the_stack_retrains_on_its_spark_cluster_and_mlflow_server_then_serves_t
         now = int(time.time() * 1000)
         ranked = _call(serve, "/rank", method="POST", body={"user_id": 1, "request_ts": now, "candidates": [{"pin_id": 1, "ts": now, "source": "pfy"}]})
         assert ranked["model_version"] == champion and len(ranked["ranked"]) == 1
+
+        # The monitor DAG runs on its schedule's trigger: unpaused, the scheduler itself starts
+        # its latest daily slot (on the default raw root, which it scores against the champion).
+        shutil.copytree(raw_dir, home / "store" / "raw")
+        _call(base, "/api/v2/dags/homefeed_monitor", token, "PATCH", {"is_paused": False})
+        deadline, monitored = time.monotonic() + 300, []
+        while time.monotonic() < deadline:
+            monitored = _call(base, "/api/v2/dags/homefeed_monitor/dagRuns?run_type=scheduled", token)["dag_runs"]
+            if monitored and monitored[0]["state"] in ("success", "failed"):
+                break
+            time.sleep(5)
+        assert monitored and monitored[0]["state"] == "success", monitored
         print(f"stack up: {up_seconds:.0f} s")
     finally:
         down = subprocess.run([HOMEFEED, "stack", "down"], env=env, capture_output=True, text=True, timeout=300)
