@@ -148,6 +148,9 @@ class TrainConfig(_Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     time_window_ms: int = Field(86_400_000, ge=0)
     time_window_mask_prob: float = Field(0.5, ge=0, le=1)
+    # Sequence tokens with the pins' learned id embeddings beside their content vectors (issue 20's
+    # experiment: does an id tell a user's candidates apart where a random-projection content cannot?).
+    id_tokens: bool = False
     head_weights: dict[str, float] = Field(default_factory=lambda: {h: 1.0 for h in schema.HEADS})
     num_threads: int = Field(2, ge=1)
     # What the training loader shuffles: single rows, or whole requests (a request's candidates

@@ -39,6 +39,9 @@ class RankerConfig:
     cross_layers: int = 0  # DCN v2 layers over the full feature vector (TransAct v1.1 uses them)
     mlp_dims: tuple[int, ...] = (128, 64)
     dropout: float = 0.1
+    # Sequence tokens (and the candidate fused into them) with the learned id embedding beside the
+    # content vector; off: content only, as TransAct uses PinSage (see PinEncoder).
+    id_tokens: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -94,7 +97,8 @@ class Ranker(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pins = PinEncoder(pin_content, cfg.id_dim)
-        seq_cfg = SequenceConfig(**{**asdict(cfg.sequence), "pin_dim": self.pins.content_dim})
+        token_dim = self.pins.out_dim if cfg.id_tokens else self.pins.content_dim
+        seq_cfg = SequenceConfig(**{**asdict(cfg.sequence), "pin_dim": token_dim})
         self.sequence = build_sequence_module(cfg.sequence_module, seq_cfg)
         self.categorical = nn.ModuleDict(
             {name: nn.Embedding(size, cfg.categorical_dim) for name, size in schema.CATEGORICAL_FEATURES.items()}
@@ -132,8 +136,9 @@ class Ranker(nn.Module):
         seq_pin_id = batch[schema.SEQ_PIN_ID]
         if self.sequence.out_dim == 0:  # the control reads no sequence: skip the (U, L, E) gather
             seq_pin_id = seq_pin_id[:, :0]
-        tokens = self.pins.content_of(seq_pin_id)  # (U, L, E)
-        candidate_content = self.pins.content_of(batch["pin_id"])  # (B, E), fused into the sequence
+        token = self.pins if self.cfg.id_tokens else self.pins.content_of
+        tokens = token(seq_pin_id)  # (U, L, E) or (U, L, E + id_dim) with id tokens
+        candidate_content = token(batch["pin_id"])  # (B, E) or (B, E + id_dim), fused into the sequence
         seq = self.sequence(tokens, batch[schema.SEQ_ACTION], batch[schema.SEQ_TS], index, batch["ts"], candidate_content)  # (B, S)
         cats = [emb(batch[name]) for name, emb in self.categorical.items()]  # C × (B, c)
         x = torch.cat([batch["dense"], *cats, candidate, seq], dim=-1)  # (B, W)

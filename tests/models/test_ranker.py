@@ -122,3 +122,33 @@ def test_a_batch_with_shared_sequences_scores_as_its_per_row_expansion():
         model = ranker(name, cross=2 if name == "transact_v11" else 0).eval()
         with torch.no_grad():
             assert torch.allclose(model(shared), model(per_row), atol=1e-5), name
+
+
+def test_id_tokens_put_the_learned_id_into_the_sequence_and_survive_a_round_trip(tmp_path):
+    """train.id_tokens (issue 20's experiment): the sequence's tokens carry the learned id beside
+    the content vector, so the sequence's output depends on the id embedding; off, it does not."""
+    import dataclasses
+
+    from models import SEQUENCE_MODULE_NAMES
+
+    base = ranker()
+    data = batch(seed=5)
+    data["pin_id"] = torch.full((B,), 1)  # every candidate is pin 1: other pins occur only in sequences
+    data[schema.SEQ_PIN_ID] = torch.randint(2, 40, (B, L), generator=torch.Generator().manual_seed(1))
+    sequence_only = 1 + data[schema.SEQ_PIN_ID].unique() % (base.pins.id_emb.num_embeddings - 1)  # their id buckets
+    for id_tokens in (False, True):
+        model = Ranker(dataclasses.replace(base.cfg, id_tokens=id_tokens), base.pins.content)
+        model(data).sum().backward()
+        learned = model.pins.id_emb.weight.grad[sequence_only].abs().sum() > 0
+        assert bool(learned) == id_tokens  # only id tokens teach the ids of pins seen in sequences
+    for name in SEQUENCE_MODULE_NAMES:  # every sequence module takes the wider tokens
+        model = ranker(name, cross=0)
+        model = Ranker(dataclasses.replace(model.cfg, id_tokens=True), model.pins.content).eval()
+        with torch.inference_mode():
+            assert model(data).shape == (B, len(schema.HEADS)), name
+    model = Ranker(dataclasses.replace(base.cfg, id_tokens=True), base.pins.content).eval()
+    model.save(tmp_path)
+    loaded = Ranker.load(tmp_path)
+    assert loaded.cfg.id_tokens
+    with torch.inference_mode():
+        assert torch.equal(model(data), loaded(data))
