@@ -13,15 +13,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from homefeed.processes import free_port
+
 
 def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class RedisServer:
@@ -29,7 +25,7 @@ class RedisServer:
         binary = redis_server_binary()
         if binary is None:
             raise FileNotFoundError("redis-server is not installed: `bash scripts/install_test_servers.sh` (Debian's redis-server)")
-        self.binary, self.directory, self.port = binary, Path(directory), port or _free_port()
+        self.binary, self.directory, self.port = binary, Path(directory), port or free_port()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None

@@ -192,19 +192,21 @@ def _mlflow_run(cfg: Config, directory: Path) -> str:
     return run_id
 
 
-def train_tracked(cfg: Config, instances: str, out_dir: str, run_id: str):
+def train_tracked(cfg: Config, instances, out_dir: str, run_id: str):
     """Train ``cfg.train.model`` with its MLflow run live (params, data manifest, loss and
     validation curves while it trains, the best validation AUC after); the train stage and
-    ``homefeed train`` both train through here."""
+    ``homefeed train`` both train through here. ``instances``: an InstanceDataset or its path."""
     from homefeed import registry, train as trainer
     from homefeed.data import InstanceDataset
+
+    instances = InstanceDataset.of(instances)
 
     progress.report("train: MLflow run %s (experiment %s at %s): loss and validation AUC live there", run_id,
                     cfg.registry.experiment, registry.tracking_uri(cfg))
     mlflow_client = registry.client(cfg)
     registry.log_train_params(mlflow_client, run_id, cfg.train)
-    mlflow_client.log_dict(run_id, InstanceDataset.open(instances).manifest, "data/instances_manifest.json")
-    result = trainer.train(instances, out_dir, cfg, tracking=(registry.tracking_uri(cfg), run_id))
+    mlflow_client.log_dict(run_id, instances.manifest, "data/instances_manifest.json")
+    result = trainer.train(instances.path, out_dir, cfg, tracking=(registry.tracking_uri(cfg), run_id))
     registry.log_metrics(mlflow_client, run_id, {f"best_val_auc_{h}": m["auc"] for h, m in result.validation.items()})
     return result
 
@@ -212,20 +214,21 @@ def train_tracked(cfg: Config, instances: str, out_dir: str, run_id: str):
 @_stage(lambda r: "validation AUC " + ", ".join(f"{h} {a:.4f}" for h, a in r["validation_auc"].items() if a == a))
 def train(cfg: Config, directory: Path) -> dict[str, Any]:
     # The MLflow run starts with training, so its curves are live and its duration is true.
-    result = train_tracked(cfg, _instances(directory).path, str(directory / "train"), _mlflow_run(cfg, directory))
+    result = train_tracked(cfg, _instances(directory), str(directory / "train"), _mlflow_run(cfg, directory))
     return _record(cfg, directory, "train", {"model_dir": result.model_dir, "model": result.model,
                                         "validation_auc": {h: m["auc"] for h, m in result.validation.items()},
                                         "examples_per_second": result.examples_per_second, "history": result.history})
 
 
-def evaluate_against_champion(cfg: Config, instances: str, model_dir: str) -> dict[str, Any]:
+def evaluate_against_champion(cfg: Config, instances, model_dir: str) -> dict[str, Any]:
     """A trained model and the current champion on the same test split, with the paired change;
-    the evaluate stage and ``homefeed evaluate`` both score through here."""
+    the evaluate stage and ``homefeed evaluate`` both score through here. ``instances``: an
+    InstanceDataset or its path."""
     from homefeed import evaluate as ev, registry
     from homefeed.data import InstanceDataset
     from models.zoo import load_scorer
 
-    test = InstanceDataset.open(instances).read("test")
+    test = InstanceDataset.of(instances).read("test")
     champion_version, champion_scorer = registry.load_scorer_for(cfg, registry.CHAMPION)
     challenger, champion, paired = ev.challenger_and_champion(load_scorer(model_dir), champion_scorer, test, cfg)
     return {"challenger": challenger, "champion": champion, "champion_version": champion_version, "paired_vs_champion": paired}
@@ -237,7 +240,7 @@ def evaluate(cfg: Config, directory: Path) -> dict[str, Any]:
     """Score the challenger and the current champion on the same test split."""
     from homefeed import registry
 
-    result = evaluate_against_champion(cfg, _instances(directory).path, _load(directory, "train")["model_dir"])
+    result = evaluate_against_champion(cfg, _instances(directory), _load(directory, "train")["model_dir"])
     run_id = _mlflow_run(cfg, directory)
     mlflow_client = registry.client(cfg)
     registry.log_metrics(mlflow_client, run_id, _test_metrics(result["challenger"], result["champion"]))

@@ -165,9 +165,12 @@ def log_metrics(mlflow_client, run_id: str, values: dict[str, float], step: int 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(key, float(value), now, step) for key, value in values.items() if value == value]
-    for start in range(0, len(batch), 1000):
-        mlflow_client.log_batch(run_id, metrics=batch[start:start + 1000])
+    _send_metrics(mlflow_client, run_id, [Metric(key, float(value), now, step) for key, value in values.items() if value == value])
+
+
+def _send_metrics(mlflow_client, run_id: str, metrics: list) -> None:
+    for start in range(0, len(metrics), 1000):  # MLflow's per-request limit
+        mlflow_client.log_batch(run_id, metrics=metrics[start:start + 1000])
 
 
 class StepMetrics:
@@ -196,8 +199,7 @@ class StepMetrics:
         if not pending or self._failed:
             return
         try:
-            for start in range(0, len(pending), 1000):  # MLflow's per-request limit
-                self.client.log_batch(self.run_id, metrics=pending[start:start + 1000])
+            _send_metrics(self.client, self.run_id, pending)
         except Exception as exc:  # noqa: BLE001 - tracking is not worth a training
             self._failed = True
             logging.getLogger(__name__).warning("MLflow run %s: step metrics not logged (%s); training goes on", self.run_id, exc)

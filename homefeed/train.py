@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import torch.distributed as dist
 from homefeed import metrics, progress, schema, storage
 from homefeed.config import Config, TrainConfig
 from homefeed.data import InstanceDataset, labels_and_weights
+from homefeed.processes import free_port
 from models import BASELINE_NAMES
 from models.ranker import Ranker, RankerConfig, pin_content_table, weighted_bce
 from models.sequence import SequenceConfig
@@ -318,12 +318,6 @@ def train_baseline(instances_dir: str, out_dir: str, cfg: TrainConfig) -> TrainR
 
 
 # --------------------------------------------------------------------------- entry point
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def write_worker_config(out_dir: str, tcfg: TrainConfig) -> Path:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     config_file = Path(out_dir) / "train_config.json"
@@ -360,7 +354,7 @@ def train(instances_dir: str, out_dir: str, cfg: Config, tracking: tuple[str, st
     if tcfg.num_processes == 1:
         return train_worker(instances_dir, out_dir, tcfg, tracking)
     config_file = write_worker_config(out_dir, tcfg)
-    command = torchrun_command(instances_dir, out_dir, config_file, tcfg.num_processes, master_port=_free_port(), tracking=tracking)
+    command = torchrun_command(instances_dir, out_dir, config_file, tcfg.num_processes, master_port=free_port(), tracking=tracking)
     completed = subprocess.run(command, env=worker_env())
     if completed.returncode != 0:
         raise RuntimeError(f"distributed training failed (exit {completed.returncode}): {' '.join(command)}")

@@ -5,6 +5,7 @@ import pytest
 
 from homefeed import train as trainer
 from homefeed.data import InstanceStream, pad_lists, read_instances, read_rows
+from homefeed.processes import free_port
 from models.zoo import load_scorer
 
 
@@ -69,7 +70,7 @@ def test_two_nodes_on_loopback_train_the_same_model_as_one_node_with_two_process
     trainer.train(str(instances_dir), str(one_node), base_config.with_overrides({"train": {**tcfg.model_dump(), "num_processes": 2}}))
     two_nodes = tmp_path / "two-nodes"
     config_file = trainer.write_worker_config(str(two_nodes), tcfg)
-    port = trainer._free_port()
+    port = free_port()
     nodes = [
         subprocess.Popen(trainer.torchrun_command(str(instances_dir), str(two_nodes), config_file, 1, nnodes=2, node_rank=rank, master_port=port),
                          env=trainer.worker_env())
