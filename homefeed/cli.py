@@ -315,6 +315,8 @@ def compare(
     out: Annotated[Path, typer.Option(help="Output directory: comparison.csv / .md / .png, instances, models")],
     seeds: Annotated[int, typer.Option(min=1, max=10, help="Seeds per neural model (mean and spread reported)")] = 1,
     split: Annotated[str, typer.Option(help="Split scored: test, or validation to choose knobs without touching the test days")] = "test",
+    sequence_at: Annotated[str, typer.Option(help="Sequence each scored row reads: impression (its own), or request "
+                                                  "(the request's first candidate's, shared, as a feed request is served)")] = "impression",
     config: ConfigOption = None,
 ) -> None:
     """Train and evaluate several models on the same instances and test days; one table."""
@@ -330,7 +332,7 @@ def compare(
     names = [m.strip() for m in models.split(",") if m.strip()]
     started = _step(f"comparing {', '.join(names)} on {raw}")
     try:
-        rows = comparison.compare(str(raw), names, first_test_day, out, cfg, seeds, split)
+        rows = comparison.compare(str(raw), names, first_test_day, out, cfg, seeds, split, sequence_at)
     except (ValueError, PermanentError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

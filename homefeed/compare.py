@@ -22,7 +22,7 @@ from homefeed import schema, storage
 from homefeed.config import Config
 
 EXPERIMENT_SUFFIX = "-compare"
-METRIC_COLUMNS = ("auc", "hit", "logloss")
+METRIC_COLUMNS = ("auc", "hit", "gauc", "logloss")
 CONTROL = "none"  # the ranker without a sequence: what every other model is paired against
 
 
@@ -53,23 +53,27 @@ def row(model: str, evaluation: dict[str, Any], seconds: float) -> dict[str, Any
             lo, hi = evaluation["intervals"]["overall"][head][metric]
             out[name], out[f"{name}_lo"], out[f"{name}_hi"] = evaluation["overall"][head][metric], lo, hi
         out[f"hit{k}_requests_{head}"] = evaluation["overall"][head].get("hit_requests", 0)
+        out[f"gauc_requests_{head}"] = evaluation["overall"][head].get("gauc_requests", 0)
     out["train_seconds"] = round(seconds, 1)
     return out
 
 
 def with_paired_differences(rows: list[dict[str, Any]], differences: dict[str, dict[str, dict[str, list[float]]]], k: int) -> None:
-    """Add ``d_auc_<head>`` / ``d_hit<k>_<head>`` (minus the control, paired) with ``_lo``/``_hi``."""
+    """Add ``d_auc_<head>`` / ``d_hit<k>_<head>`` / ``d_gauc_<head>`` (minus the control, paired) with ``_lo``/``_hi``."""
     for r in rows:
         for head in schema.HEADS:
-            for metric in ("auc", "hit"):
+            for metric in ("auc", "hit", "gauc"):
                 name = f"d_{'hit%d' % k if metric == 'hit' else metric}_{head}"
                 value = differences.get(r["model"], {}).get(head, {}).get(metric, [0.0, 0.0, 0.0] if r["model"] == CONTROL else [math.nan] * 3)
                 r[name], r[f"{name}_lo"], r[f"{name}_hi"] = value
 
 
 def _metric_columns(k: int) -> list[str]:
-    """What the tables show: AUC per head, HIT@k for the primary and the negative head."""
-    return [f"auc_{h}" for h in schema.HEADS] + [f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}"]
+    """What the tables show: AUC per head, HIT@k for the primary and the negative head, and the
+    primary head's AUC within requests (what orders one request's candidates, with many more
+    requests than HIT@k counts)."""
+    return [f"auc_{h}" for h in schema.HEADS] + [f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}",
+                                                 f"gauc_{schema.PRIMARY_HEAD}"]
 
 
 def _fmt(value: Any) -> str:
@@ -84,13 +88,16 @@ def write_tables(rows: list[dict[str, Any]], out: Path, k: int, title: str) -> N
     columns = _metric_columns(k)
     lines = [f"# {title}", "", "95% intervals: percentile bootstrap over requests. "
              f"HIT@{k} counts requests with a positive and more than {k} candidates; n = how many. "
-             f"HIT@{k} {schema.NEGATIVE_HEAD}: lower is better (ranked by the feed utility).", "",
+             f"HIT@{k} {schema.NEGATIVE_HEAD}: lower is better (ranked by the feed utility). "
+             "gauc: the AUC within requests (each request's candidates by the head's score, averaged over requests "
+             "with a positive and a negative, weighted by their candidates); n = how many.", "",
              "| model | " + " | ".join(columns) + " | train s |", "| --- |" + " ---: |" * (len(columns) + 1)]
 
     def cell(r: dict[str, Any], c: str) -> str:
         text = f"{_fmt(r[c])} [{_fmt(r[c + '_lo'])}, {_fmt(r[c + '_hi'])}]"
-        if c.startswith(f"hit{k}_"):
-            text += f" n={r.get(c.replace(f'hit{k}_', f'hit{k}_requests_'), '?')}"
+        for counted in (f"hit{k}_", "gauc_"):
+            if c.startswith(counted):
+                text += f" n={r.get(c.replace(counted, counted + 'requests_'), '?')}"
         return text
 
     for r in rows:
@@ -126,7 +133,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, k: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [f"auc_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}"]
+    metrics = [f"auc_{schema.PRIMARY_HEAD}", f"gauc_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.PRIMARY_HEAD}", f"hit{k}_{schema.NEGATIVE_HEAD}"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.5 * len(rows) + 2))
     names = [r["model"] for r in rows]
     for axis, metric in zip(axes, metrics):
@@ -169,12 +176,19 @@ def _seed_table(spread: list[dict[str, Any]], k: int) -> list[str]:
     return lines
 
 
+SEQUENCE_AT = ("impression", "request")
+
+
 def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config, seeds: int = 1,
-            split: str = "test") -> list[dict[str, Any]]:
+            split: str = "test", sequence_at: str = "impression") -> list[dict[str, Any]]:
     """``split="validation"`` scores the validation day instead: for choosing knobs without
-    touching the test days (every table then describes the validation day)."""
+    touching the test days (every table then describes the validation day).
+
+    ``sequence_at="request"`` scores every candidate of a request with the sequence as of the
+    request's first candidate (:func:`homefeed.data.with_request_sequences`), as a feed request
+    is served; "impression" (the default) with each row's own. Training is the same either way."""
     from homefeed import evaluate, registry, train as trainer
-    from homefeed.data import read_instances
+    from homefeed.data import read_instances, with_request_sequences
     from homefeed.spark import session
     from jobs import build_instances as job
     from models import MODEL_NAMES
@@ -182,6 +196,8 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
 
     if split not in ("test", "validation"):
         raise ValueError(f"--split must be test or validation, got {split!r}")
+    if sequence_at not in SEQUENCE_AT:
+        raise ValueError(f"--sequence-at must be one of {', '.join(SEQUENCE_AT)}, got {sequence_at!r}")
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:
         raise ValueError(f"unknown models {unknown}; known: {list(MODEL_NAMES)}")
@@ -191,6 +207,8 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
     instances = out / "instances"
     job.run(session(cfg, "compare"), raw, str(instances), cfg, days[0], days[-1])
     test = read_instances(str(instances), split)
+    if sequence_at == "request":
+        test = with_request_sequences(test)
     tracking = cfg.with_overrides({"registry": {"experiment": cfg.registry.experiment + EXPERIMENT_SUFFIX}})
     mlflow_client = registry.client(tracking)
     experiment = registry.experiment_id(tracking)
@@ -223,7 +241,8 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
             for key, value in r.items():
                 if key.startswith("d_") and isinstance(value, float) and not math.isnan(value):
                     mlflow_client.log_metric(runs[r["model"]], key, value)
-    write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from}; scored on the {split} split)")
+    scored = f"scored on the {split} split" + (", each request with its first candidate's sequence" if sequence_at == "request" else "")
+    write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from}; {scored})")
     if seeds > 1:
         spread = seed_spread(seed_rows, cfg.evaluation.hit_k)
         with (out / "comparison.md").open("a") as handle:

@@ -151,6 +151,10 @@ class TrainConfig(_Section):
     # Sequence tokens with the pins' learned id embeddings beside their content vectors (issue 20's
     # experiment: does an id tell a user's candidates apart where a random-projection content cannot?).
     id_tokens: bool = False
+    # How many of each action type the request's sequence holds (log1p) among the flat features, for
+    # every model, `none` included (issue 20's experiment: how much of what the sequence modules gain
+    # is the user's propensity, which a count carries without reading the sequence?).
+    sequence_counts: bool = False
     head_weights: dict[str, float] = Field(default_factory=lambda: {h: 1.0 for h in schema.HEADS})
     num_threads: int = Field(2, ge=1)
     # What the training loader shuffles: single rows, or whole requests (a request's candidates

@@ -198,6 +198,33 @@ def read_instances(
     return table
 
 
+def with_request_sequences(table: pa.Table) -> pa.Table:
+    """Every row's ``seq_*`` replaced by its request's first row's (earliest ``ts``, then the row
+    order): the request's candidates scored with one sequence, as of the request's start.
+
+    A feed request's candidates share one sequence. Requests that group exposures shown at
+    different times (KuaiRand's user-days) carry each row's own, and within such a request a
+    row's sequence holds the actions of the request's earlier rows: conditioning on a request
+    with a positive makes "acted earlier in this request" a sign of the rows *after* the action,
+    so any model that reads the sequence misorders the request. The first row's sequence holds
+    no action of the request, so nothing leaks, and the flat features stay per row.
+    """
+    if table.num_rows == 0:
+        return table
+    request = table.column("request_id").to_numpy(zero_copy_only=False)
+    ts = table.column("ts").to_numpy()
+    _, code = np.unique(request, return_inverse=True)
+    order = np.lexsort((np.arange(len(ts)), ts, code))  # by request, then time, then row order
+    sorted_code = code[order]
+    starts = np.r_[0, np.flatnonzero(sorted_code[1:] != sorted_code[:-1]) + 1]
+    first = np.empty(int(code.max()) + 1, dtype=np.int64)
+    first[sorted_code[starts]] = order[starts]  # each request's earliest row
+    source = pa.array(first[code])
+    for name in schema.SEQUENCE_COLUMNS:
+        table = table.set_column(table.schema.get_field_index(name), name, table.column(name).take(source))
+    return table
+
+
 # --------------------------------------------------------------------------- tensors
 def pad_lists(column: pa.ChunkedArray | pa.Array, length: int, dtype: np.dtype) -> np.ndarray:
     """A list column as a (N, length) array, truncated and right-padded with 0."""

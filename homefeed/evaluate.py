@@ -25,7 +25,8 @@ SLICES = {
 assert tuple(SLICES) == schema.SLICES
 
 
-METRICS = ("auc", "logloss", "mse", "rmse", "r2", "observed_rate", "predicted_rate", "hit")
+METRICS = ("auc", "logloss", "mse", "rmse", "r2", "observed_rate", "predicted_rate", "hit", "gauc")
+COUNTS = ("hit_requests", "gauc_requests")  # how many requests HIT@k and the AUC within requests counted
 BOOTSTRAP_CHUNK = 50  # replicates per pass: bounds memory at chunk × rows weights
 
 
@@ -51,12 +52,14 @@ def _head_scores(probs: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
 
 def _slice_metrics(cols: dict[str, np.ndarray], probs: np.ndarray, scores: dict[str, np.ndarray], rows: np.ndarray, k: int) -> dict[str, dict[str, float]]:
     if len(rows) == 0:  # an empty slice (e.g. no Follow impressions that day) has no metrics
-        return {h: {**dict.fromkeys(METRICS, float("nan")), "hit_requests": 0} for h in schema.HEADS}
+        return {h: {**dict.fromkeys(METRICS, float("nan")), **dict.fromkeys(COUNTS, 0)} for h in schema.HEADS}
     out = {}
     for i, head in enumerate(schema.HEADS):
         labels = cols["labels"][rows, i]
         hit, counted = metrics.hit_at_k_counted(cols["request_id"][rows], labels, scores[head][rows], k)
-        out[head] = {**metrics.head_metrics(labels, probs[rows, i], cols["weights"][rows]), "hit": hit, "hit_requests": counted}
+        gauc, gauc_counted = metrics.request_auc(cols["request_id"][rows], labels, probs[rows, i])
+        out[head] = {**metrics.head_metrics(labels, probs[rows, i], cols["weights"][rows]),
+                     "hit": hit, "hit_requests": counted, "gauc": gauc, "gauc_requests": gauc_counted}
     return out
 
 
@@ -67,6 +70,7 @@ def _metric_replicates(cols: dict[str, np.ndarray], probs: np.ndarray, scores: d
     labels = cols["labels"][rows]
     # Per-request HIT@k outcomes do not depend on the replicate: computed once per head.
     hits = {head: metrics.hits_per_group(codes, labels[:, i], scores[head][rows], k, counts.shape[1]) for i, head in enumerate(schema.HEADS)}
+    within = {head: metrics.request_aucs(codes, labels[:, i], probs[rows, i], counts.shape[1]) for i, head in enumerate(schema.HEADS)}
     replicates: dict[str, dict[str, list[np.ndarray]]] = {h: {m: [] for m in METRICS} for h in schema.HEADS}
     for chunk in range(0, len(counts), BOOTSTRAP_CHUNK):
         block = counts[chunk:chunk + BOOTSTRAP_CHUNK]
@@ -75,6 +79,7 @@ def _metric_replicates(cols: dict[str, np.ndarray], probs: np.ndarray, scores: d
             for name, values in metrics.head_metric_replicates(labels[:, i], probs[rows, i], weights).items():
                 replicates[head][name].append(values)
             replicates[head]["hit"].append(metrics.hit_replicates(block, *hits[head]))
+            replicates[head]["gauc"].append(metrics.request_auc_replicates(block, *within[head]))
     return {h: {m: np.concatenate(v) for m, v in per_metric.items()} for h, per_metric in replicates.items()}
 
 
@@ -112,11 +117,11 @@ def evaluate_probabilities(table: pa.Table, probs: np.ndarray, cfg: Config) -> d
     }
 
 
-PAIRED_METRICS = ("auc", "hit")
+PAIRED_METRICS = ("auc", "hit", "gauc")
 
 
 def paired_differences(table: pa.Table, probs: dict[str, np.ndarray], reference: str, cfg: Config) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """Each model's AUC and HIT@k per head minus the reference model's, with a 95% interval.
+    """Each model's AUC, HIT@k and AUC within requests per head minus the reference model's, with a 95% interval.
 
     Both models are scored on the same resampled requests in every replicate, so the interval is
     of the difference itself: much narrower than comparing two separate intervals, because most of
@@ -152,19 +157,20 @@ def evaluate_scorer(scorer, table: pa.Table, cfg: Config) -> dict[str, Any]:
 
 
 def headline(result: dict[str, Any]) -> dict[str, float]:
-    """Flat metric names for MLflow and tables: auc/<head>, hit<k>/<head>, logloss/<head>."""
+    """Flat metric names for MLflow and tables: auc_<head>, hit<k>_<head>, gauc_<head>, logloss_<head>."""
     k = result["hit_k"]
     flat = {}
     for head, m in result["overall"].items():
         flat[f"auc_{head}"] = m["auc"]
         flat[f"hit{k}_{head}"] = m["hit"]
+        flat[f"gauc_{head}"] = m["gauc"]
         flat[f"logloss_{head}"] = m["logloss"]
     return flat
 
 
 def challenger_and_champion(challenger_scorer, champion_scorer, table: pa.Table, cfg: Config) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
     """Both models on the same test rows, and the challenger's change against the champion with a
-    paired 95% interval per head (``{head: {"auc"|"hit": [difference, lo, hi]}}``; None without a
+    paired 95% interval per head (``{head: {"auc"|"hit"|"gauc": [difference, lo, hi]}}``; None without a
     champion or without bootstrap samples)."""
     challenger_probs = challenger_scorer.predict(table)
     challenger = {"model": challenger_scorer.name, **evaluate_probabilities(table, challenger_probs, cfg)}

@@ -1,4 +1,4 @@
-"""Offline metrics: ROC AUC, log loss, MSE / r², calibration, and HIT@k per request.
+"""Offline metrics: ROC AUC, log loss, MSE / r², calibration, HIT@k and AUC within requests.
 
 HIT@k (TransAct's offline metric). For a head and a ranking of each request's candidates:
 among the requests with at least one positive label for the head, the share whose top k
@@ -57,6 +57,47 @@ def hits_per_group(codes: np.ndarray, labels: np.ndarray, scores: np.ndarray, k:
     counted = has_positive & (np.bincount(g, minlength=n_groups) > k)
     hit = np.bincount(g, weights=y & (rank < k), minlength=n_groups) > 0
     return hit, counted
+
+
+def request_aucs(codes: np.ndarray, labels: np.ndarray, scores: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group code in ``range(n_groups)``: (the AUC of its members, ties counted half; its weight).
+
+    The weight is the group's size when it holds a positive and a negative, else 0 (its AUC is
+    then 0, not NaN, so that weighted sums over groups need no masking).
+    """
+    labels, scores = np.asarray(labels) > 0, np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((scores, codes))  # by group, then score ascending
+    g, y, s = codes[order], labels[order], scores[order]
+    n = len(g)
+    group_start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1] if n else np.zeros(0, int)
+    tie_start = np.r_[0, np.flatnonzero((g[1:] != g[:-1]) | (s[1:] != s[:-1])) + 1] if n else np.zeros(0, int)
+    tie_size = np.diff(np.r_[tie_start, n])
+    first_in_group = np.repeat(group_start, np.diff(np.r_[group_start, n]))
+    # Mann-Whitney: a member's rank within its group, the mean rank of its tie block (1-based).
+    rank = np.repeat(tie_start + (tie_size + 1) / 2.0, tie_size) - first_in_group
+    positives = np.bincount(g, weights=y, minlength=n_groups)
+    size = np.bincount(g, minlength=n_groups).astype(np.float64)
+    negatives = size - positives
+    rank_sum = np.bincount(g, weights=rank * y, minlength=n_groups)
+    both = (positives > 0) & (negatives > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc_per_group = np.where(both, (rank_sum - positives * (positives + 1) / 2) / (positives * negatives), 0.0)
+    return auc_per_group, np.where(both, size, 0.0)
+
+
+def request_auc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[float, int]:
+    """(AUC within groups, the number of groups it counted); NaN when no group has both labels."""
+    _, codes = np.unique(np.asarray(groups), return_inverse=True)
+    auc_per_group, weight = request_aucs(codes, labels, scores, int(codes.max()) + 1 if len(codes) else 0)
+    if not weight.any():
+        return float("nan"), 0
+    return float(weight @ auc_per_group / weight.sum()), int((weight > 0).sum())
+
+
+def request_auc_replicates(request_counts: np.ndarray, auc_per_group: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """AUC within requests per replicate from per-request AUCs (see :func:`request_aucs`)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return request_counts @ (weight * auc_per_group) / (request_counts @ weight)
 
 
 def ranking_utility(probabilities: np.ndarray, heads: tuple[str, ...], utility: dict[str, float]) -> np.ndarray:

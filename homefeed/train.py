@@ -69,6 +69,7 @@ def ranker_config(cfg: TrainConfig) -> RankerConfig:
         id_dim=cfg.embedding_dim,
         cross_layers=2 if cfg.model == "transact_v11" else 0,
         id_tokens=cfg.id_tokens,
+        sequence_counts=cfg.sequence_counts,
     )
 
 

@@ -42,6 +42,9 @@ class RankerConfig:
     # Sequence tokens (and the candidate fused into them) with the learned id embedding beside the
     # content vector; off: content only, as TransAct uses PinSage (see PinEncoder).
     id_tokens: bool = False
+    # How many of each action type the request's sequence holds (log1p), among the flat features:
+    # a user's propensity, readable without a sequence module (`none` included).
+    sequence_counts: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -78,6 +81,15 @@ class PinEncoder(nn.Module):
         return torch.cat([self.content_of(pin_id), self.id_emb(bucket)], dim=-1)  # (..., E + id_dim)
 
 
+NUM_COUNTED_ACTIONS = schema.NUM_ACTION_CODES - 1  # every action code but padding
+
+
+def action_counts(seq_action: torch.Tensor) -> torch.Tensor:
+    """(U, L) action codes → (U, A) log1p of how often each action code (padding left out) occurs."""
+    counts = nn.functional.one_hot(seq_action, schema.NUM_ACTION_CODES).sum(dim=1)[:, 1:]  # (U, A)
+    return torch.log1p(counts.float())
+
+
 class CrossNetworkV2(nn.Module):
     """DCN v2: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l, explicit feature crossing."""
 
@@ -108,6 +120,7 @@ class Ranker(nn.Module):
             + len(schema.CATEGORICAL_FEATURES) * cfg.categorical_dim
             + self.pins.out_dim
             + self.sequence.out_dim
+            + (NUM_COUNTED_ACTIONS if cfg.sequence_counts else 0)
         )
         self.cross = CrossNetworkV2(width, cfg.cross_layers) if cfg.cross_layers else nn.Identity()
         mlp: list[nn.Module] = []
@@ -141,7 +154,8 @@ class Ranker(nn.Module):
         candidate_content = token(batch["pin_id"])  # (B, E) or (B, E + id_dim), fused into the sequence
         seq = self.sequence(tokens, batch[schema.SEQ_ACTION], batch[schema.SEQ_TS], index, batch["ts"], candidate_content)  # (B, S)
         cats = [emb(batch[name]) for name, emb in self.categorical.items()]  # C × (B, c)
-        x = torch.cat([batch["dense"], *cats, candidate, seq], dim=-1)  # (B, W)
+        counts = [action_counts(batch[schema.SEQ_ACTION])[index]] if self.cfg.sequence_counts else []  # (B, A)
+        x = torch.cat([batch["dense"], *cats, candidate, seq, *counts], dim=-1)  # (B, W)
         return self.heads(self.mlp(self.cross(x)))  # (B, H)
 
     # ------------------------------------------------------------------ persistence

@@ -36,6 +36,7 @@ def test_models_share_instances_and_test_days_and_land_in_one_table(cfg, raw_dir
     assert (out / "comparison.png").stat().st_size > 1000
     # HIT@3 says over how many requests; the neural model ran with two seeds, the baseline once.
     assert "n=" in (out / "comparison.md").read_text() and "hit3_requests_repin" in table[0]
+    assert {"gauc_repin", "gauc_requests_repin", "d_gauc_repin"} <= set(table[0])  # the AUC within requests too
     with (out / "seeds.csv").open() as handle:
         seeds = list(csv.DictReader(handle))
     assert [(r["model"], r["seed"]) for r in seeds] == [("lr", "0"), ("none", "0"), ("none", "1")]
@@ -61,6 +62,8 @@ def test_bad_arguments_exit_2_naming_the_problem(raw_dir, tmp_path):
     assert bad_date.exit_code == 2
     bad_split = runner.invoke(app, [*args, "--models", "lr", "--test-from", "2026-01-09", "--split", "train"])
     assert bad_split.exit_code == 2 and "--split must be test or validation" in bad_split.output
+    bad_sequence = runner.invoke(app, [*args, "--models", "lr", "--test-from", "2026-01-09", "--sequence-at", "day"])
+    assert bad_sequence.exit_code == 2 and "--sequence-at must be one of impression, request" in bad_sequence.output
 
 
 def test_seed_spread_gives_mean_and_range():
@@ -69,7 +72,7 @@ def test_seed_spread_gives_mean_and_range():
         for r in rows["none"]:
             r[f"auc_{head}"] = 0.6
     for r in rows["none"]:
-        r["hit3_hide"] = 0.1
+        r["hit3_hide"], r["gauc_repin"] = 0.1, 0.55
     spread = compare.seed_spread(rows, 3)[0]
     assert spread["seeds"] == 2 and spread["auc_repin"] == pytest.approx(0.71)
     assert (spread["auc_repin_min"], spread["auc_repin_max"]) == (0.70, 0.72)

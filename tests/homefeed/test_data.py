@@ -132,3 +132,27 @@ def test_an_instance_dataset_is_opened_once_and_read_through_it(instances_dir, t
     assert set(dataset.label_rates("train")) >= {"repin", "hide"} and ".." in dataset.window
     with pytest.raises(storage.StorageError):
         InstanceDataset.open(tmp_path)  # nothing published there
+
+
+def test_request_sequences_give_every_candidate_its_requests_first_sequence():
+    from homefeed.data import with_request_sequences
+
+    # Request a: three rows at different times, the middle one earliest; request b: one row.
+    table = pa.table({
+        "request_id": ["a", "a", "b", "a"],
+        "user_id": [1, 1, 2, 1],
+        "ts": [300, 100, 50, 100],
+        schema.SEQ_PIN_ID: [[9, 8, 7], [8, 7], [5], [8, 7, 6]],
+        schema.SEQ_ACTION: [[1, 1, 2], [1, 2], [3], [1, 2, 2]],
+        schema.SEQ_TS: [[250, 90, 80], [90, 80], [40], [95, 90, 80]],
+        "label": [1, 0, 0, 0],
+    })
+    frozen = with_request_sequences(table)
+    assert frozen.column(schema.SEQ_PIN_ID).to_pylist() == [[8, 7], [8, 7], [5], [8, 7]]  # a's earliest, first of a tie
+    assert frozen.column(schema.SEQ_TS).to_pylist() == [[90, 80], [90, 80], [40], [90, 80]]
+    assert frozen.column("ts").to_pylist() == [300, 100, 50, 100]  # rows keep their own time, labels, order
+    assert frozen.column("label").to_pylist() == [1, 0, 0, 0]
+    # No row reads an action at or after its own time.
+    for ts, seq_ts in zip(frozen.column("ts").to_pylist(), frozen.column(schema.SEQ_TS).to_pylist()):
+        assert all(t < ts for t in seq_ts)
+    assert with_request_sequences(table.slice(0, 0)).num_rows == 0

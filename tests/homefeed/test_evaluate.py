@@ -26,6 +26,8 @@ def test_perfect_scores_give_auc_and_hit_one(base_config):
     result = evaluate.evaluate_probabilities(t, labels * 0.9 + 0.05, base_config)
     assert result["overall"]["repin"]["auc"] == pytest.approx(1.0)
     assert result["overall"]["repin"]["hit"] == pytest.approx(1.0)
+    assert result["overall"]["repin"]["gauc"] == pytest.approx(1.0)
+    assert result["overall"]["repin"]["gauc_requests"] > 0
     assert set(result["slices"]) == {"core", "non_core", "follow", "pfy"}
     lo, hi = result["intervals"]["overall"]["repin"]["auc"]
     assert lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
@@ -34,7 +36,7 @@ def test_perfect_scores_give_auc_and_hit_one(base_config):
     for scope, heads in result["intervals"].items():
         values = result["overall"] if scope == "overall" else result["slices"][scope]
         for head, intervals in heads.items():
-            assert set(intervals) == set(values[head]) - {"hit_requests"}  # a count, not a metric with an interval
+            assert set(intervals) == set(values[head]) - set(evaluate.COUNTS)  # counts, not metrics with intervals
             lo, hi = intervals["logloss"]
             assert lo - 1e-9 <= values[head]["logloss"] <= hi + 1e-9
 
@@ -71,3 +73,17 @@ def test_paired_differences_refuse_an_empty_split(base_config):
     empty = table().slice(0, 0)
     with pytest.raises(ValueError, match="non-empty test split"):
         evaluate.paired_differences(empty, {"a": np.zeros((0, len(schema.HEADS)))}, "a", base_config)
+
+
+def test_a_per_request_offset_lifts_auc_but_not_the_auc_within_requests(base_config):
+    t = table(n_requests=200)
+    labels = np.stack([t.column(c).to_numpy() for c in schema.LABEL_COLUMNS], axis=1).astype(float)
+    rng = np.random.default_rng(2)
+    noise = rng.random(labels.shape) * 0.5
+    request = np.repeat(np.arange(200), 5)
+    liker = labels[:, 0].reshape(200, 5).any(1)[request]  # the requests that hold a like
+    propensity = noise + 0.4 * liker[:, None]  # knows who likes, not which candidate
+    result = evaluate.paired_differences(t, {"flat": noise, "propensity": propensity}, "flat", base_config)
+    auc_change, auc_lo, _ = result["propensity"]["repin"]["auc"]
+    assert auc_lo > 0.05  # the pooled AUC rewards knowing the user
+    assert result["propensity"]["repin"]["gauc"] == pytest.approx([0.0, 0.0, 0.0], abs=1e-12)

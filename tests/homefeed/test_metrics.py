@@ -23,6 +23,34 @@ def test_hit_at_k_is_nan_without_positives():
     assert math.isnan(metrics.hit_at_k(np.array([1, 1]), np.array([0, 0]), np.array([0.1, 0.2])))
 
 
+def test_request_auc_matches_sklearn_per_request_and_ignores_a_users_propensity():
+    rng = np.random.default_rng(3)
+    codes = np.repeat(np.arange(30), 7)
+    labels = (rng.random(len(codes)) < 0.3).astype(int)
+    scores = np.round(rng.random(len(codes)), 1)  # rounding makes ties, counted half as sklearn does
+    auc_per_group, weight = metrics.request_aucs(codes, labels, scores, 30)
+    for g in range(30):
+        y, s = labels[codes == g], scores[codes == g]
+        if 0 < y.sum() < len(y):
+            assert weight[g] == 7 and auc_per_group[g] == pytest.approx(metrics.auc(y, s))
+        else:
+            assert weight[g] == 0  # one class only: not counted
+    value, counted = metrics.request_auc(codes, labels, scores)
+    assert counted == int((weight > 0).sum())
+    assert value == pytest.approx(weight @ auc_per_group / weight.sum())
+    # A per-request offset (who likes many things) moves the pooled AUC, not the AUC within requests.
+    propensity = 10.0 * labels.reshape(30, 7).sum(1)[codes]  # the more likes a request holds, the higher all of it
+    assert metrics.request_auc(codes, labels, scores + propensity)[0] == pytest.approx(value)
+    assert metrics.auc(labels, scores + propensity) > metrics.auc(labels, scores) + 0.05
+    # Replicates with every request once give the same value.
+    assert metrics.request_auc_replicates(np.ones((1, 30)), auc_per_group, weight)[0] == pytest.approx(value)
+
+
+def test_request_auc_is_nan_without_a_request_holding_both_labels():
+    value, counted = metrics.request_auc(np.array([1, 1, 2]), np.array([1, 1, 0]), np.array([0.2, 0.3, 0.1]))
+    assert math.isnan(value) and counted == 0
+
+
 def test_auc_and_weights():
     labels = np.array([0, 0, 1, 1])
     scores = np.array([0.1, 0.6, 0.4, 0.9])

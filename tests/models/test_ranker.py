@@ -152,3 +152,37 @@ def test_id_tokens_put_the_learned_id_into_the_sequence_and_survive_a_round_trip
     assert loaded.cfg.id_tokens
     with torch.inference_mode():
         assert torch.equal(model(data), loaded(data))
+
+
+def test_sequence_counts_let_the_control_read_how_often_each_action_occurs(tmp_path):
+    """train.sequence_counts (issue 20's experiment): the action counts of the request's sequence join
+    the flat features, so even `none` scores by them; without it, `none` ignores the sequence."""
+    import dataclasses
+
+    from models.ranker import action_counts
+
+    codes = torch.tensor([[2, 2, 1, 0, 0], [0, 0, 0, 0, 0]])
+    counts = action_counts(codes)
+    assert counts.shape == (2, schema.NUM_ACTION_CODES - 1)  # padding is not an action
+    assert torch.allclose(counts[0, :2], torch.log1p(torch.tensor([1.0, 2.0]))) and counts[1].sum() == 0
+    data = batch(seed=7)
+    other = {**data, schema.SEQ_ACTION: torch.flip(data[schema.SEQ_ACTION], dims=[0])}  # another user's actions
+    base = ranker("none", cross=0).eval()
+    with torch.inference_mode():
+        assert torch.equal(base(data), base(other))  # the control reads no sequence
+    model = Ranker(dataclasses.replace(base.cfg, sequence_counts=True), base.pins.content).eval()
+    with torch.inference_mode():
+        assert not torch.allclose(model(data), model(other))
+        shuffled = {**data, schema.SEQ_ACTION: data[schema.SEQ_ACTION][:, torch.randperm(L)]}
+        assert torch.allclose(model(data), model(shuffled), atol=1e-6)  # counts, not order
+    # Shared sequences (one per request) give each row its own request's counts.
+    index = torch.arange(B) % 4
+    shared = {**data, **{n: data[n][:4] for n in schema.SEQUENCE_COLUMNS}, schema.SEQ_INDEX: index}
+    per_row = {**data, **{n: data[n][:4][index] for n in schema.SEQUENCE_COLUMNS}}
+    with torch.inference_mode():
+        assert torch.allclose(model(shared), model(per_row), atol=1e-6)
+    model.save(tmp_path)
+    loaded = Ranker.load(tmp_path)
+    assert loaded.cfg.sequence_counts
+    with torch.inference_mode():
+        assert torch.equal(model(data), loaded(data))
