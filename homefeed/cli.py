@@ -317,6 +317,8 @@ def compare(
     split: Annotated[str, typer.Option(help="Split scored: test, or validation to choose knobs without touching the test days")] = "test",
     sequence_at: Annotated[str, typer.Option(help="Sequence each scored row reads: impression (its own), or request "
                                                   "(the request's first candidate's, shared, as a feed request is served)")] = "impression",
+    paired_against: Annotated[Optional[str], typer.Option(help="Comma-separated models every other is paired against, "
+                                                               "one table each (default: none, the ranker without a sequence)")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Train and evaluate several models on the same instances and test days; one table."""
@@ -332,7 +334,8 @@ def compare(
     names = [m.strip() for m in models.split(",") if m.strip()]
     started = _step(f"comparing {', '.join(names)} on {raw}")
     try:
-        rows = comparison.compare(str(raw), names, first_test_day, out, cfg, seeds, split, sequence_at)
+        references = [m.strip() for m in paired_against.split(",") if m.strip()] if paired_against is not None else None
+        rows = comparison.compare(str(raw), names, first_test_day, out, cfg, seeds, split, sequence_at, references)
     except (ValueError, PermanentError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

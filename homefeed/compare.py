@@ -23,7 +23,12 @@ from homefeed.config import Config
 
 EXPERIMENT_SUFFIX = "-compare"
 METRIC_COLUMNS = ("auc", "hit", "gauc", "logloss")
-CONTROL = "none"  # the ranker without a sequence: what every other model is paired against
+CONTROL = "none"  # the ranker without a sequence: what every other model is paired against by default
+
+
+def paired_prefix(reference: str) -> str:
+    """Column prefix of the differences against ``reference``: ``d_`` for the control, else ``d_vs_<model>_``."""
+    return "d_" if reference == CONTROL else f"d_vs_{reference}_"
 
 
 def raw_days(raw: str) -> list[date]:
@@ -58,13 +63,16 @@ def row(model: str, evaluation: dict[str, Any], seconds: float) -> dict[str, Any
     return out
 
 
-def with_paired_differences(rows: list[dict[str, Any]], differences: dict[str, dict[str, dict[str, list[float]]]], k: int) -> None:
-    """Add ``d_auc_<head>`` / ``d_hit<k>_<head>`` / ``d_gauc_<head>`` (minus the control, paired) with ``_lo``/``_hi``."""
+def with_paired_differences(rows: list[dict[str, Any]], differences: dict[str, dict[str, dict[str, list[float]]]], k: int,
+                            reference: str = CONTROL) -> None:
+    """Add ``d_auc_<head>`` / ``d_hit<k>_<head>`` / ``d_gauc_<head>`` (minus ``reference``, paired) with
+    ``_lo``/``_hi``; against another reference than the control the names start ``d_vs_<reference>_``."""
+    prefix = paired_prefix(reference)
     for r in rows:
         for head in schema.HEADS:
             for metric in ("auc", "hit", "gauc"):
-                name = f"d_{'hit%d' % k if metric == 'hit' else metric}_{head}"
-                value = differences.get(r["model"], {}).get(head, {}).get(metric, [0.0, 0.0, 0.0] if r["model"] == CONTROL else [math.nan] * 3)
+                name = f"{prefix}{'hit%d' % k if metric == 'hit' else metric}_{head}"
+                value = differences.get(r["model"], {}).get(head, {}).get(metric, [0.0, 0.0, 0.0] if r["model"] == reference else [math.nan] * 3)
                 r[name], r[f"{name}_lo"], r[f"{name}_hi"] = value
 
 
@@ -80,7 +88,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else str(value)
 
 
-def write_tables(rows: list[dict[str, Any]], out: Path, k: int, title: str) -> None:
+def write_tables(rows: list[dict[str, Any]], out: Path, k: int, title: str, references: tuple[str, ...] = (CONTROL,)) -> None:
     with (out / "comparison.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -103,20 +111,23 @@ def write_tables(rows: list[dict[str, Any]], out: Path, k: int, title: str) -> N
     for r in rows:
         cells = [cell(r, c) for c in columns]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['train_seconds']} |")
-    if any(f"d_auc_{schema.PRIMARY_HEAD}" in r for r in rows):
-        lines += _paired_table(rows, k)
+    for reference in references:
+        if any(f"{paired_prefix(reference)}auc_{schema.PRIMARY_HEAD}" in r for r in rows):
+            lines += _paired_table(rows, k, reference)
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     _plot(rows, out / "comparison.png", k)
 
 
-def _paired_table(rows: list[dict[str, Any]], k: int) -> list[str]:
-    columns = [f"d_{c}" for c in _metric_columns(k)]
-    lines = ["", f"## Paired difference against `{CONTROL}` (the ranker without a sequence)", "",
-             "Model minus control on the same bootstrap replicates of the test requests; an interval that excludes 0 "
+def _paired_table(rows: list[dict[str, Any]], k: int, reference: str = CONTROL) -> list[str]:
+    prefix = paired_prefix(reference)
+    columns = [f"{prefix}{c}" for c in _metric_columns(k)]
+    what = " (the ranker without a sequence)" if reference == CONTROL else ""
+    lines = ["", f"## Paired difference against `{reference}`{what}", "",
+             f"Model minus `{reference}` on the same bootstrap replicates of the scored requests; an interval that excludes 0 "
              "is a difference the test days can tell apart. `*` marks it.", "",
-             "| model | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+             "| model | " + " | ".join("d_" + c.removeprefix(prefix) for c in columns) + " |", "| --- |" + " ---: |" * len(columns)]
     for r in rows:
-        if r["model"] == CONTROL:
+        if r["model"] == reference:
             continue
         cells = []
         for c in columns:
@@ -180,13 +191,16 @@ SEQUENCE_AT = ("impression", "request")
 
 
 def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config, seeds: int = 1,
-            split: str = "test", sequence_at: str = "impression") -> list[dict[str, Any]]:
+            split: str = "test", sequence_at: str = "impression", paired_against: list[str] | None = None) -> list[dict[str, Any]]:
     """``split="validation"`` scores the validation day instead: for choosing knobs without
     touching the test days (every table then describes the validation day).
 
     ``sequence_at="request"`` scores every candidate of a request with the sequence as of the
     request's first candidate (:func:`homefeed.data.with_request_sequences`), as a feed request
-    is served; "impression" (the default) with each row's own. Training is the same either way."""
+    is served; "impression" (the default) with each row's own. Training is the same either way.
+
+    ``paired_against``: the models every other is paired against (one table each); by default the
+    control, ``none``, when it is compared."""
     from homefeed import evaluate, registry, train as trainer
     from homefeed.data import read_instances, with_request_sequences
     from homefeed.spark import session
@@ -201,6 +215,9 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:
         raise ValueError(f"unknown models {unknown}; known: {list(MODEL_NAMES)}")
+    references = tuple(paired_against) if paired_against is not None else tuple(m for m in models if m == CONTROL)
+    if not set(references) <= set(models):
+        raise ValueError(f"--paired-against {[r for r in references if r not in models]} must be among --models {models}")
     days = raw_days(raw)
     cfg = split_config(cfg, days, test_from)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,14 +252,15 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
                 mlflow_client.log_metric(run.info.run_id, key.replace("@", ""), value)
         mlflow_client.set_terminated(run.info.run_id)
         runs[model] = run.info.run_id
-    if CONTROL in probs and len(probs) > 1:
-        with_paired_differences(rows, evaluate.paired_differences(test, probs, CONTROL, cfg), cfg.evaluation.hit_k)
+    if len(probs) > 1:
+        for reference in references:
+            with_paired_differences(rows, evaluate.paired_differences(test, probs, reference, cfg), cfg.evaluation.hit_k, reference)
         for r in rows:
             for key, value in r.items():
                 if key.startswith("d_") and isinstance(value, float) and not math.isnan(value):
                     mlflow_client.log_metric(runs[r["model"]], key, value)
     scored = f"scored on the {split} split" + (", each request with its first candidate's sequence" if sequence_at == "request" else "")
-    write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from}; {scored})")
+    write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from}; {scored})", references)
     if seeds > 1:
         spread = seed_spread(seed_rows, cfg.evaluation.hit_k)
         with (out / "comparison.md").open("a") as handle:

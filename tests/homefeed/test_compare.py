@@ -18,7 +18,7 @@ def cfg(base_config, tmp_path, monkeypatch):
 
 def test_models_share_instances_and_test_days_and_land_in_one_table(cfg, raw_dir, tmp_path):
     out = tmp_path / "cmp"
-    rows = compare.compare(str(raw_dir), ["lr", "none"], date(2026, 1, 9), out, cfg, seeds=2)
+    rows = compare.compare(str(raw_dir), ["lr", "none"], date(2026, 1, 9), out, cfg, seeds=2, paired_against=["none", "lr"])
     with (out / "comparison.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert [r["model"] for r in table] == ["lr", "none"]
@@ -32,6 +32,10 @@ def test_models_share_instances_and_test_days_and_land_in_one_table(cfg, raw_dir
     assert float(lr["d_auc_repin_lo"]) <= float(lr["d_auc_repin"]) <= float(lr["d_auc_repin_hi"])
     assert float(lr["d_auc_repin"]) == pytest.approx(float(lr["auc_repin"]) - float(control["auc_repin"]))
     assert "Paired difference against `none`" in (out / "comparison.md").read_text()
+    # Paired against a second reference too: the same difference, the other way round.
+    assert float(control["d_vs_lr_auc_repin"]) == pytest.approx(-float(lr["d_auc_repin"]))
+    assert float(lr["d_vs_lr_auc_repin"]) == 0.0
+    assert "Paired difference against `lr`" in (out / "comparison.md").read_text()
     assert "| lr |" in (out / "comparison.md").read_text()
     assert (out / "comparison.png").stat().st_size > 1000
     # HIT@3 says over how many requests; the neural model ran with two seeds, the baseline once.
@@ -64,6 +68,8 @@ def test_bad_arguments_exit_2_naming_the_problem(raw_dir, tmp_path):
     assert bad_split.exit_code == 2 and "--split must be test or validation" in bad_split.output
     bad_sequence = runner.invoke(app, [*args, "--models", "lr", "--test-from", "2026-01-09", "--sequence-at", "day"])
     assert bad_sequence.exit_code == 2 and "--sequence-at must be one of impression, request" in bad_sequence.output
+    absent = runner.invoke(app, [*args, "--models", "lr,none", "--test-from", "2026-01-09", "--paired-against", "gbdt"])
+    assert absent.exit_code == 2 and "--paired-against ['gbdt'] must be among --models" in absent.output
 
 
 def test_seed_spread_gives_mean_and_range():
