@@ -23,7 +23,10 @@ window of ``time_ms`` (``request_id`` = user × window). Up to the attribution w
 request is one feed load: every impression's ``ts`` is the request's first exposure. Longer
 windows (``1d``: a request per user-day, so that HIT@3 has requests of more than 3 candidates)
 group exposures that were not shown together: each impression keeps its own ``time_ms`` as
-``ts``, so its labels and its sequence still start at its own exposure.
+``ts``, so its labels and its sequence still start at its own exposure. Within such a request the
+later rows' sequences hold the earlier rows' actions, which misorders the request for any model
+that reads them: score its candidates with one sequence, as a feed request is served, with
+``homefeed compare --sequence-at request`` (docs/results/kuairand-history.md).
 
 **The history before the log** (``user_sequences_before_0425.parquet``, on unless
 ``--no-history``): each user's last ≤ 50 likes and ≤ 50 long views of 2022-04-09..04-24 become
