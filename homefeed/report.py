@@ -134,12 +134,16 @@ def _comparison(evaluation: dict[str, Any]) -> str:
                          _delta(paired, head, "auc") if overall else "",
                          _with_interval(metrics[head]["hit"], intervals[head]["hit"]) + lower, champ.get(head, {}).get("hit", "-"),
                          _delta(paired, head, "hit") if overall else "",
+                         _with_interval(metrics[head]["gauc"], intervals[head]["gauc"]) if "gauc" in metrics[head] else "-",
                          _with_interval(metrics[head]["logloss"], intervals[head]["logloss"])])
     header = ["slice", "head", "AUC challenger [95%]", "AUC champion", "AUC change [95%, paired]",
-              f"HIT@{k} challenger [95%]", f"HIT@{k} champion", f"HIT@{k} change [95%, paired]", "log loss challenger [95%]"]
+              f"HIT@{k} challenger [95%]", f"HIT@{k} champion", f"HIT@{k} change [95%, paired]",
+              "AUC within requests challenger [95%]", "log loss challenger [95%]"]
     note = ("<p>Intervals: percentile bootstrap over requests. A change's interval is paired: both models scored on the "
             "same resampled requests, so it is narrower than the two separate intervals suggest. AUC is higher-is-better "
             f"for every head; HIT@{k} is too, except for <b>hide</b>, where a hidden pin in the top {k} is a miss. "
+            "AUC within requests: each request's candidates ordered by the head's score, averaged over the requests "
+            "with a positive and a negative (what orders one feed, which a user's overall propensity cannot move). "
             "Every metric's interval is in evaluate.json.</p>")
     return _table(rows, header) + note
 

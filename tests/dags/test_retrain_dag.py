@@ -64,6 +64,7 @@ def test_first_run_promotes_and_a_worse_model_stops_at_the_gate(airflow_db, dagb
     assert low <= change <= high
     report = (pipeline.run_dir(retrain_env, "second") / "report.html").read_text()
     assert "NOT PROMOTED: gate failed" in report and "AUC change [95%, paired]" in report and "below the floor 0.999" in report
+    assert "AUC within requests challenger [95%]" in report  # what orders one feed, beside the pooled AUC
 
 
 def _mlflow_as_people_use_it(cfg, directory):
