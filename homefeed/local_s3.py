@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from homefeed import s3, storage
+from homefeed import processes, s3, storage
 
 WEED = Path(sys.executable).with_name("weed")
 
@@ -23,9 +23,7 @@ WEED = Path(sys.executable).with_name("weed")
 def free_port() -> int:
     # SeaweedFS puts each component's gRPC port at port + 10000: keep both free.
     while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = processes.free_port()
         if port + 10000 < 65535:
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port + 10000)) != 0:

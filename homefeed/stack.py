@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from homefeed import storage
+from homefeed import processes, storage
 from homefeed.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -78,12 +78,6 @@ def _gone(pid: int, timeout_s: float) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _listening(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(1)
@@ -123,7 +117,7 @@ class Stack:
         return json.loads(path.read_text())
 
     def ports(self) -> dict[str, int]:
-        return self._kept("ports.json", lambda: {name: _free_port() for name in PORTS})
+        return self._kept("ports.json", lambda: {name: processes.free_port() for name in PORTS})
 
     def credentials(self) -> dict[str, str]:
         return self._kept("credentials.json", lambda: {

@@ -9,6 +9,7 @@ watches the primary head's validation AUC. Rank 0 alone writes the model and met
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -222,7 +223,10 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: t
                                time.perf_counter() - started, run_batches, cfg.epochs * steps_per_epoch - step,
                                time.perf_counter() - run_started)
         elapsed = time.perf_counter() - started
-        probs, labels_np, weights_np = predict_split(model, dataset, "validation", 4 * cfg.batch_size, device)
+        # Scoring the validation day can outlast a progress interval: say so instead of going quiet.
+        validating = progress.heartbeat(f"train: epoch {epoch + 1}/{cfg.epochs}, validation") if rank == 0 else contextlib.nullcontext()
+        with validating:
+            probs, labels_np, weights_np = predict_split(model, dataset, "validation", 4 * cfg.batch_size, device)
         val = validation_metrics(probs, labels_np, weights_np)
         val_auc = val[schema.PRIMARY_HEAD]["auc"]
         val_auc = -1.0 if np.isnan(val_auc) else val_auc
