@@ -149,9 +149,12 @@ class Ranker(nn.Module):
         seq_pin_id = batch[schema.SEQ_PIN_ID]
         if self.sequence.out_dim == 0:  # the control reads no sequence: skip the (U, L, E) gather
             seq_pin_id = seq_pin_id[:, :0]
-        token = self.pins if self.cfg.id_tokens else self.pins.content_of
-        tokens = token(seq_pin_id)  # (U, L, E) or (U, L, E + id_dim) with id tokens
-        candidate_content = token(batch["pin_id"])  # (B, E) or (B, E + id_dim), fused into the sequence
+        if self.cfg.id_tokens:
+            tokens = self.pins(seq_pin_id)  # (U, L, E + id_dim)
+            candidate_content = candidate  # (B, E + id_dim), fused into the sequence
+        else:
+            tokens = self.pins.content_of(seq_pin_id)  # (U, L, E)
+            candidate_content = self.pins.content_of(batch["pin_id"])  # (B, E), fused into the sequence
         seq = self.sequence(tokens, batch[schema.SEQ_ACTION], batch[schema.SEQ_TS], index, batch["ts"], candidate_content)  # (B, S)
         cats = [emb(batch[name]) for name, emb in self.categorical.items()]  # C × (B, c)
         counts = [action_counts(batch[schema.SEQ_ACTION])[index]] if self.cfg.sequence_counts else []  # (B, A)
