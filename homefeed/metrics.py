@@ -42,6 +42,19 @@ def hit_at_k_counted(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray,
     return float(hit[counted].mean()), int(counted.sum())
 
 
+def _run_starts(*sorted_keys: np.ndarray) -> np.ndarray:
+    """Where each run of rows equal in every key begins, in arrays sorted by those keys."""
+    changed = np.zeros(max(len(sorted_keys[0]) - 1, 0), dtype=bool)
+    for key in sorted_keys:
+        changed |= key[1:] != key[:-1]
+    return np.r_[0, np.flatnonzero(changed) + 1] if len(sorted_keys[0]) else np.zeros(0, int)
+
+
+def _run_start_of_each(starts: np.ndarray, n: int) -> np.ndarray:
+    """Per row of ``n`` sorted rows: the start of its run (``starts`` from :func:`_run_starts`)."""
+    return np.repeat(starts, np.diff(np.r_[starts, n]))
+
+
 def hits_per_group(codes: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Per group code in ``range(n_groups)``: (top-``k`` holds a positive, counted by HIT@k).
 
@@ -51,8 +64,7 @@ def hits_per_group(codes: np.ndarray, labels: np.ndarray, scores: np.ndarray, k:
     # Sort by group, then score descending; ties broken by original order (stable).
     order = np.lexsort((-scores, codes))
     g, y = codes[order], labels[order] > 0
-    start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1] if len(g) else np.zeros(0, int)
-    rank = np.arange(len(g)) - np.repeat(start, np.diff(np.r_[start, len(g)]))
+    rank = np.arange(len(g)) - _run_start_of_each(_run_starts(g), len(g))
     has_positive = np.bincount(g, weights=y, minlength=n_groups) > 0
     counted = has_positive & (np.bincount(g, minlength=n_groups) > k)
     hit = np.bincount(g, weights=y & (rank < k), minlength=n_groups) > 0
@@ -69,12 +81,10 @@ def request_aucs(codes: np.ndarray, labels: np.ndarray, scores: np.ndarray, n_gr
     order = np.lexsort((scores, codes))  # by group, then score ascending
     g, y, s = codes[order], labels[order], scores[order]
     n = len(g)
-    group_start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1] if n else np.zeros(0, int)
-    tie_start = np.r_[0, np.flatnonzero((g[1:] != g[:-1]) | (s[1:] != s[:-1])) + 1] if n else np.zeros(0, int)
+    tie_start = _run_starts(g, s)
     tie_size = np.diff(np.r_[tie_start, n])
-    first_in_group = np.repeat(group_start, np.diff(np.r_[group_start, n]))
     # Mann-Whitney: a member's rank within its group, the mean rank of its tie block (1-based).
-    rank = np.repeat(tie_start + (tie_size + 1) / 2.0, tie_size) - first_in_group
+    rank = np.repeat(tie_start + (tie_size + 1) / 2.0, tie_size) - _run_start_of_each(_run_starts(g), n)
     positives = np.bincount(g, weights=y, minlength=n_groups)
     size = np.bincount(g, minlength=n_groups).astype(np.float64)
     negatives = size - positives
