@@ -247,18 +247,16 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
         rows.append(seed_rows[model][0])
         run = mlflow_client.create_run(experiment, run_name=f"{out.name}/{model}", tags={"homefeed.compare": str(out)})
         registry.log_train_params(mlflow_client, run.info.run_id, model_cfg.train)
-        for key, value in rows[-1].items():
-            if isinstance(value, float) and not math.isnan(value):
-                mlflow_client.log_metric(run.info.run_id, key.replace("@", ""), value)
+        registry.log_metrics(mlflow_client, run.info.run_id, {key.replace("@", ""): value for key, value in rows[-1].items()
+                                                              if isinstance(value, float)})  # NaN left out there
         mlflow_client.set_terminated(run.info.run_id)
         runs[model] = run.info.run_id
-    if len(probs) > 1:
-        for reference in references:
-            with_paired_differences(rows, evaluate.paired_differences(test, probs, reference, cfg), cfg.evaluation.hit_k, reference)
+    if len(probs) > 1 and references:
+        for reference, differences in evaluate.paired_differences_against(test, probs, references, cfg).items():
+            with_paired_differences(rows, differences, cfg.evaluation.hit_k, reference)
         for r in rows:
-            for key, value in r.items():
-                if key.startswith("d_") and isinstance(value, float) and not math.isnan(value):
-                    mlflow_client.log_metric(runs[r["model"]], key, value)
+            registry.log_metrics(mlflow_client, runs[r["model"]], {key: value for key, value in r.items()
+                                                                   if key.startswith("d_") and isinstance(value, float)})
     scored = f"scored on the {split} split" + (", each request with its first candidate's sequence" if sequence_at == "request" else "")
     write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from}; {scored})", references)
     if seeds > 1:

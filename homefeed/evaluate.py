@@ -128,6 +128,13 @@ def paired_differences(table: pa.Table, probs: dict[str, np.ndarray], reference:
     the sampling noise (which requests happen to be in the test days) is shared.
     Returns ``{model: {head: {metric: [difference, lo, hi]}}}`` for every model but the reference.
     """
+    return paired_differences_against(table, probs, (reference,), cfg)[reference]
+
+
+def paired_differences_against(table: pa.Table, probs: dict[str, np.ndarray], references: tuple[str, ...],
+                               cfg: Config) -> dict[str, dict[str, dict[str, dict[str, list[float]]]]]:
+    """:func:`paired_differences` against each of ``references`` (``{reference: {model: …}}``), every
+    model's bootstrap replicates computed once for all of them."""
     cols = _columns(table)
     k = cfg.evaluation.hit_k
     n_requests = int(cols["request_code"].max()) + 1 if table.num_rows else 0
@@ -138,17 +145,19 @@ def paired_differences(table: pa.Table, probs: dict[str, np.ndarray], reference:
     scores = {model: _head_scores(p, cfg) for model, p in probs.items()}
     replicates = {model: _metric_replicates(cols, p, scores[model], rows, counts, k) for model, p in probs.items()}
     point = {model: _slice_metrics(cols, p, scores[model], rows, k) for model, p in probs.items()}
-    out: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for model in probs:
-        if model == reference:
-            continue
-        out[model] = {}
-        for head in schema.HEADS:
-            out[model][head] = {}
-            for name in PAIRED_METRICS:
-                delta = replicates[model][head][name] - replicates[reference][head][name]
-                observed = point[model][head][name] - point[reference][head][name]
-                out[model][head][name] = [float(observed), *metrics.percentile_interval(delta)]
+    out: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = {}
+    for reference in references:
+        out[reference] = {}
+        for model in probs:
+            if model == reference:
+                continue
+            out[reference][model] = {}
+            for head in schema.HEADS:
+                out[reference][model][head] = {}
+                for name in PAIRED_METRICS:
+                    delta = replicates[model][head][name] - replicates[reference][head][name]
+                    observed = point[model][head][name] - point[reference][head][name]
+                    out[reference][model][head][name] = [float(observed), *metrics.percentile_interval(delta)]
     return out
 
 

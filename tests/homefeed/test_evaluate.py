@@ -69,6 +69,16 @@ def test_paired_differences_are_zero_for_the_same_model_and_separate_a_better_on
     assert hi - lo < (separate["weak"][1] - separate["weak"][0]) + (separate["strong"][1] - separate["strong"][0])
 
 
+def test_paired_differences_against_several_references_match_one_at_a_time(base_config):
+    t = table(n_requests=60)
+    rng = np.random.default_rng(4)
+    probs = {name: rng.random((t.num_rows, len(schema.HEADS))) for name in ("a", "b", "c")}
+    both = evaluate.paired_differences_against(t, probs, ("a", "b"), base_config)
+    assert set(both) == {"a", "b"} and set(both["b"]) == {"a", "c"}
+    for reference in ("a", "b"):
+        assert both[reference] == evaluate.paired_differences(t, probs, reference, base_config)
+
+
 def test_paired_differences_refuse_an_empty_split(base_config):
     empty = table().slice(0, 0)
     with pytest.raises(ValueError, match="non-empty test split"):
