@@ -48,7 +48,6 @@ def labels_and_weights(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- files
-
 def instances_root(instances_dir: str | Path) -> Path:
     """The published dataset's root; a clear error for the per-impression layout of older runs."""
     root = storage.require_published(instances_dir, "instances")

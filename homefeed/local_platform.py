@@ -160,17 +160,25 @@ def airflow_login(home: Path) -> tuple[str, str]:
     return "admin", json.loads(passwords.read_text())["admin"]
 
 
+def api_server_env(home: Path, port: int) -> dict[str, str]:
+    """Airflow's api-server on 127.0.0.1:``port``, with the one ``admin`` login whose password is
+    kept in ``home``/passwords.json."""
+    return {
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+    }
+
+
 def standalone_env(cfg: Config, port: int, config_files: list[Path] | None = None) -> tuple[dict[str, str], str, str]:
     """(environment, user, password) of `airflow standalone` on 127.0.0.1:``port`` with LocalExecutor."""
     env = airflow_env(cfg, config_files)
     home = Path(env["AIRFLOW_HOME"])
     user, password = airflow_login(home)
     env.update({
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        **api_server_env(home, port),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
     })

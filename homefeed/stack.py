@@ -176,8 +176,8 @@ class Stack:
     # ----------------------------------------------------------------------- starting one
     def _spawn(self, name: str, command: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
-        log = (self.logs / f"{name}.log").open("a")
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
+        with (self.logs / f"{name}.log").open("a") as log:  # the child keeps its own descriptor
+            return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
 
     def _wait(self, name: str, ready: Callable[[], bool], process: subprocess.Popen | None, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -280,17 +280,12 @@ class Stack:
             self._record(name, worker.pid, port)
 
     def airflow_env(self) -> dict[str, str]:
-        from homefeed.local_platform import airflow_env
+        from homefeed.local_platform import airflow_env, api_server_env
 
         home = self.home / "airflow"
         home.mkdir(parents=True, exist_ok=True)
-        port = self.ports()["airflow"]
         env = {**airflow_env(self.cfg), **self.environment(), "AIRFLOW_HOME": str(home),
-               "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-               "AIRFLOW__API__WORKERS": "1", "AIRFLOW__CORE__PARALLELISM": "4",
-               "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-               "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-               "PYTHONPATH": str(REPO_ROOT)}
+               **api_server_env(home, self.ports()["airflow"]), "AIRFLOW__API__WORKERS": "1", "PYTHONPATH": str(REPO_ROOT)}
         env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", None)  # SQLite's lock timeout: not for Postgres
         storage.write_secret(home / "passwords.json", json.dumps({"admin": self.credentials()["airflow_password"]}))
         return env
