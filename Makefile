@@ -6,21 +6,20 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
-# CPU torch from the local wheel store; a plain `torch` requirement would pull a CUDA build.
-TORCH_SPEC := torch==2.13.0
+# GPU=1: the CUDA build of torch (a GPU seen by nvidia-smi chooses it too); else the CPU build.
+GPU ?=
+STAMP := $(VENV)/.installed$(if $(filter 1,$(GPU)),-gpu,)
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-fast clean airflow stack stack-down
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml scripts/check_prereqs.sh
+$(STAMP): setup.cfg pyproject.toml scripts/check_prereqs.sh scripts/install_torch.sh
 	@bash scripts/check_prereqs.sh $(PYTHON)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	@bash scripts/install_torch.sh $(BIN)/python $(GPU)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	@$(BIN)/python -c "import torch, sys; sys.exit(0 if '+cpu' in torch.__version__ or not torch.version.cuda else 'a CUDA torch build was installed: ' + torch.__version__)"
 	@touch $(STAMP)
 
 # `make run S3=1`: the same run with S3 as the storage of record (a local SeaweedFS server).
