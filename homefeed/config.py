@@ -284,6 +284,46 @@ class MonitorConfig(_Section):
     min_impressions: int = Field(500, ge=1)
 
 
+class DecisionConfig(_Section):
+    """When an experiment's readout says promote, keep the champion, or continue (homefeed.readout)."""
+
+    primary_metric: str = schema.PRIMARY_EXPERIMENT_METRIC
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    # A sample-ratio mismatch this unlikely under the configured split means the data are broken.
+    srm_alpha: float = Field(0.001, gt=0, lt=0.5)
+    min_users_per_arm: int = Field(1000, ge=1)
+    min_days: int = Field(7, ge=1)
+    # Guardrail metric → largest tolerated relative harm (an increase: these count bad outcomes).
+    guardrails: dict[str, float] = Field(default_factory=lambda: {"hides_per_user": 0.02})
+    # Decide on the CUPED-adjusted figures (the 14 days before the start as the covariate).
+    cuped: bool = True
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in schema.EXPERIMENT_METRICS:
+            raise ValueError(f"unknown metric {value!r}; metrics are {list(schema.EXPERIMENT_METRICS)}")
+        return value
+
+    @field_validator("guardrails")
+    @classmethod
+    def _known_guardrails(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - set(schema.EXPERIMENT_METRICS)
+        if unknown:
+            raise ValueError(f"unknown guardrail metrics {sorted(unknown)}; metrics are {list(schema.EXPERIMENT_METRICS)}")
+        return value
+
+
+class ExperimentsConfig(_Section):
+    # Default share of the non-holdout users in an experiment (split evenly into control and treatment).
+    traffic: float = Field(0.2, gt=0, le=1)
+    # Days before the start whose counts are the CUPED covariate.
+    pre_period_days: int = Field(14, ge=0)
+    # The homefeed_experiment DAG stops the experiment with --promote on a `promote` verdict.
+    auto_promote: bool = False
+    decision: DecisionConfig = DecisionConfig()
+
+
 class Config(_Section):
     storage: StorageConfig = StorageConfig()
     simulator: SimulatorConfig = SimulatorConfig()
@@ -298,6 +338,7 @@ class Config(_Section):
     holdout: HoldoutConfig = HoldoutConfig()
     serving: ServingConfig = ServingConfig()
     monitor: MonitorConfig = MonitorConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Config":
         """A copy with a nested dict of overrides applied and validated again."""

@@ -13,6 +13,11 @@ clean stop, and, for the journals of processes that died, on the next start. A p
 exclusive ``flock`` on its journal, so a journal nobody holds belongs to a dead writer; a part is
 named after its journal, so rolling one twice (a crash between publishing and deleting) rewrites
 the same part instead of duplicating it.
+
+The same journal publishes the **exposure log** (:class:`ExposureLog`): every ``/rank`` answer,
+with its arm, experiment, model version and the served pins with their positions and scores, as
+``<log>/served/dt=YYYY-MM-DD/part-*.parquet`` (journal under ``served/_journal/``). An online
+experiment's readout counts it as exposure (``jobs/experiment_readout.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import os
 import threading
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +37,13 @@ import pyarrow.parquet as pq
 from homefeed import schema
 
 JOURNAL_DIR = "_journal"
+SERVED = "served"
+# One row per answered /rank request; positions are the list index (0 = top of the feed).
+SERVED_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("user_id", pa.int64()), ("ts", pa.int64()), ("arm", pa.string()),
+    ("experiment", pa.string()), ("model_version", pa.string()),
+    ("pin_ids", pa.list_(pa.int64())), ("scores", pa.list_(pa.float64())),
+])
 
 
 class EventLogError(RuntimeError):
@@ -59,34 +72,50 @@ def _read_journal(path: Path) -> list[dict]:
     return events
 
 
-def roll_journal(root: Path, journal: Path) -> int:
-    """Publish the journal's events as Parquet parts (one per dt), then delete it; the count."""
-    events = list({tuple(e[k] for k in schema.RAW_KEYS[schema.ACTIONS]): e for e in _read_journal(journal)}.values())
+@dataclass(frozen=True)
+class Table:
+    """A journaled table: where its parts go, their schema, and the key a retried record repeats."""
+
+    name: str
+    schema: pa.Schema
+    key: tuple[str, ...]
+    journal: str  # the journal folder, relative to the log root
+
+    def directory(self, root: Path) -> Path:
+        return root / self.name
+
+
+ACTIONS_TABLE = Table(schema.ACTIONS, schema.arrow_schema(schema.ACTIONS, with_dt=False), schema.RAW_KEYS[schema.ACTIONS], JOURNAL_DIR)
+SERVED_TABLE = Table(SERVED, SERVED_SCHEMA, ("request_id",), f"{SERVED}/{JOURNAL_DIR}")
+
+
+def roll_journal(root: Path, journal: Path, table: Table = ACTIONS_TABLE) -> int:
+    """Publish the journal's records as Parquet parts (one per dt), then delete it; the count."""
+    records = list({tuple(e[k] for k in table.key): e for e in _read_journal(journal)}.values())
     by_dt: dict[str, list[dict]] = {}
-    for event in events:  # a retried event appears once (the raw contract keys actions)
-        by_dt.setdefault(_dt(event["ts"]), []).append(event)
-    arrow_schema = schema.arrow_schema(schema.ACTIONS, with_dt=False)
+    for record in records:  # a retried record appears once
+        by_dt.setdefault(_dt(record["ts"]), []).append(record)
     for dt, rows in sorted(by_dt.items()):
-        directory = root / schema.ACTIONS / f"{schema.DT}={dt}"
+        directory = table.directory(root) / f"{schema.DT}={dt}"
         directory.mkdir(parents=True, exist_ok=True)
         part = directory / f"part-{journal.stem}.parquet"
         staging = directory / f".{part.name}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema), staging)
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), staging)
         os.replace(staging, part)  # readers see the whole part or none of it
     journal.unlink(missing_ok=True)
-    return len(events)
+    return len(records)
 
 
-def recover(root: Path) -> int:
-    """Roll the journals no live process holds (their writers died); the events recovered."""
+def recover(root: Path, table: Table = ACTIONS_TABLE) -> int:
+    """Roll the journals no live process holds (their writers died); the records recovered."""
     recovered = 0
-    for journal in sorted((root / JOURNAL_DIR).glob("*.jsonl")):
+    for journal in sorted((root / table.journal).glob("*.jsonl")):
         with open(journal, "ab") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live writer's
-            recovered += roll_journal(root, journal)
+            recovered += roll_journal(root, journal, table)
     return recovered
 
 
@@ -98,26 +127,35 @@ def read_events(root: str | Path) -> pa.Table:
     return pa.concat_tables(pq.read_table(f, columns=list(schema.columns(schema.ACTIONS))) for f in files)
 
 
-class EventLog:
-    """This process's journal; thread-safe. ``close()`` publishes what it holds."""
+def read_served(root: str | Path) -> pa.Table:
+    """Every published exposure (rolled parts only)."""
+    files = sorted(Path(root, SERVED).glob(f"{schema.DT}=*/part-*.parquet"))
+    if not files:
+        return SERVED_SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(f, schema=SERVED_SCHEMA) for f in files)
 
-    def __init__(self, root: str | Path, roll_events: int = 10_000):
-        self.root, self.roll_events = Path(root), roll_events
+
+class JournaledLog:
+    """This process's journal of one table; thread-safe. ``close()`` publishes what it holds."""
+
+    def __init__(self, root: str | Path, table: Table, roll_records: int = 10_000):
+        self.root, self.table, self.roll_records = Path(root), table, roll_records
         self._lock = threading.Lock()
-        self.recovered = recover(self.root) if (self.root / JOURNAL_DIR).exists() else 0
+        self.recovered = recover(self.root, table) if (self.root / table.journal).exists() else 0
         self._handle = None
         self._count = 0
 
     def _open(self) -> None:
-        journal_dir = self.root / JOURNAL_DIR
+        journal_dir = self.root / self.table.journal
         journal_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self._handle = open(journal_dir / f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl", "ab")
         fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._count = 0
 
-    def append(self, user_id: int, pin_id: int, action: str, ts: int) -> None:
-        line = json.dumps({"user_id": int(user_id), "pin_id": int(pin_id), "ts": int(ts), "action": action}).encode() + b"\n"
+    def write(self, record: dict) -> None:
+        """Journal one record (written and flushed before this returns), rolling when due."""
+        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
         with self._lock:
             try:
                 if self._handle is None:
@@ -125,20 +163,42 @@ class EventLog:
                 self._handle.write(line)
                 self._handle.flush()
                 self._count += 1
-                if self._count >= self.roll_events:
+                if self._count >= self.roll_records:
                     self._roll()
             except OSError as exc:
-                raise EventLogError(f"event log at {self.root}: {exc}") from exc
+                raise EventLogError(f"{self.table.name} log at {self.root}: {exc}") from exc
 
     def _roll(self) -> None:
         handle, self._handle = self._handle, None
         if handle is None:
             return
         try:
-            roll_journal(self.root, Path(handle.name))  # still under its lock: no recovery races it
+            roll_journal(self.root, Path(handle.name), self.table)  # still under its lock: no recovery races it
         finally:
             handle.close()
 
     def close(self) -> None:
         with self._lock:
             self._roll()
+
+
+class EventLog(JournaledLog):
+    """The acknowledged events, as the raw ``actions`` table."""
+
+    def __init__(self, root: str | Path, roll_events: int = 10_000):
+        super().__init__(root, ACTIONS_TABLE, roll_events)
+
+    def append(self, user_id: int, pin_id: int, action: str, ts: int) -> None:
+        self.write({"user_id": int(user_id), "pin_id": int(pin_id), "ts": int(ts), "action": action})
+
+
+class ExposureLog(JournaledLog):
+    """What the service answered to each ``/rank``: who got which model's feed, in which arm."""
+
+    def __init__(self, root: str | Path, roll_requests: int = 10_000):
+        super().__init__(root, SERVED_TABLE, roll_requests)
+
+    def append(self, request_id: str, user_id: int, ts: int, arm: str, experiment: str, model_version: str,
+               pin_ids: list[int], scores: list[float]) -> None:
+        self.write({"request_id": request_id, "user_id": int(user_id), "ts": int(ts), "arm": arm, "experiment": experiment,
+                    "model_version": model_version, "pin_ids": pin_ids, "scores": scores})

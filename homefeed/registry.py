@@ -329,7 +329,12 @@ def load_served_model(cfg: Config, alias: str) -> ServedModel:
             f"no version of {cfg.registry.model_name!r} has the alias {alias!r} in {tracking_uri(cfg)}; "
             "run the pipeline (`homefeed run`) or promote a version: `homefeed promote --version N --reason '…'`"
         )
-    python_model = load_python_model(f"models:/{cfg.registry.model_name}@{alias}")
+    return load_served_version(cfg, version)
+
+
+def load_served_version(cfg: Config, version: str) -> ServedModel:
+    """``models:/<name>/<version>`` with its feature spec and holdout tags (an experiment's challenger)."""
+    python_model = load_python_model(f"models:/{cfg.registry.model_name}/{version}")
     spec = getattr(python_model, "features", None)
     if not spec:
         raise NoServableModel(
@@ -455,8 +460,12 @@ def _holdout_of(cfg: Config, version: str) -> dict[str, str]:
     return _holdout(client(cfg).get_model_version(cfg.registry.model_name, version).tags)
 
 
-def promote(cfg: Config, version: str, reason: str, gate: str = "", force: bool = False, change_holdout: bool = False, actor: str | None = None) -> dict[str, Any]:
-    """Point ``champion`` at ``version`` (and ``previous`` at the old champion), audited."""
+def promote(cfg: Config, version: str, reason: str, gate: str = "", force: bool = False, change_holdout: bool = False,
+            actor: str | None = None, expected_champion: str | None = None) -> dict[str, Any]:
+    """Point ``champion`` at ``version`` (and ``previous`` at the old champion), audited.
+
+    ``expected_champion``: refuse unless the champion is still this version when the lock is held
+    (an experiment's promotion: the challenger won against that champion, not another)."""
     from mlflow.exceptions import MlflowException
 
     name = cfg.registry.model_name
@@ -472,6 +481,8 @@ def promote(cfg: Config, version: str, reason: str, gate: str = "", force: bool 
         raise PromotionRefused(f"version {version} carries no holdout configuration (tags {list(HOLDOUT_TAGS)}); register it again")
     with _audit_log(cfg) as log:
         old = alias_version(cfg, CHAMPION)  # read under the lock: compare-and-set against this
+        if expected_champion is not None and old != expected_champion:
+            raise PromotionRefused(f"the champion is v{old} now, not v{expected_champion} as expected; nothing was changed")
         if old is not None and old != version:
             old_holdout = _holdout_of(cfg, old)
             if old_holdout != holdout and not change_holdout:
@@ -564,3 +575,55 @@ def stage_challenger(cfg: Config, version: str, reason: str, actor: str | None =
                   "actor": actor or getpass.getuser(), "at_ms": int(time.time() * 1000)}
         _audit(cfg, version, record, log)
     return record
+
+
+# --------------------------------------------------------------------------- registered-model state
+def model_tags(cfg: Config) -> dict[str, str]:
+    """The registered model's own tags (where experiments live); empty when it does not exist yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client(cfg).get_registered_model(cfg.registry.model_name).tags)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise RegistryUnreachable(f"MLflow at {tracking_uri(cfg)} failed to answer for {cfg.registry.model_name!r}: {exc}") from None
+
+
+def set_model_tags(cfg: Config, tags: dict[str, str], delete: tuple[str, ...] = ()) -> None:
+    mlflow_client = client(cfg)
+    for key, value in tags.items():
+        mlflow_client.set_registered_model_tag(cfg.registry.model_name, key, value)
+    for key in delete:
+        mlflow_client.delete_registered_model_tag(cfg.registry.model_name, key)
+
+
+def version_tags(cfg: Config, version: str) -> dict[str, str] | None:
+    """A version's tags; None when the version does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client(cfg).get_model_version(cfg.registry.model_name, version).tags)
+    except MlflowException:
+        return None
+
+
+def holdout_of_tags(tags: dict[str, str]) -> dict[str, str]:
+    """The holdout configuration a version carries (``holdout.fraction``, ``holdout.salt``)."""
+    return _holdout(tags)
+
+
+@contextlib.contextmanager
+def audited_change(cfg: Config):
+    """The registry's change lock with its audit log: yields ``record(version, record_dict)``."""
+    with _audit_log(cfg) as log:
+        yield lambda version, record: _audit(cfg, version, record, log)
+
+
+def log_version_metrics(cfg: Config, version: str, values: dict[str, float]) -> str | None:
+    """Metrics onto the run that registered ``version`` (an experiment's figures); the run id."""
+    mlflow_client = client(cfg)
+    run_id = mlflow_client.get_model_version(cfg.registry.model_name, version).run_id
+    if run_id:
+        log_metrics(mlflow_client, run_id, values)
+    return run_id

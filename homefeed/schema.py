@@ -78,6 +78,12 @@ BASELINE_NAMES = ("lr", "gbdt")
 SEQUENCE_MODULE_NAMES = ("none", "avgpool", "cnn", "rnn", "lstm", "transformer", "transact_v10", "transact_v11")
 MODEL_NAMES = BASELINE_NAMES + SEQUENCE_MODULE_NAMES
 
+# --------------------------------------------------------------------------- online experiments
+# What an experiment's readout reports per arm (homefeed.readout): per user over the days after
+# the user's first exposure, and one ratio metric (repins per request, by the delta method).
+EXPERIMENT_METRICS = ("repins_per_user", "clicks_per_user", "closeups_per_user", "hides_per_user", "repins_per_request")
+PRIMARY_EXPERIMENT_METRIC = "repins_per_user"
+
 # --------------------------------------------------------------------------- segments
 SEGMENTS = ("core", "casual", "new", "resurrected")
 CORE_SEGMENT = "core"

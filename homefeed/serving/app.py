@@ -4,7 +4,7 @@
     GET  /ready           a model is loaded (its version)
     POST /rank            {user_id, request_ts, candidates: [{pin_id, ts, source}], sequence?}
     POST /events          {user_id, pin_id, action, ts}: append to the user's realtime sequence
-    POST /admin/reload    load the version the alias points at now
+    POST /admin/reload    load the version the alias points at now (and follow the running experiment)
     GET  /metrics         Prometheus text: latency, events by action, store reads and errors, sequence lengths
 
 The sequence store failing never fails a ranking: ``/rank`` then answers without the user's
@@ -86,7 +86,12 @@ class RankedPin(BaseModel):
 
 
 class RankResponse(BaseModel):
-    model_version: str
+    request_id: str = Field(description="this answer's id in the exposure log")
+    model_version: str = Field(description="the version that ranked this feed (the challenger for the treatment arm)")
+    arm: Literal["holdout", "control", "treatment", "none"] = Field(
+        description="the user's arm: holdout (never a model), control (champion) and treatment (challenger) of the "
+                    "running experiment, none (the champion, no experiment or outside it)")
+    experiment: str = Field(description="the running experiment's name; empty when none runs")
     holdout: bool
     sequence_length: int = Field(description="actions of the user's realtime sequence the model saw")
     sequence_degraded: bool = Field(description="true: the sequence store was unreachable, ranked without the history")
@@ -208,7 +213,12 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
 
     @app.get("/ready")
     def ready() -> dict:
-        return {"status": "ready", "model_version": service.model.version}
+        state = service.experiment
+        experiment = None if state.experiment is None else {
+            "name": state.experiment.name, "challenger_version": state.experiment.challenger_version,
+            "traffic": state.experiment.traffic, "challenger_loaded": state.challenger is not None, "error": state.error,
+        }
+        return {"status": "ready", "model_version": service.model.version, "experiment": experiment}
 
     @app.post("/rank", response_model=RankResponse)
     def rank(request: RankRequest) -> dict:
@@ -217,7 +227,11 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
                 raise HTTPException(422, f"{len(request.candidates)} candidates; at most {cfg.serving.max_candidates} per request")
             candidates = [features.Candidate(c.pin_id, c.ts, c.source) for c in request.candidates]
             sequence = None if request.sequence is None else [e.model_dump() for e in request.sequence]
-            ranking = service.rank(request.user_id, request.request_ts, candidates, sequence)
+            try:
+                ranking = service.rank(request.user_id, request.request_ts, candidates, sequence)
+            except EventLogError as exc:  # an answer is given only once it is recorded
+                metrics.exposure_log_errors.inc()
+                raise HTTPException(503, f"ranking not recorded in the exposure log, retry later: {exc}") from None
             metrics.observe_ranking(ranking, from_store=sequence is None)
             return ranking.to_dict()
 
@@ -244,6 +258,7 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
 
     @app.get("/metrics")
     def prometheus() -> Response:
+        metrics.observe_experiment(service.experiment, service.challenger_load_failures)
         return Response(metrics.render(), media_type=metrics.content_type)
 
     return app

@@ -37,6 +37,16 @@ class ServiceMetrics:
                                 registry=self.registry)
         self.inflight = Gauge("homefeed_inflight_requests", "Ranking requests being served or waiting for a worker", registry=self.registry)
         self.rejected = Counter("homefeed_rejected", "Ranking requests refused with 503 (serving.max_inflight reached)", registry=self.registry)
+        self.arms = Counter("homefeed_rank_arm", "Ranking requests answered, by experiment arm", ["arm"], registry=self.registry)
+        self.exposure_log_errors = Counter("homefeed_exposure_log_errors", "Rankings refused because the exposure log could not record them",
+                                           registry=self.registry)
+        self.experiment_running = Gauge("homefeed_experiment_running", "1 while an experiment runs, by whether its challenger is loaded",
+                                        ["challenger_loaded"], registry=self.registry)
+        self.challenger_failures = Gauge("homefeed_experiment_challenger_load_failures",
+                                         "Failed loads of the running experiment's challenger since start (everyone gets the champion)",
+                                         registry=self.registry)
+        for arm in ("holdout", "control", "treatment", "none"):
+            self.arms.labels(arm)
         for action in schema.ACTION_NAMES:  # every series exists from the start, at 0
             self.events.labels(action)
             self.sequence_actions.labels(action)
@@ -54,6 +64,7 @@ class ServiceMetrics:
 
     def observe_ranking(self, ranking, from_store: bool) -> None:
         """A ranking's sequence: its length, its action types, and the store read behind it."""
+        self.arms.labels(ranking.arm).inc()
         self.sequence_length.observe(ranking.sequence_length)
         for code, count in ranking.sequence_actions.items():
             self.sequence_actions.labels(schema.ACTION_NAMES_BY_CODE.get(code, "unknown")).inc(count)
@@ -63,6 +74,13 @@ class ServiceMetrics:
         if ranking.sequence_degraded:
             self.store_errors.labels("read").inc()
             self.degraded.inc()
+
+    def observe_experiment(self, state, failures: int) -> None:
+        """The service's experiment state, set before each scrape."""
+        running = state.experiment is not None
+        self.experiment_running.labels("true").set(1 if running and state.challenger is not None else 0)
+        self.experiment_running.labels("false").set(1 if running and state.challenger is None else 0)
+        self.challenger_failures.set(failures)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

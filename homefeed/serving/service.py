@@ -2,6 +2,11 @@
 
 The FastAPI app (``homefeed.serving.app``) and the closed-loop simulator both rank through
 :class:`RankingService`, so what the simulation measures is what the service does.
+
+While an online experiment runs (:mod:`homefeed.experiments`), the service holds the challenger
+beside the champion and ranks each user with their arm's model (:mod:`homefeed.arms`); a
+challenger that cannot be loaded sends everyone to the champion (arm ``none``) and says why. Every
+answer is recorded in the exposure log (:class:`homefeed.event_log.ExposureLog`).
 """
 
 from __future__ import annotations
@@ -9,15 +14,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from homefeed import features, holdout, schema, sequence_store
+from homefeed import arms, experiments, features, holdout, schema, sequence_store
 from homefeed.config import Config
-from homefeed.event_log import EventLog, log_root
+from homefeed.event_log import EventLog, ExposureLog, log_root
 from homefeed.metrics import ranking_utility
 from homefeed.registry import NoServableModel, ServedModel, load_served_model  # noqa: F401 - the service's model, re-exported for its users
 
@@ -33,10 +39,27 @@ class Ranking:
     sequence_degraded: bool = False  # the store was unreachable: ranked without the user's history
     store_read_s: float = 0.0
     sequence_actions: dict[int, int] = field(default_factory=dict)  # action code → count in the sequence seen
+    arm: str = arms.NONE
+    experiment: str = ""
+    request_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model_version": self.model_version, "holdout": self.holdout, "sequence_length": self.sequence_length,
+        return {"request_id": self.request_id, "model_version": self.model_version, "arm": self.arm, "experiment": self.experiment,
+                "holdout": self.holdout, "sequence_length": self.sequence_length,
                 "sequence_degraded": self.sequence_degraded, "ranked": self.ranked}
+
+
+@dataclass(frozen=True)
+class ExperimentState:
+    """The running experiment as this process serves it: the challenger loaded, or why not."""
+
+    experiment: experiments.Experiment | None = None
+    challenger: ServedModel | None = None
+    error: str = ""  # the challenger could not be loaded: everyone gets the champion
+
+    @property
+    def active(self) -> bool:
+        return self.experiment is not None and self.challenger is not None
 
 
 @dataclass(frozen=True)
@@ -64,8 +87,11 @@ class RankingService:
     """One served model, its feature snapshot, the sequence store and the event log; safe to reload while serving."""
 
     def __init__(self, model: ServedModel, snapshot: features.FeatureSnapshot, store, position: int = 0,
-                 events: EventLog | None = None):
+                 events: EventLog | None = None, exposures: ExposureLog | None = None):
         self.model, self.snapshot, self.store, self.position, self.events = model, snapshot, store, position, events
+        self.exposures = exposures
+        self.experiment = ExperimentState()
+        self.challenger_load_failures = 0
         self._lock = threading.Lock()
 
     @classmethod
@@ -77,17 +103,57 @@ class RankingService:
         store = sequence_store.open_configured(cfg, snapshot, model.seq_len)
         if cfg.serving.bootstrap:
             bootstrap(store, raw_root)
-        events = EventLog(log_root(cfg.serving.event_log, cfg.storage.root), cfg.serving.event_log_roll_events)
+        root = log_root(cfg.serving.event_log, cfg.storage.root)
+        events = EventLog(root, cfg.serving.event_log_roll_events)
         if events.recovered:
             log.info("event log: %d events of a previous run published from its journal", events.recovered)
-        return cls(model, snapshot, store, cfg.serving.position, events)
+        exposures = ExposureLog(root, cfg.serving.event_log_roll_events)
+        if exposures.recovered:
+            log.info("exposure log: %d answers of a previous run published from its journal", exposures.recovered)
+        service = cls(model, snapshot, store, cfg.serving.position, events, exposures)
+        service.follow_experiment(cfg)
+        return service
 
-    def reload(self, cfg: Config) -> bool:
-        """Swap in the version the alias points at now; True when it changed. Histories are kept."""
+    def follow_experiment(self, cfg: Config) -> bool:
+        """Load, keep or drop the challenger as the registry's running experiment says; True on a change."""
+        experiment = experiments.running(cfg)
+        current = self.experiment
+        if experiment == current.experiment and (experiment is None or current.challenger is not None):
+            return False
+        if experiment is None:
+            state = ExperimentState()
+            log.info("experiment %s ended: every user is served the champion", current.experiment.name if current.experiment else "")
+        else:
+            state = self._load_challenger(cfg, experiment, current)
+        with self._lock:
+            self.experiment = state
+        return True
+
+    def _load_challenger(self, cfg: Config, experiment: experiments.Experiment, current: ExperimentState) -> ExperimentState:
+        if current.challenger is not None and current.challenger.version == experiment.challenger_version:
+            return ExperimentState(experiment, current.challenger)
         from homefeed import registry
 
+        try:
+            challenger = registry.load_served_version(cfg, experiment.challenger_version)
+        except Exception as exc:  # noqa: BLE001 - any failure: the champion serves everyone, said and counted
+            self.challenger_load_failures += 1
+            error = f"challenger v{experiment.challenger_version} of experiment {experiment.name} not loaded ({type(exc).__name__}: {exc})"
+            if error != current.error:
+                log.warning("%s: every user gets the champion (arm none)", error)
+            return ExperimentState(experiment, None, error)
+        log.info("experiment %s: v%s (treatment) beside champion v%s (control), traffic %.0f%%",
+                 experiment.name, challenger.version, self.model.version, 100 * experiment.traffic)
+        return ExperimentState(experiment, challenger)
+
+    def reload(self, cfg: Config) -> bool:
+        """Swap in the version the alias points at now and follow the running experiment; True
+        when either changed. Histories are kept."""
+        from homefeed import registry
+
+        experiment_changed = self.follow_experiment(cfg)
         if registry.alias_version(cfg, cfg.serving.alias) == self.model.version:
-            return False
+            return experiment_changed
         model = load_served_model(cfg, cfg.serving.alias)
         root = cfg.serving.features_root or model.raw_root
         if root != (cfg.serving.features_root or self.model.raw_root):
@@ -103,13 +169,23 @@ class RankingService:
             self.store.snapshot = snapshot
 
     def close(self) -> None:
-        """Publish the event journal and close the store."""
+        """Publish the event and exposure journals and close the store."""
         if self.events is not None:
             self.events.close()
+        if self.exposures is not None:
+            self.exposures.close()
         self.store.close()
 
     def is_holdout(self, user_id: int) -> bool:
         return holdout.is_holdout(user_id, self.model.holdout_fraction, self.model.holdout_salt)
+
+    def arm(self, user_id: int, state: ExperimentState | None = None) -> str:
+        """``holdout``, ``control``, ``treatment`` or ``none`` (no experiment, outside it, or no challenger)."""
+        state = state or self.experiment
+        if state.experiment is None:
+            return arms.HOLDOUT if self.is_holdout(user_id) else arms.NONE
+        arm = state.experiment.arm(user_id)
+        return arm if state.active or arm == arms.HOLDOUT else arms.NONE
 
     def record_event(self, user_id: int, pin_id: int, action: str, ts: int) -> bool:
         """Store, then log; True when the store did not hold it yet. Raises when either fails: the
@@ -133,23 +209,31 @@ class RankingService:
 
     def score(self, user_id: int, request_ts: int, candidates: list[features.Candidate], sequence: list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(per-head probabilities (N, H), utility scores (N,)) for the candidates, in input order."""
-        probs, utility, _ = self._score(user_id, request_ts, candidates, self.history(user_id, sequence))
+        with self._lock:
+            model = self.model
+        probs, utility, _ = self._score(model, user_id, request_ts, candidates, self.history(user_id, sequence))
         return probs, utility
 
-    def _score(self, user_id: int, request_ts: int, candidates: list[features.Candidate], read: History) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    def _score(self, model: ServedModel, user_id: int, request_ts: int, candidates: list[features.Candidate],
+               read: History) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """(probabilities, utilities, the action codes of the sequence the model saw)."""
         with self._lock:
-            model, snapshot = self.model, self.snapshot
+            snapshot = self.snapshot
         rows = features.raw_rows(snapshot, read.history, user_id, request_ts, candidates, model.delay_ms, model.seq_len)
         probs = model.scorer.predict(features.instance_table(rows, model.feature_stats))
         return probs, ranking_utility(probs, schema.HEADS, model.utility), rows[0][schema.SEQ_ACTION] if rows else []
 
     def rank(self, user_id: int, request_ts: int, candidates: list[features.Candidate], sequence: list[dict] | None = None) -> Ranking:
-        """Model order by utility; holdout users get reverse-chronological order (still scored, for logging)."""
+        """Model order by utility (the arm's model); holdout users get reverse-chronological order
+        (still scored, for logging). Recorded in the exposure log before it is returned."""
         candidates = [features.Candidate(c.pin_id, c.ts, c.source, self.position) for c in candidates]
+        with self._lock:
+            state, champion = self.experiment, self.model
+        arm = self.arm(user_id, state)
+        model = state.challenger if arm == arms.TREATMENT else champion
         read = self.history(user_id, sequence)
-        probs, utility, seen = self._score(user_id, request_ts, candidates, read)
-        held_out = self.is_holdout(user_id)
+        probs, utility, seen = self._score(model, user_id, request_ts, candidates, read)
+        held_out = arm == arms.HOLDOUT
         if held_out:
             order = sorted(range(len(candidates)), key=lambda i: (-candidates[i].ts, i))
         else:
@@ -159,4 +243,10 @@ class RankingService:
              "scores": {h: float(probs[i, j]) for j, h in enumerate(schema.HEADS)}}
             for i in order
         ]
-        return Ranking(self.model.version, held_out, ranked, len(seen), read.degraded, read.read_s, dict(Counter(seen)))
+        experiment = state.experiment.name if state.experiment is not None else ""
+        ranking = Ranking(model.version, held_out, ranked, len(seen), read.degraded, read.read_s, dict(Counter(seen)),
+                          arm, experiment, uuid.uuid4().hex)
+        if self.exposures is not None:  # journaled before the answer leaves: an acknowledged answer is never lost
+            self.exposures.append(ranking.request_id, user_id, request_ts, arm, experiment, model.version,
+                                  [r["pin_id"] for r in ranked], [r["score"] for r in ranked])
+        return ranking
