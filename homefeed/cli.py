@@ -25,6 +25,11 @@ stack_app = typer.Typer(help="The deployed topology on this machine: Postgres, M
                         no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 
+from homefeed.cli_experiment import experiment_app, simulate_experiment  # noqa: E402 - the experiment commands' own module
+
+app.add_typer(experiment_app, name="experiment")
+app.command("simulate-experiment")(simulate_experiment)
+
 ConfigOption = Annotated[Optional[list[Path]], typer.Option("--config", "-c", help="Config overlay file (repeatable).")]
 
 

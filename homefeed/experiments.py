@@ -93,7 +93,7 @@ def get(cfg: Config, name: str) -> Experiment:
 
 
 def start(cfg: Config, challenger: str, name: str | None = None, traffic: float | None = None, reason: str = "",
-          actor: str | None = None) -> Experiment:
+          actor: str | None = None, start_ms: int | None = None) -> Experiment:
     """Start an A/B test of ``challenger`` against the champion; refused (nothing changed) when the
     version is unknown, another experiment runs, the traffic is outside (0, 1], there is no
     champion, or the challenger's holdout configuration differs from the champion's."""
@@ -123,7 +123,7 @@ def start(cfg: Config, challenger: str, name: str | None = None, traffic: float 
         experiment = Experiment(
             name=name, champion_version=champion, challenger_version=challenger, traffic=float(traffic),
             salt=f"{name}-{secrets.token_hex(8)}", holdout_fraction=float(holdout["holdout.fraction"]),
-            holdout_salt=holdout["holdout.salt"], start_ms=int(time.time() * 1000),
+            holdout_salt=holdout["holdout.salt"], start_ms=start_ms or int(time.time() * 1000),
             actor=actor or getpass.getuser(), reason=reason,
         )
         registry.set_model_tags(cfg, {_tag(name): experiment.to_json(), RUNNING_TAG: name})
@@ -131,6 +131,22 @@ def start(cfg: Config, challenger: str, name: str | None = None, traffic: float 
                            "traffic": traffic, "reason": reason, "actor": experiment.actor, "at_ms": experiment.start_ms,
                            "aa_test": challenger == champion})
     return experiment
+
+
+def default_raw_root(cfg: Config, experiment: Experiment) -> str | None:
+    """The raw root the champion was trained from (its instances' manifest), if it can be found."""
+    tags = registry.version_tags(cfg, experiment.champion_version) or {}
+    try:
+        return storage.read_manifest(tags["data.instances"])["raw_root"]
+    except (KeyError, storage.StorageError, OSError):
+        return None
+
+
+def promote_on_verdict(cfg: Config, readout: dict[str, Any], actor: str) -> dict[str, Any] | None:
+    """With ``experiments.auto_promote``: stop the experiment and promote on a ``promote`` verdict."""
+    if not cfg.experiments.auto_promote or readout["decision"]["verdict"] != "promote":
+        return None
+    return stop(cfg, readout["experiment"], promote=True, reason=f"auto-promoted on the readout of {readout['end']}", actor=actor)
 
 
 def latest_readout(cfg: Config, name: str) -> dict[str, Any] | None:

@@ -428,14 +428,15 @@ def config_from_params(params: dict[str, Any], base: Config | None = None) -> Co
     return cfg.with_overrides(overrides)
 
 
-def retrain_in_process(cfg: Config, raw: str, directory: Path, start: date, end: date) -> dict[str, Any]:
+def retrain_in_process(cfg: Config, raw: str, directory: Path, start: date, end: date, auto_promote: bool = True) -> dict[str, Any]:
     """The homefeed_retrain stages in their DAG order, in this process, without Airflow.
 
     For simulations that retrain many times (``homefeed simulate-loop``), where an Airflow run per
     simulated retraining would cost more than the retraining. A failed gate stops before
     registration, as in the DAG; the report is written either way. Returns the gate's decision.
+    ``auto_promote=False`` leaves a passed version as challenger (an online experiment decides).
     """
-    inputs = RunInputs(cfg, directory, raw, start, end)
+    inputs = RunInputs(cfg, directory, raw, start, end, auto_promote=auto_promote)
     results: dict[str, dict[str, Any]] = {}
     try:
         for step in STAGES:

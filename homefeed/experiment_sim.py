@@ -1,0 +1,162 @@
+"""``homefeed simulate-experiment``: an online experiment against the simulator's ground truth.
+
+The simulator knows which model really ranks better, so the readout can be checked:
+
+1. a warm-up log of chronological feeds; a champion is trained on it and promoted;
+2. a challenger is registered: ``same`` is the champion itself (an A/A test), ``worse`` the
+   champion's model retrained and served with its ranking utility reversed (worst first), ``better``
+   TransAct v1.1 against a champion without a sequence (``none``; the simulator's session interest
+   shows only in the realtime sequence);
+3. the experiment starts; for ``days`` days simulated users request feeds, the **service's own
+   ranking code** (:class:`homefeed.serving.service.RankingService`) ranks each with the user's arm's
+   model and records it in its exposure log, and users react to what they are shown (position
+   matters); their actions go to the service's event log and the raw log;
+4. ``--drop-treatment-users F`` then loses every exposure and action of a random share F of the
+   treatment users (a client logging bug), which the SRM check must catch;
+5. the same readout as ``homefeed experiment readout`` runs on those files; ``--aa-repeats K``
+   re-randomises the same users K times and reports the false-positive rate.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from homefeed import arms, experiments, loop, readout, registry, schema, simulate, storage
+from homefeed.config import Config
+from homefeed.event_log import SERVED, log_root
+
+CHALLENGERS = ("same", "worse", "better")
+CHAMPION_MODEL = {"same": "none", "worse": "none", "better": "none"}
+WARMUP_DAYS = 4
+WARMUP_IMPRESSIONS_PER_DAY = 30_000
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    challenger: str
+    users: int = 6000
+    days: int = 7
+    traffic: float = 1.0
+    requests_per_user_day: float = 2.0
+    aa_repeats: int = 0
+    drop_treatment_users: float = 0.0
+    holdout_fraction: float = 0.1
+    seed: int = 23
+
+
+def sim_config(cfg: Config, out: Path, settings: SimSettings) -> Config:
+    """Its own storage root and registry; gates loose (the online experiment decides, not the offline gate)."""
+    loop_cfg = loop.loop_config(cfg, out, loop.LoopSettings(days=settings.days, retrain_every=0, model=CHAMPION_MODEL[settings.challenger],
+                                                            holdout_fraction=settings.holdout_fraction, users=settings.users))
+    return loop_cfg.with_overrides({
+        "gates": {"min_auc": {}, "max_auc_drop": {}, "max_hit_drop": {}, "max_hide_hit_rise": None},
+        "simulator": {"seed": settings.seed},
+        "experiments": {"decision": {"min_days": min(settings.days, loop_cfg.experiments.decision.min_days)}},
+    })
+
+
+def _register_challenger(cfg: Config, settings: SimSettings, raw: Path, first: Any, last: Any, champion: str) -> str:
+    if settings.challenger == "same":
+        return champion
+    if settings.challenger == "worse":  # the champion's architecture, serving worst first
+        reverse = {head: -weight for head, weight in cfg.ranking.utility.items()}
+        challenger_cfg = cfg.with_overrides({"ranking": {"utility": reverse}})
+    else:
+        challenger_cfg = cfg.with_overrides({"train": {"model": "transact_v11"}})
+    from homefeed import pipeline
+
+    decision = pipeline.retrain_in_process(challenger_cfg, str(raw), pipeline.run_dir(cfg, f"challenger-{settings.challenger}"),
+                                           first, last, auto_promote=False)
+    if not decision["passed"]:
+        raise experiments.ExperimentRefused(f"the challenger was not registered: {decision['summary']}")
+    return registry.alias_version(cfg, registry.CHALLENGER)
+
+
+def _lose_users(paths: list[Path], user_ids: set[int]) -> int:
+    """Rewrite each Parquet file without the given users' rows (atomically); rows removed."""
+    removed = 0
+    wanted = list(user_ids)
+    for path in paths:
+        table = pq.read_table(path)
+        keep = pc.invert(pc.is_in(table["user_id"], value_set=pa.array(wanted, type=table.schema.field("user_id").type)))
+        kept = table.filter(keep)
+        removed += table.num_rows - kept.num_rows
+        staging = path.with_name(f".{path.name}.tmp")
+        pq.write_table(kept, staging)
+        staging.replace(path)
+    return removed
+
+
+def run(cfg: Config, out: Path, settings: SimSettings, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """The whole simulation (``out`` replaced); returns the readout, with ``aa`` when asked."""
+    from homefeed import pipeline
+    from homefeed.serving.service import RankingService
+    from homefeed.spark import session
+
+    if out.exists():
+        shutil.rmtree(out)
+    cfg = sim_config(cfg, out, settings)
+    raw = out / "raw"
+    warmup = cfg.simulator.model_copy(update={"days": WARMUP_DAYS, "users": settings.users,
+                                              "impressions": WARMUP_IMPRESSIONS_PER_DAY * WARMUP_DAYS})
+    log = simulate.simulate(warmup)
+    simulate.write_raw(log, raw, snapshot_ts=simulate._epoch_ms(warmup.start_date), manifest_extra={"source": "simulate-experiment"})
+    first_day, last_warmup = warmup.start_date, warmup.start_date + timedelta(days=WARMUP_DAYS - 1)
+    say(f"warm-up: {len(log.impressions)} impressions of {settings.users} users; training the champion ({cfg.train.model})")
+    champion_run = pipeline.retrain_in_process(cfg, str(raw), pipeline.run_dir(cfg, "champion"), first_day, last_warmup)
+    if not champion_run["passed"]:
+        raise loop.LoopError(f"the champion failed its gate: {champion_run['summary']}")
+    champion = registry.alias_version(cfg, registry.CHAMPION)
+    say(f"champion v{champion}; registering the challenger ({settings.challenger})")
+    challenger = _register_challenger(cfg, settings, raw, first_day, last_warmup, champion)
+    start_day = last_warmup + timedelta(days=1)
+    experiment = experiments.start(cfg, challenger, f"sim-{settings.challenger}", settings.traffic,
+                                   reason=f"simulate-experiment --challenger {settings.challenger}", actor="simulate-experiment",
+                                   start_ms=simulate._epoch_ms(start_day))
+    service = RankingService.from_registry(cfg)
+    if not service.experiment.active:
+        raise experiments.ExperimentRefused(f"the service did not load the challenger: {service.experiment.error}")
+    rng = np.random.default_rng(settings.seed + 1)
+    n_requests = max(1, int(settings.users * settings.requests_per_user_day))
+    for offset in range(settings.days):
+        day_started = time.perf_counter()
+        day = start_day + timedelta(days=offset)
+        impressions, actions = loop.simulate_day(rng, log.world, simulate._epoch_ms(day), n_requests, cfg, service,
+                                                 lambda user: service.arm(user) == arms.HOLDOUT)
+        loop.append_day(raw, day.isoformat(), impressions, actions)
+        say(f"day {offset + 1}/{settings.days}: {impressions['request_id'].nunique()} requests of {impressions['user_id'].nunique()} users "
+            f"ranked and logged, {len(actions)} actions ({time.perf_counter() - day_started:.0f} s)")
+    service.close()  # publishes the exposure and event journals
+    events = log_root(cfg.serving.event_log, cfg.storage.root)
+    if settings.drop_treatment_users > 0:
+        _drop_treatment(events, raw, experiment, settings, rng, say)
+    end_ms = simulate._epoch_ms(start_day + timedelta(days=settings.days)) - 1
+    result = readout.run(cfg, experiment, session(cfg, "experiment-readout"), str(events), str(raw),
+                         experiments.readout_dir(cfg, experiment.name), end_ms=end_ms)
+    if settings.aa_repeats:
+        users = pq.read_table(experiments.readout_dir(cfg, experiment.name) / "users").to_pandas()
+        result["aa"] = readout.aa_false_positive_rate(experiment, users, settings.aa_repeats, cfg, seed=settings.seed)
+        storage.write_json(experiments.readout_dir(cfg, experiment.name) / "readout.json", result)
+    return result
+
+
+def _drop_treatment(events: Path, raw: Path, experiment: experiments.Experiment, settings: SimSettings,
+                    rng: np.random.Generator, say: Callable[[str], None]) -> None:
+    served = pq.read_table(events / SERVED, columns=["user_id"]).column("user_id").to_numpy()
+    treated = np.array(sorted({int(u) for u in served if experiment.arm(int(u)) == arms.TREATMENT}))
+    lost = set(rng.choice(treated, size=int(len(treated) * settings.drop_treatment_users), replace=False).tolist()) if len(treated) else set()
+    start_dt = simulate._day(np.array([experiment.start_ms]))[0]
+    files = storage.list_files(events / SERVED) + storage.list_files(events / schema.ACTIONS)
+    files += [p for p in storage.list_files(raw / schema.ACTIONS) if p.parent.name.split("=")[1] >= start_dt]
+    removed = _lose_users(files, lost)
+    say(f"lost the logs of {len(lost)} of {len(treated)} treatment users ({removed} rows), as a client logging bug would")
