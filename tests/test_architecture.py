@@ -10,15 +10,16 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "foundation": ["homefeed", "homefeed.errors", "homefeed.schema", "homefeed.config", "homefeed.storage", "homefeed.progress",
                    "homefeed.contract", "homefeed.metrics", "homefeed.holdout", "homefeed.segments", "homefeed.processes",
-                   "homefeed.s3", "homefeed.local_s3", "homefeed.local_redis", "homefeed.spark", "homefeed.orchestration"],
+                   "homefeed.s3", "homefeed.local_s3", "homefeed.local_redis", "homefeed.spark", "homefeed.orchestration",
+                   "homefeed.arms"],
     "data": ["homefeed.data", "homefeed.features", "homefeed.simulate", "homefeed.kuairand", "homefeed.sequence_store",
              "homefeed.event_log", "expectations"],
     "models": ["models"],
     "engines": ["jobs", "homefeed.validation", "homefeed.drift", "homefeed.train", "homefeed.evaluate", "homefeed.gates",
-                "homefeed.registry"],
+                "homefeed.registry", "homefeed.experiments", "homefeed.readout"],
     "workflows": ["homefeed.pipeline", "homefeed.report", "homefeed.monitor", "homefeed.compare", "homefeed.loop",
-                  "homefeed.serving", "homefeed.serving.service", "homefeed.serving.metrics"],
-    "interfaces": ["homefeed.cli", "homefeed.local_platform", "homefeed.stack", "homefeed.serving.app", "dags"],
+                  "homefeed.serving", "homefeed.serving.service", "homefeed.serving.metrics", "homefeed.experiment_sim"],
+    "interfaces": ["homefeed.cli", "homefeed.cli_experiment", "homefeed.local_platform", "homefeed.stack", "homefeed.serving.app", "dags"],
 }
 PACKAGES = ("homefeed", "models", "jobs", "expectations", "dags")
 

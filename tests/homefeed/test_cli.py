@@ -197,3 +197,17 @@ def test_the_run_summary_gives_intervals_hit_counts_and_no_vnone():
     assert lines[3] == "registry: ranker champion=v2 challenger=v2 previous=none"
     assert run_summary(None, {}, RegistryState(None, None, None, {}), "ranker") == [
         "gate: did not run", "registry: ranker champion=none challenger=none previous=none"]
+
+
+def test_experiment_commands_on_an_empty_registry_say_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path / "root"))
+    for args, expected in ((["experiment", "start", "--challenger", "99"], "refused: homefeed-ranker has no version 99"),
+                           (["experiment", "start", "--challenger", "1", "--traffic", "1.5"], "refused: --traffic must be in (0, 1]"),
+                           (["experiment", "readout", "nope"], "error: no experiment 'nope'"),
+                           (["experiment", "stop", "nope"], "error: no experiment 'nope'")):
+        result = subprocess.run([HOMEFEED, *args], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1, (args, result.stderr)
+        assert expected in result.stderr and "Traceback" not in result.stderr
+    status = subprocess.run([HOMEFEED, "experiment", "status"], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "no experiment is running" in status.stderr

@@ -311,15 +311,19 @@ def test_homefeed_serve_answers_over_http(cfg, champion, tmp_path, test_rows):
 
 @pytest.mark.slow
 def test_acknowledged_events_survive_a_killed_service(cfg, champion, tmp_path):
-    """SIGKILL after N acknowledged events: after a restart all N are served and in the event log."""
-    from homefeed.event_log import read_events
+    """SIGKILL after N acknowledged events and answered rankings: after a restart all N are served
+    and in the event log, and every answered ranking is in the exposure log."""
+    from homefeed.event_log import read_events, read_served
 
     overlay, port, user, n = _overlay(cfg, tmp_path), _free_port(), 55_555_555, 25
     now = int(time.time() * 1000)
     process = _start_serve(overlay, port)
+    answered = []
     try:
         for i in range(n):
             assert _post(port, "/events", {"user_id": user, "pin_id": 1 + i, "action": "click", "ts": now - 60_000 + i})["stored"]
+            rank = {"user_id": user, "request_ts": now - 30_000 + i, "candidates": [{"pin_id": 1, "ts": now, "source": "pfy"}]}
+            answered.append(_post(port, "/rank", rank)["request_id"])
     finally:
         os.killpg(process.pid, 9)
         process.wait(timeout=30)
@@ -329,6 +333,8 @@ def test_acknowledged_events_survive_a_killed_service(cfg, champion, tmp_path):
         assert body["sequence_length"] == n
         logged = read_events(Path(cfg.storage.root) / "events").to_pandas()
         assert sorted(logged[logged["user_id"] == user]["pin_id"]) == list(range(1, n + 1))
+        served = read_served(Path(cfg.storage.root) / "events").to_pandas()
+        assert set(answered) <= set(served["request_id"]) and len(answered) == n
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)
