@@ -143,10 +143,10 @@ def readout(
 def simulate_experiment(
     out: Annotated[Path, typer.Option(help="Output directory (replaced): the world, the registry, the logs, the readout")],
     challenger: Annotated[str, typer.Option(help="same (an A/A test), worse (ranks in reverse) or better (TransAct v1.1 against a none champion)")],
-    users: Annotated[int, typer.Option(help="Simulated users")] = 6000,
+    users: Annotated[int, typer.Option(help="Simulated users")] = 5000,
     days: Annotated[int, typer.Option(help="Days the experiment runs")] = 7,
     traffic: Annotated[float, typer.Option(help="Share of the non-holdout users in the experiment")] = 1.0,
-    requests_per_user_day: Annotated[float, typer.Option(help="Feed requests per user and day (they come in sessions of ~4)")] = 2.0,
+    requests_per_user_day: Annotated[float, typer.Option(help="Feed requests per user and day (they come in sessions of ~4)")] = 1.5,
     aa_repeats: Annotated[int, typer.Option(help="Re-randomise the same users this many times and report the A/A false-positive rate")] = 0,
     drop_treatment_users: Annotated[float, typer.Option(help="Lose every exposure and action of this share of treatment users (a logging bug)")] = 0.0,
     config: ConfigOption = None,

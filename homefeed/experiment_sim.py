@@ -44,10 +44,10 @@ WARMUP_IMPRESSIONS_PER_DAY = 30_000
 @dataclass(frozen=True)
 class SimSettings:
     challenger: str
-    users: int = 6000
+    users: int = 5000
     days: int = 7
     traffic: float = 1.0
-    requests_per_user_day: float = 2.0
+    requests_per_user_day: float = 1.5
     aa_repeats: int = 0
     drop_treatment_users: float = 0.0
     holdout_fraction: float = 0.1

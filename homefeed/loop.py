@@ -154,9 +154,8 @@ def simulate_day(
         position = np.arange(len(rows), dtype=np.int32)
         fired = simulate.draw_engagement(rng, world, user[rows], pin_index[rows], is_follow[rows], position, np.full(len(rows), req_session[r]))
         acted = simulate.actions_frame(rng, user[rows], pin_index[rows], np.full(len(rows), ts), fired)
-        if service is not None:
-            for a in acted.itertuples(index=False):
-                service.record_event(a.user_id, a.pin_id, a.action, a.ts)
+        if service is not None and len(acted):  # one store transaction per request's actions
+            service.record_events(list(acted[["user_id", "pin_id", "action", "ts"]].itertuples(index=False, name=None)))
         impressions.append(pd.DataFrame({
             "request_id": f"{uid}-{day_start_ms}-{r}", "user_id": uid, "pin_id": pin_index[rows] + 1, "ts": ts,
             "source": np.where(is_follow[rows], "follow", "pfy"), "position": position, "holdout": is_holdout(uid),

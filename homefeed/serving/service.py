@@ -195,6 +195,14 @@ class RankingService:
             self.events.append(user_id, pin_id, action, ts)
         return added
 
+    def record_events(self, events: list[tuple[int, int, str, int]]) -> int:
+        """Many (user, pin, action, ts) at once: one store transaction, then the log; the number new."""
+        added = self.store.extend([(int(u), features.make_event(self.snapshot, p, a, t)) for u, p, a, t in events])
+        if self.events is not None:
+            for user_id, pin_id, action, ts in events:
+                self.events.append(user_id, pin_id, action, ts)
+        return added
+
     def history(self, user_id: int, sequence: list[dict] | None = None) -> History:
         """The request's explicit sequence, else the store's; an unreachable store gives none, flagged."""
         if sequence is not None:

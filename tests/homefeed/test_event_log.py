@@ -80,3 +80,16 @@ def test_a_retried_event_is_published_once(tmp_path):
         log.append(1, 2, "click", JAN_5)
     log.close()
     assert read_events(tmp_path).num_rows == 1
+
+
+def test_the_exposure_log_rolls_off_the_request_path_and_publishes_every_answer(tmp_path):
+    from homefeed.event_log import ExposureLog, read_served
+
+    log = ExposureLog(tmp_path, roll_requests=50)
+    for i in range(120):
+        log.append(f"r{i}", 7, JAN_5 + i, "control", "exp", "3", [1, 2, 3], [0.3, 0.2, 0.1])
+    log.close()  # waits for the rolls in flight
+    served = read_served(tmp_path).to_pandas()
+    assert sorted(served["request_id"]) == sorted(f"r{i}" for i in range(120))
+    assert list(served.iloc[0]["pin_ids"]) == [1, 2, 3] and set(served["arm"]) == {"control"}
+    assert not list((tmp_path / "served" / JOURNAL_DIR).glob("*.jsonl"))
