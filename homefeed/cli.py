@@ -635,6 +635,16 @@ def run(
     typer.echo(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {registry.tracking_uri(cfg)}")
     if state.champion:
         typer.echo(f"serve the champion: .venv/bin/homefeed serve   (POST /rank on http://{cfg.serving.host}:{cfg.serving.port})")
+        typer.echo(_experiment_hint(state))
+
+
+def _experiment_hint(state) -> str:
+    """How to test the next challenger online (the offline gate is not the last word)."""
+    if state.challenger and state.challenger != state.champion:
+        return (f"test challenger v{state.challenger} online: .venv/bin/homefeed experiment start --challenger {state.challenger} "
+                "--traffic 0.2 --reason '…'   (then `homefeed experiment readout NAME`)")
+    return ("test the next challenger online: after the next retraining registers one, "
+            ".venv/bin/homefeed experiment start --challenger N --traffic 0.2 --reason '…'")
 
 
 # --------------------------------------------------------------------------- the one-machine stack

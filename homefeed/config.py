@@ -265,7 +265,7 @@ class ServingConfig(_Section):
     event_log: str = ""
     event_log_roll_events: int = Field(10_000, ge=1)
     # Bearer token for POST /events and /admin/*; required when the service listens beyond loopback.
-    token: str = ""
+    token: str = Field("", json_schema_extra={"secret": True})
 
     @field_validator("sequence_store")
     @classmethod
@@ -340,9 +340,27 @@ class Config(_Section):
     monitor: MonitorConfig = MonitorConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()
 
+    def redacted(self) -> dict[str, Any]:
+        """The config as JSON with every secret field (``json_schema_extra={"secret": True}``) that
+        is set replaced by a marker: what run directories, MLflow and reports record."""
+        return _redact(self, self.model_dump(mode="json"))
+
     def with_overrides(self, overrides: dict[str, Any]) -> "Config":
         """A copy with a nested dict of overrides applied and validated again."""
         return parse_config(_deep_merge(self.model_dump(mode="json"), overrides))
+
+
+REDACTED = "***redacted***"
+
+
+def _redact(model: BaseModel, dumped: dict[str, Any]) -> dict[str, Any]:
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            dumped[name] = _redact(value, dumped[name])
+        elif (info.json_schema_extra or {}).get("secret") and value:
+            dumped[name] = REDACTED
+    return dumped
 
 
 def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:

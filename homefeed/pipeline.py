@@ -310,7 +310,7 @@ def _log_lineage(cfg: Config, run_id: str, directory: Path) -> dict[str, str]:
     from homefeed import registry
 
     mlflow_client = registry.client(cfg)
-    mlflow_client.log_dict(run_id, cfg.model_dump(mode="json"), "config.json")
+    mlflow_client.log_dict(run_id, cfg.redacted(), "config.json")
     summaries = {}
     for stage in ("validate_raw", "validate_instances", "drift"):
         path = directory / f"{stage}.json"

@@ -260,7 +260,7 @@ def write(cfg: Config, directory: Path, registry_state: dict[str, Any], stages: 
     # A stage that failed and then succeeded on a retry is done, not failed.
     failures = {s: json.loads((directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").read_text()) for s in stages
                 if s not in results and (directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").exists()}
-    storage.write_json(directory / "config.json", cfg.model_dump(mode="json"))
+    storage.write_json(directory / "config.json", cfg.redacted())
     kind, headline = verdict(results, failures, stages)
     parts = [f"<h1>homefeed retraining run {html.escape(directory.name)}</h1>",
              f'<p class="verdict {kind}" id="verdict">{html.escape(headline)}</p>']

@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+SECRET_TOKEN = "tok-7b1c9e0d-never-written-down"
+
 
 @pytest.fixture()
 def retrain_env(monkeypatch, tmp_path, base_config):
@@ -14,6 +16,7 @@ def retrain_env(monkeypatch, tmp_path, base_config):
         "HOMEFEED__TRAIN__D_MODEL": "16",
         "HOMEFEED__TRAIN__DIM_FEEDFORWARD": "16",
         "HOMEFEED__EVALUATION__BOOTSTRAP_SAMPLES": "20",
+        "HOMEFEED__SERVING__TOKEN": SECRET_TOKEN,
     }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
@@ -45,6 +48,11 @@ def test_first_run_promotes_and_a_worse_model_stops_at_the_gate(airflow_db, dagb
     tags = registry.client(retrain_env).get_model_version(retrain_env.registry.model_name, "1").tags
     assert tags["validation.validate_instances"].endswith("suites passed") and tags["data.fingerprint"]
     _mlflow_as_people_use_it(retrain_env, directory)
+    # The serving token was set for the run: no file under the storage root (run directory, MLflow's
+    # store and artifacts, logs, reports) holds it (issue 32: it was in config.json, twice).
+    root = directory.parents[1]
+    holding = [p for p in root.rglob("*") if p.is_file() and SECRET_TOKEN.encode() in p.read_bytes()]
+    assert holding == [] and json.loads((directory / "config.json").read_text())["serving"]["token"] == "***redacted***"
     # Data Docs: one context per run, so the site lists every suite (before: only the last one).
     index = (directory / "data_docs" / "index.html").read_text()
     assert all(f"expectations/{suite}.html" in index for suite in ("raw_impressions", "raw_actions", "pins", "users", "instances", "instances_label_rates"))

@@ -68,3 +68,13 @@ def test_an_empty_environment_value_means_the_default():
     refuse the config (the stack's DAG failed to import that way)."""
     cfg = load_config(environ={"HOMEFEED__SERVING__TOKEN": "", "HOMEFEED__SERVING__SEQUENCE_STORE": "", "HOMEFEED__TRAIN__EPOCHS": ""})
     assert cfg.serving.token == "" and cfg.serving.sequence_store == "" and cfg.train.epochs == load_config(environ={}).train.epochs
+
+
+def test_a_recorded_config_redacts_secrets_and_keeps_everything_else():
+    from homefeed.config import REDACTED, load_config
+
+    cfg = load_config(environ={"HOMEFEED__SERVING__TOKEN": "s3cret-token"})
+    recorded = cfg.redacted()
+    assert recorded["serving"]["token"] == REDACTED and cfg.serving.token == "s3cret-token"
+    assert "s3cret-token" not in str(recorded) and recorded["serving"]["port"] == cfg.serving.port
+    assert load_config(environ={}).redacted()["serving"]["token"] == ""  # unset: nothing to hide, nothing marked
