@@ -3,7 +3,8 @@
 
 Manual registry operations for ML engineers, through the same functions as `homefeed promote`
 and `homefeed rollback`: point `champion` at a version (the old one becomes `previous`), stage a
-version as `challenger`, or roll back to `previous`. Every change is audited (version tags + `registry/audit.jsonl`). A forced
+version as `challenger`, roll back to `previous`, or start an online experiment of a version
+against the champion (`start_experiment`, with `traffic`; read out daily by `homefeed_experiment`). Every change is audited (version tags + `registry/audit.jsonl`). A forced
 promotion, or a change of the holdout group, needs a reason.
 """
 
@@ -34,6 +35,10 @@ from homefeed.orchestration import fail_fast
         "reason": Param("", type="string", description="Why; required for force, rollback and holdout changes"),
         "force": Param(False, type="boolean", description="Promote without a passing gate (recorded)"),
         "change_holdout": Param(False, type="boolean", description="Allow a holdout configuration change"),
+        "start_experiment": Param(False, type="boolean",
+                                  description="Instead: start an online A/B test of the version against the champion (homefeed experiment start)"),
+        "traffic": Param(0.2, type="number", exclusiveMinimum=0, maximum=1,
+                         description="With start_experiment: share of the non-holdout users in the experiment, split evenly"),
     },
 )
 def homefeed_promote():
@@ -43,8 +48,13 @@ def homefeed_promote():
         from homefeed import registry
         from homefeed.config import load_config
 
-        params = get_current_context()["params"]
-        return registry.apply_manual_change(load_config(), dict(params), actor="airflow:homefeed_promote")
+        params = dict(get_current_context()["params"])
+        if params.get("start_experiment"):
+            from homefeed import experiments
+
+            return experiments.start(load_config(), str(params["version"]), traffic=params["traffic"], reason=params["reason"],
+                                     actor="airflow:homefeed_promote").to_json()
+        return registry.apply_manual_change(load_config(), params, actor="airflow:homefeed_promote")
 
     change_registry()
 

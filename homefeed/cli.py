@@ -226,14 +226,22 @@ def train(
 ) -> None:
     """Train one model, log it to MLflow and print the run id and validation AUC per head."""
     from homefeed import pipeline, registry, storage
+    from homefeed.errors import PermanentError
 
     overrides = {k: v for k, v in {"model": model, "epochs": epochs, "num_processes": num_processes}.items() if v is not None}
     cfg = _config(config, {"train": overrides})
     out = out or storage.local_path(cfg.storage.root) / "train" / cfg.train.model
     started = _step(f"training {cfg.train.model} on {instances}")
     run_id = registry.start_run(cfg, f"train-{cfg.train.model}")
-    result = pipeline.train_tracked(cfg, str(instances), str(out), run_id)
-    registry.client(cfg).log_artifacts(run_id, result.model_dir, "model_files")
+    try:
+        result = pipeline.train_tracked(cfg, str(instances), str(out), run_id)
+        registry.client(cfg).log_artifacts(run_id, result.model_dir, "model_files")
+    except BaseException as exc:  # the MLflow run says FAILED and why, never RUNNING forever
+        registry.end_run(cfg, run_id, failed=True, error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, PermanentError):
+            typer.echo(f"error: {exc} (MLflow run {run_id} marked FAILED)", err=True)
+            raise typer.Exit(1) from None
+        raise
     registry.end_run(cfg, run_id)
     _done(started)
     typer.echo(json.dumps({"run_id": run_id, "model_dir": result.model_dir,

@@ -150,8 +150,17 @@ def start_run(cfg: Config, name: str, tags: dict[str, str] | None = None) -> str
     return client(cfg).create_run(experiment_id(cfg), run_name=name, tags=tags or {}).info.run_id
 
 
-def end_run(cfg: Config, run_id: str, failed: bool = False) -> None:
-    client(cfg).set_terminated(run_id, "FAILED" if failed else "FINISHED")
+def end_run(cfg: Config, run_id: str, failed: bool = False, error: str = "") -> None:
+    """FINISHED, or FAILED with the error as the run's ``homefeed.error`` tag (never left RUNNING)."""
+    if error:
+        client(cfg).set_tag(run_id, "homefeed.error", error[:4000])
+    client(cfg).set_terminated(run_id, "FAILED" if failed or error else "FINISHED")
+
+
+def run_state(cfg: Config, run_id: str) -> tuple[str, dict[str, str]]:
+    """A run's status and tags."""
+    run = client(cfg).get_run(run_id)
+    return run.info.status, dict(run.data.tags)
 
 
 def log_train_params(mlflow_client, run_id: str, train: Any) -> None:

@@ -211,3 +211,16 @@ def test_experiment_commands_on_an_empty_registry_say_one_clear_line(tmp_path, m
         assert expected in result.stderr and "Traceback" not in result.stderr
     status = subprocess.run([HOMEFEED, "experiment", "status"], capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "no experiment is running" in status.stderr
+
+
+def test_a_failed_train_marks_its_mlflow_run_failed_with_the_reason(tmp_path, monkeypatch):
+    from homefeed import registry
+    from homefeed.config import load_config
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path / "root"))
+    result = subprocess.run([HOMEFEED, "train", "--instances", str(tmp_path / "missing"), "--model", "lr"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "marked FAILED" in result.stderr and "Traceback" not in result.stderr
+    run_id = result.stderr.split("MLflow run ")[-1].split(" ")[0]
+    status, tags = registry.run_state(load_config(), run_id)
+    assert status == "FAILED" and "missing" in tags["homefeed.error"]
