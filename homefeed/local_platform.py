@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,24 @@ def supervise(command: list[str], env: dict[str, str]) -> int:
 
 
 # --------------------------------------------------------------------------- the main job
+def claim_run_label(cfg: Config) -> str:
+    """A fresh run label whose directory this process created: ``run-<UTC time>``, with a suffix
+    when another run claimed the same second (two `homefeed run` at once share nothing)."""
+    from homefeed import storage
+
+    runs = storage.local_path(cfg.storage.root) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("run-%Y%m%dT%H%M%S", time.gmtime())
+    for attempt in range(1, 1000):
+        label = stamp if attempt == 1 else f"{stamp}-{attempt}"
+        try:
+            (runs / label).mkdir()
+            return label
+        except FileExistsError:
+            continue
+    raise PlatformError(f"no free run label under {runs} for {stamp}")
+
+
 def run_retraining(cfg: Config, raw: Path | None, label: str | None, s3: bool, config_files: list[Path] | None,
                    verbose: bool, say: Say) -> tuple[Config, Path]:
     """A full retraining run of homefeed_retrain (synthetic data simulated first when ``raw`` is
@@ -219,7 +238,7 @@ def run_retraining(cfg: Config, raw: Path | None, label: str | None, s3: bool, c
         if not storage.is_published(raw):
             _timed(say, f"simulating {cfg.simulator.impressions} impressions into {raw}", lambda: simulate.generate(cfg.simulator, raw))
     end_day = storage.landed_days(raw)[-1].isoformat()
-    label = label or time.strftime("run-%Y%m%dT%H%M%S")
+    label = label or claim_run_label(cfg)
     conf = {"raw": str(Path(raw).resolve()), "end_date": end_day, "window_days": cfg.simulator.days, "run_label": label}
     server = start_local_s3(root, say) if s3 else None
     try:
@@ -227,7 +246,8 @@ def run_retraining(cfg: Config, raw: Path | None, label: str | None, s3: bool, c
             cfg, conf["raw"] = use_local_s3(server, cfg, Path(raw), say)
         log_path = pipeline.run_dir(cfg, label) / "run.log"
         # A fresh logical date per run: `airflow dags test` resumes an existing run of the same date.
-        logical_date = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+        # To the microsecond: two runs started in the same second are two Airflow runs.
+        logical_date = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         _timed(say, f"running DAG homefeed_retrain on {conf['raw']} (window ending {end_day}); the whole log: {log_path}",
                lambda: run_dag(cfg, "homefeed_retrain", conf, logical_date, config_files, log_path=log_path, verbose=verbose))
         if server is not None:
