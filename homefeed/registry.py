@@ -123,17 +123,33 @@ def client(cfg: Config):
     return _client(uri, cfg.registry.experiment, artifacts)
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """For a SQLite store: an exclusive lock beside the file while MLflow creates or upgrades its
+    tables and the experiment (two processes on a fresh store crashed in MLflow's table creation);
+    a server does its own locking."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri[len("sqlite:///"):] + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 @functools.lru_cache(maxsize=16)
 def _client(uri: str, experiment_name: str, artifacts: str | None):
     from mlflow import MlflowClient
 
-    mlflow_client = MlflowClient(uri, uri)
-    experiment = mlflow_client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        # Tagged as classic model development: MLflow 3 otherwise opens it on its GenAI views.
-        mlflow_client.create_experiment(experiment_name, artifact_location=artifacts, tags={EXPERIMENT_KIND: CLASSIC_ML})
-    elif EXPERIMENT_KIND not in experiment.tags:  # made before the tag existed
-        mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, CLASSIC_ML)
+    with _store_lock(uri):
+        mlflow_client = MlflowClient(uri, uri)
+        experiment = mlflow_client.get_experiment_by_name(experiment_name)  # creates or upgrades the tables
+        if experiment is None:
+            # Tagged as classic model development: MLflow 3 otherwise opens it on its GenAI views.
+            mlflow_client.create_experiment(experiment_name, artifact_location=artifacts, tags={EXPERIMENT_KIND: CLASSIC_ML})
+        elif EXPERIMENT_KIND not in experiment.tags:  # made before the tag existed
+            mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, CLASSIC_ML)
     return mlflow_client
 
 

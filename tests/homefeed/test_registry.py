@@ -188,3 +188,18 @@ def test_an_unreachable_mlflow_is_one_clear_error_within_seconds(command, monkey
     assert f"MLflow at http://127.0.0.1:{port} is unreachable" in result.output
     assert "champion" not in result.output and "previous" not in result.output
     assert time.monotonic() - started < 30
+
+
+def test_processes_opening_a_fresh_sqlite_store_at_once_all_succeed(tmp_path):
+    """Before: one of two `homefeed train` on a fresh store crashed in MLflow's table creation."""
+    probe = ("import sys\nfrom homefeed import registry\nfrom homefeed.config import load_config\n"
+             "cfg = load_config(environ={}, overrides={'storage': {'root': sys.argv[1]}})\n"
+             "print(registry.experiment_id(cfg))\n")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    for attempt in range(2):
+        root = tmp_path / f"fresh-{attempt}"
+        processes = [subprocess.Popen([sys.executable, "-c", probe, str(root)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(3)]
+        results = [(p.wait(timeout=180), p.stdout.read(), p.stderr.read()) for p in processes]
+        assert [code for code, _, _ in results] == [0, 0, 0], [err[-500:] for _, _, err in results]
+        assert len({out.strip() for _, out, _ in results}) == 1  # one experiment, not one each
