@@ -385,6 +385,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _is_text_field(path: list[str]) -> bool:
+    """Whether the dotted key names a plain ``str`` field of the config model."""
+    model: Any = Config
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return False
+        model = field.annotation
+    return model is str
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for name, raw in environ.items():
@@ -394,6 +405,9 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         node = overrides
         for part in path[:-1]:
             node = node.setdefault(part, {})
+        if _is_text_field(path):  # a token "123456" or "s3cret #2024" is text, not a YAML number or comment
+            node[path[-1]] = raw
+            continue
         try:
             node[path[-1]] = yaml.safe_load(raw)
         except yaml.YAMLError as exc:

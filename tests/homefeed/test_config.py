@@ -78,3 +78,11 @@ def test_a_recorded_config_redacts_secrets_and_keeps_everything_else():
     assert recorded["serving"]["token"] == REDACTED and cfg.serving.token == "s3cret-token"
     assert "s3cret-token" not in str(recorded) and recorded["serving"]["port"] == cfg.serving.port
     assert load_config(environ={}).redacted()["serving"]["token"] == ""  # unset: nothing to hide, nothing marked
+
+
+def test_text_keys_from_the_environment_are_taken_verbatim():
+    from homefeed.config import load_config
+
+    assert load_config(environ={"HOMEFEED__SERVING__TOKEN": "123456"}).serving.token == "123456"
+    assert load_config(environ={"HOMEFEED__SERVING__TOKEN": "s3cret #2024"}).serving.token == "s3cret #2024"
+    assert load_config(environ={"HOMEFEED__TRAIN__EPOCHS": "4"}).train.epochs == 4  # numbers are still parsed
