@@ -24,18 +24,21 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from homefeed import schema
 
+log = logging.getLogger(__name__)
 JOURNAL_DIR = "_journal"
 SERVED = "served"
 # One row per answered /rank request; positions are the list index (0 = top of the feed).
@@ -89,9 +92,39 @@ ACTIONS_TABLE = Table(schema.ACTIONS, schema.arrow_schema(schema.ACTIONS, with_d
 SERVED_TABLE = Table(SERVED, SERVED_SCHEMA, ("request_id",), f"{SERVED}/{JOURNAL_DIR}")
 
 
+QUARANTINE_DIR = "_quarantine"
+
+
+def _conforms(record: Any, table: Table) -> bool:
+    """A record the table's schema takes (every column, each of its type)."""
+    if not isinstance(record, dict) or set(record) != set(table.schema.names):
+        return False
+    try:
+        pa.Table.from_pylist([record], schema=table.schema)
+        _dt(record["ts"])
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, OSError):
+        return False
+    return True
+
+
+def _quarantine(root: Path, journal: Path, table: Table, bad: list[Any]) -> None:
+    """Lines no writer of this code produced (a damaged or foreign journal): moved aside, said once."""
+    directory = root / table.journal / QUARANTINE_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / f"{journal.stem}.jsonl", "a") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in bad)
+    log.warning("%s log: %d invalid journal line(s) of %s quarantined in %s; the rest is published",
+                table.name, len(bad), journal.name, directory)
+
+
 def roll_journal(root: Path, journal: Path, table: Table = ACTIONS_TABLE) -> int:
-    """Publish the journal's records as Parquet parts (one per dt), then delete it; the count."""
-    records = list({tuple(e[k] for k in table.key): e for e in _read_journal(journal)}.values())
+    """Publish the journal's records as Parquet parts (one per dt), then delete it; the count.
+    Records the schema does not take are quarantined, never published and never fatal."""
+    lines = _read_journal(journal)
+    good = [e for e in lines if _conforms(e, table)] if not _all_conform(lines, table) else lines
+    if len(good) < len(lines):
+        _quarantine(root, journal, table, [e for e in lines if not _conforms(e, table)])
+    records = list({tuple(e[k] for k in table.key): e for e in good}.values())
     by_dt: dict[str, list[dict]] = {}
     for record in records:  # a retried record appears once
         by_dt.setdefault(_dt(record["ts"]), []).append(record)
@@ -104,6 +137,19 @@ def roll_journal(root: Path, journal: Path, table: Table = ACTIONS_TABLE) -> int
         os.replace(staging, part)  # readers see the whole part or none of it
     journal.unlink(missing_ok=True)
     return len(records)
+
+
+def _all_conform(records: list[Any], table: Table) -> bool:
+    """The fast path: the whole journal converts at once (checked line by line only when not)."""
+    try:
+        if any(not isinstance(r, dict) or set(r) != set(table.schema.names) for r in records):
+            return False
+        pa.Table.from_pylist(records, schema=table.schema)
+        for record in records:
+            _dt(record["ts"])
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, OSError):
+        return False
+    return True
 
 
 def recover(root: Path, table: Table = ACTIONS_TABLE) -> int:

@@ -2,6 +2,7 @@
 writer's journal is recovered, a live one is left alone, and nothing is duplicated."""
 
 import fcntl
+import json
 import subprocess
 import sys
 
@@ -93,3 +94,15 @@ def test_the_exposure_log_rolls_off_the_request_path_and_publishes_every_answer(
     assert sorted(served["request_id"]) == sorted(f"r{i}" for i in range(120))
     assert list(served.iloc[0]["pin_ids"]) == [1, 2, 3] and set(served["arm"]) == {"control"}
     assert not list((tmp_path / "served" / JOURNAL_DIR).glob("*.jsonl"))
+
+
+def test_invalid_lines_of_a_dead_writer_s_journal_are_quarantined_and_the_rest_published(tmp_path):
+    journal_dir = tmp_path / JOURNAL_DIR
+    journal_dir.mkdir()
+    good = {"user_id": 3, "pin_id": 4, "ts": JAN_5 + 9, "action": "click"}
+    (journal_dir / "dead.jsonl").write_text("\n".join(json.dumps(r) for r in (good, {"user_id": "x"}, {**good, "ts": "soon"})) + "\n")
+    log = EventLog(tmp_path)  # a service's start: recovers without failing
+    assert log.recovered == 1 and _keys(read_events(tmp_path)) == [(3, 4, JAN_5 + 9, "click")]
+    quarantined = (journal_dir / "_quarantine" / "dead.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in quarantined] == [{"user_id": "x"}, {**good, "ts": "soon"}]
+    assert not (journal_dir / "dead.jsonl").exists()
