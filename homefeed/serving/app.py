@@ -218,7 +218,8 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
             "name": state.experiment.name, "challenger_version": state.experiment.challenger_version,
             "traffic": state.experiment.traffic, "challenger_loaded": state.challenger is not None, "error": state.error,
         }
-        return {"status": "ready", "model_version": service.model.version, "experiment": experiment}
+        return {"status": "ready", "model_version": service.model.version, "experiment": experiment,
+                "reload_error": service.reload_error or None}
 
     @app.post("/rank", response_model=RankResponse)
     def rank(request: RankRequest) -> dict:
@@ -253,7 +254,12 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
 
     @app.post("/admin/reload", dependencies=authorized)
     def reload() -> dict:
-        changed = service.reload(cfg)
+        try:
+            changed = service.reload(cfg)
+        except Exception as exc:  # noqa: BLE001 - a version that cannot be loaded never replaces the one serving
+            service.reload_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            raise HTTPException(503, f"reload failed, still serving v{service.model.version}: {service.reload_error}") from None
+        service.reload_error = ""
         return {"model_version": service.model.version, "changed": changed}
 
     @app.get("/metrics")
@@ -271,5 +277,7 @@ async def _poll_alias(cfg: Config, service: RankingService) -> None:
         try:
             if await asyncio.to_thread(service.reload, cfg):
                 log.info("alias %s now serves version %s", cfg.serving.alias, service.model.version)
-        except Exception:  # a registry hiccup must not stop serving the loaded model
-            log.exception("reload check failed; still serving version %s", service.model.version)
+            service.reload_error = ""
+        except Exception as exc:  # a registry hiccup or an unloadable version must not stop serving the loaded model
+            service.reload_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.warning("reload failed; still serving version %s: %s", service.model.version, service.reload_error)

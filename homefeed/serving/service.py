@@ -92,6 +92,7 @@ class RankingService:
         self.exposures = exposures
         self.experiment = ExperimentState()
         self.challenger_load_failures = 0
+        self.reload_error = ""  # the last reload's failure (the loaded version keeps serving), for /ready
         self._lock = threading.Lock()
 
     @classmethod

@@ -253,6 +253,19 @@ def test_reload_picks_up_a_newly_promoted_champion(client, cfg, champion, neural
     assert client.post("/admin/reload").json()["model_version"] == champion
 
 
+def test_a_champion_that_cannot_be_loaded_is_refused_by_reload_and_the_old_one_keeps_serving(client, cfg, champion, monkeypatch):
+    from homefeed.serving import service as service_module
+
+    monkeypatch.setattr(registry, "alias_version", lambda cfg, alias: "999")
+    monkeypatch.setattr(service_module, "load_served_model", lambda cfg, alias: (_ for _ in ()).throw(OSError("model files of v999 are missing")))
+    answer = client.post("/admin/reload")
+    assert answer.status_code == 503 and "still serving v" + champion in answer.json()["detail"] and "v999 are missing" in answer.json()["detail"]
+    ready = client.get("/ready").json()
+    assert ready["model_version"] == champion and "v999 are missing" in ready["reload_error"]
+    monkeypatch.undo()
+    assert client.post("/admin/reload").status_code == 200 and client.get("/ready").json()["reload_error"] is None
+
+
 def test_the_service_refuses_to_start_without_a_champion(base_config, tmp_path):
     cfg = base_config.with_overrides({"storage": {"root": str(tmp_path)}})
     with pytest.raises(NoServableModel, match="homefeed promote"):
