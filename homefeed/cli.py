@@ -462,10 +462,12 @@ def serve(
         typer.echo(f"error: listening on {bind} needs a token for /events and /admin/*: set serving.token "
                    "(HOMEFEED__SERVING__TOKEN)", err=True)
         raise typer.Exit(2)
+    from homefeed.sequence_store import SequenceStoreUnavailable
+
     try:
         with _registry_errors():
             application = create_app(cfg)
-    except NoServableModel as exc:
+    except (NoServableModel, SequenceStoreUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     uvicorn.run(application, host=bind, port=port or cfg.serving.port, log_level="info")
@@ -515,12 +517,19 @@ def sequences_load(
 ) -> None:
     """Fill the serving sequence store from a raw action log (idempotent: only what is new is added)."""
     from homefeed.errors import PermanentError
-    from homefeed.sequence_store import SequenceStoreUnavailable, load_actions
+    from homefeed.sequence_store import SequenceStoreCorrupt, SequenceStoreUnavailable, load_actions, move_aside, store_location
 
     cfg = _config(config)
     until_ms = None if until is None else _parse_time(until)
     try:
-        store = _sequence_store(cfg, raw)
+        try:
+            store = _sequence_store(cfg, raw)
+        except SequenceStoreCorrupt:
+            if not reset:
+                raise
+            moved = move_aside(store_location(cfg.serving.sequence_store, cfg.storage.root))
+            typer.echo(f"    the damaged store was moved aside: {', '.join(map(str, moved))}; rebuilding", err=True)
+            store = _sequence_store(cfg, raw)
         if reset:
             store.reset()
         started = _step(f"loading the actions of {raw} into {store.describe()}" + ("" if until_ms is None else f" (before {until})"))

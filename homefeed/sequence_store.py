@@ -51,6 +51,33 @@ class SequenceStoreUnavailable(RuntimeError):
     """The store cannot be read or written now (server down, disk locked): retry later."""
 
 
+class SequenceStoreCorrupt(SequenceStoreUnavailable, PermanentError):
+    """The store's file is damaged (not a database, malformed): no retry helps; rebuild it."""
+
+
+def _store_error(store: str, exc: sqlite3.Error) -> SequenceStoreUnavailable:
+    text = str(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+        return SequenceStoreCorrupt(f"sequence store {store} is damaged ({text}); rebuild it from the logs with "
+                                    "`homefeed sequences load --raw RAW --reset` (the damaged file is moved aside, not deleted)")
+    return SequenceStoreUnavailable(f"sequence store {store}: {text}")
+
+
+def move_aside(location: str) -> list[Path]:
+    """A damaged SQLite store's files renamed ``*.damaged-<UTC time>``; the paths they now have."""
+    if not location.startswith("sqlite:///"):
+        return []
+    path = Path(location[len("sqlite:///"):])
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    moved = []
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if part.exists():
+            target = part.with_name(f"{part.name}.damaged-{stamp}")
+            part.rename(target)
+            moved.append(target)
+    return moved
+
+
 class SequenceLoadError(PermanentError, ValueError):
     """A log cannot be loaded as it stands (changed since it was loaded, or missing)."""
 
@@ -126,7 +153,7 @@ class SqliteSequenceStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
-                raise SequenceStoreUnavailable(f"sequence store {self.describe()}: {exc}") from exc
+                raise _store_error(self.describe(), exc) from exc
             self._local.db = db
             with self._connections_lock:
                 self._connections.append(db)
@@ -144,7 +171,7 @@ class SqliteSequenceStore:
                 raise
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise SequenceStoreUnavailable(f"sequence store {self.describe()}: {exc}") from exc
+            raise _store_error(self.describe(), exc) from exc
 
     def _read(self, db: sqlite3.Connection, user_id: int) -> UserHistory | None:
         row = db.execute("SELECT history FROM histories WHERE user_id = ?", (int(user_id),)).fetchone()

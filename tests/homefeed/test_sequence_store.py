@@ -1,6 +1,7 @@
 """The durable sequence stores (SQLite, Redis) follow the in-memory rules, lose nothing under
 concurrency, survive a reopen, fail clearly when unreachable, and load a raw log idempotently."""
 
+import json
 import threading
 import time
 
@@ -201,3 +202,27 @@ def test_a_file_loaded_in_many_batches_equals_one_loaded_at_once(tmp_path, monke
     for user in (1, 2, 3):
         _same(batched.history(user), whole.history(user))
     assert len(lines) > len(stream) // 7 // 2  # progress inside the file, not only at its end
+
+
+def test_a_damaged_store_is_one_clear_line_and_load_reset_rebuilds_it_keeping_the_damaged_file(tmp_path, raw_dir):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from homefeed import sequence_store
+
+    root = tmp_path / "root"
+    (root / "serving").mkdir(parents=True)
+    damaged = root / "serving" / "sequences.sqlite"
+    damaged.write_bytes(b"not sqlite at all " * 2000)
+    with pytest.raises(sequence_store.SequenceStoreCorrupt, match="is damaged .*--reset"):
+        sequence_store.open_store(f"sqlite:///{damaged}", None, 10)
+    homefeed = str(Path(sys.executable).with_name("homefeed"))
+    env = {**os.environ, "HOMEFEED__STORAGE__ROOT": str(root)}
+    shown = subprocess.run([homefeed, "sequences", "show", "--user", "1"], env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 2 and len(shown.stderr.strip().splitlines()) == 1 and "is damaged" in shown.stderr
+    loaded = subprocess.run([homefeed, "sequences", "load", "--raw", str(raw_dir), "--reset"], env=env, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "moved aside" in loaded.stderr and json.loads(loaded.stdout)["events_added"] > 0
+    assert [p.read_bytes()[:18] for p in (root / "serving").glob("sequences.sqlite.damaged-*")] == [b"not sqlite at all "]
