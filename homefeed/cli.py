@@ -500,19 +500,27 @@ def _parse_time(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _sequence_store(cfg: Config, raw: Path | None = None):
-    from homefeed import features
-    from homefeed.sequence_store import open_configured
+def _sequence_store(cfg: Config, raw: Path | None = None, snapshot_root: Path | None = None):
+    """The configured store; the pins' categories and owners come from ``snapshot_root``, else
+    ``raw`` when it has a pins snapshot (a raw root), else ``serving.features_root`` (for the
+    service's event log, which holds actions only)."""
+    from homefeed import features, schema
+    from homefeed.sequence_store import SequenceLoadError, open_configured
 
-    snapshot = features.FeatureSnapshot.load(raw) if raw else features.FeatureSnapshot(pins={}, users={})
+    source = snapshot_root or (raw if raw and (raw / schema.PINS).exists() else None) or (Path(cfg.serving.features_root) if cfg.serving.features_root else None)
+    if raw and source is None:
+        raise SequenceLoadError(f"{raw} has no pins snapshot (an event log holds actions only): name the raw root whose pins "
+                                "describe its pins with --snapshot, or set serving.features_root")
+    snapshot = features.FeatureSnapshot.load(source) if source else features.FeatureSnapshot(pins={}, users={})
     return open_configured(cfg, snapshot, cfg.instances.seq_len)
 
 
 @sequences_app.command("load")
 def sequences_load(
-    raw: Annotated[Path, typer.Option(help="Raw root whose actions table is loaded")],
+    raw: Annotated[Path, typer.Option(help="Raw root, or the service's event log (<storage root>/events), whose actions table is loaded")],
     until: Annotated[Optional[str], typer.Option(help="Load actions before this time only (epoch ms or ISO date/time, UTC)")] = None,
     reset: Annotated[bool, typer.Option("--reset", help="Empty the store first")] = False,
+    snapshot: Annotated[Optional[Path], typer.Option(help="Raw root with the pins snapshot (default: --raw, else serving.features_root)")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Fill the serving sequence store from a raw action log (idempotent: only what is new is added)."""
@@ -523,13 +531,13 @@ def sequences_load(
     until_ms = None if until is None else _parse_time(until)
     try:
         try:
-            store = _sequence_store(cfg, raw)
+            store = _sequence_store(cfg, raw, snapshot)
         except SequenceStoreCorrupt:
             if not reset:
                 raise
             moved = move_aside(store_location(cfg.serving.sequence_store, cfg.storage.root))
             typer.echo(f"    the damaged store was moved aside: {', '.join(map(str, moved))}; rebuilding", err=True)
-            store = _sequence_store(cfg, raw)
+            store = _sequence_store(cfg, raw, snapshot)
         if reset:
             store.reset()
         started = _step(f"loading the actions of {raw} into {store.describe()}" + ("" if until_ms is None else f" (before {until})"))

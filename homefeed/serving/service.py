@@ -102,12 +102,14 @@ class RankingService:
         raw_root = cfg.serving.features_root or model.raw_root
         snapshot = features.FeatureSnapshot.load(raw_root)
         store = sequence_store.open_configured(cfg, snapshot, model.seq_len)
-        if cfg.serving.bootstrap:
-            bootstrap(store, raw_root)
         root = log_root(cfg.serving.event_log, cfg.storage.root)
-        events = EventLog(root, cfg.serving.event_log_roll_events)
+        events = EventLog(root, cfg.serving.event_log_roll_events)  # a dead writer's journal is published first…
         if events.recovered:
             log.info("event log: %d events of a previous run published from its journal", events.recovered)
+        if cfg.serving.bootstrap:  # …so a store rebuilt from nothing holds every event ever acknowledged
+            bootstrap(store, raw_root)
+            if (root / schema.ACTIONS).exists():
+                bootstrap(store, str(root))
         exposures = ExposureLog(root, cfg.serving.event_log_roll_events)
         if exposures.recovered:
             log.info("exposure log: %d answers of a previous run published from its journal", exposures.recovered)

@@ -226,3 +226,27 @@ def test_a_damaged_store_is_one_clear_line_and_load_reset_rebuilds_it_keeping_th
     assert loaded.returncode == 0, loaded.stderr
     assert "moved aside" in loaded.stderr and json.loads(loaded.stdout)["events_added"] > 0
     assert [p.read_bytes()[:18] for p in (root / "serving").glob("sequences.sqlite.damaged-*")] == [b"not sqlite at all "]
+
+
+def test_the_service_s_event_log_loads_into_a_store_rebuilt_from_nothing(tmp_path, raw_dir):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from homefeed.event_log import EventLog
+
+    root = tmp_path / "root"
+    log = EventLog(root / "events")
+    for i in range(20):
+        log.append(77_777, 1 + i, "repin", 1_767_600_000_000 + i)
+    log.close()
+    homefeed = str(Path(sys.executable).with_name("homefeed"))
+    env = {**os.environ, "HOMEFEED__STORAGE__ROOT": str(root)}
+    refused = subprocess.run([homefeed, "sequences", "load", "--raw", str(root / "events")], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--snapshot" in refused.stderr and "Traceback" not in refused.stderr
+    loaded = subprocess.run([homefeed, "sequences", "load", "--raw", str(root / "events"), "--snapshot", str(raw_dir)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr
+    shown = subprocess.run([homefeed, "sequences", "show", "--user", "77777", "--limit", "30"], env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(shown.stdout)["kept"] == 20
