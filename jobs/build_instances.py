@@ -219,7 +219,10 @@ def extract(spark: SparkSession, raw_root: str, start: date | None, end: date | 
         if bounds["lo"] is None:
             raise InputDataError(f"{schema.IMPRESSIONS}: no rows under {_table_path(raw_root, schema.IMPRESSIONS)}")
         start = start or date.fromisoformat(bounds["lo"])
-        end = end or date.fromisoformat(bounds["hi"])
+        # The newest *landed* day, as the pipeline's --end is: an empty newest partition is then
+        # refused by check_window below in both, instead of silently dropped when run directly.
+        landed = storage.landed_days(raw_root) if "://" not in raw_root or raw_root.startswith("file://") else []
+        end = end or max([date.fromisoformat(bounds["hi"]), *landed])
     impressions = impressions.filter(F.col(schema.DT).between(start.isoformat(), end.isoformat()))
     # History before the window feeds sequences; one day after it feeds late labels.
     actions = tables[schema.ACTIONS].filter(F.col(schema.DT) <= (end + timedelta(days=1)).isoformat())

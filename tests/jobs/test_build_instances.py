@@ -454,6 +454,18 @@ def test_an_empty_day_inside_the_window_is_refused_naming_it(spark, tmp_path, sm
         job.run(spark, str(raw), str(tmp_path / "out"), small_config)
 
 
+def test_an_empty_newest_day_is_refused_when_run_directly_too(spark, tmp_path, small_config):
+    """Before: run without --end, the job took the newest day with rows and skipped it without a word."""
+    import pyarrow.parquet as pq
+
+    raw = _hand_raw(tmp_path)
+    newest = raw / schema.IMPRESSIONS / "dt=2026-01-09"
+    newest.mkdir(exist_ok=True)
+    pq.write_table(schema.arrow_schema(schema.IMPRESSIONS, with_dt=False).empty_table(), newest / "part-0.parquet")
+    with pytest.raises(job.InputDataError, match=r"no rows for dt=2026-01-09 inside the window"):
+        job.run(spark, str(raw), str(tmp_path / "out"), small_config)
+
+
 def test_a_file_of_another_type_or_a_truncated_file_is_named_in_one_line(spark, tmp_path, small_config):
     # Before: 300 lines of Py4J stack trace with the file buried (item 10).
     import pyarrow.parquet as pq
