@@ -512,7 +512,7 @@ def _sequence_store(cfg: Config, raw: Path | None = None, snapshot_root: Path | 
         raise SequenceLoadError(f"{raw} has no pins snapshot (an event log holds actions only): name the raw root whose pins "
                                 "describe its pins with --snapshot, or set serving.features_root")
     snapshot = features.FeatureSnapshot.load(source) if source else features.FeatureSnapshot(pins={}, users={})
-    return open_configured(cfg, snapshot, cfg.instances.seq_len)
+    return open_configured(cfg, snapshot, cfg.instances.seq_len, timeout_s=30.0)  # a batch job may wait for a serving writer
 
 
 @sequences_app.command("load")

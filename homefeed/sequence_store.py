@@ -133,8 +133,12 @@ class SqliteSequenceStore:
     OS's hands); an OS crash or power loss may lose the last second, as Redis' AOF ``everysec``.
     """
 
-    def __init__(self, path: str | Path, snapshot: FeatureSnapshot, seq_len: int = schema.SEQ_LEN, margin: int = 100):
+    def __init__(self, path: str | Path, snapshot: FeatureSnapshot, seq_len: int = schema.SEQ_LEN, margin: int = 100,
+                 timeout_s: float = 10.0):
         self.path, self.snapshot, self.keep = storage.private_file(Path(path)), snapshot, seq_len + margin
+        # How long a write waits for another writer's lock (serving.store_timeout_s for the service:
+        # a locked file must cost /events a quick 503, not SQLite's default wait).
+        self.timeout_s = timeout_s
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -149,7 +153,7 @@ class SqliteSequenceStore:
         db = getattr(self._local, "db", None)
         if db is None:
             try:
-                db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+                db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
@@ -378,14 +382,15 @@ def open_store(location: str, snapshot: FeatureSnapshot, seq_len: int, margin: i
     if location.startswith(("redis://", "rediss://", "unix://")):
         return RedisSequenceStore(location, snapshot, seq_len, margin, timeout_s)
     if location.startswith("sqlite:///"):
-        return SqliteSequenceStore(location[len("sqlite:///") :], snapshot, seq_len, margin)
+        return SqliteSequenceStore(location[len("sqlite:///") :], snapshot, seq_len, margin, timeout_s)
     raise ValueError(f"sequence store {location!r}: expected redis://host:port/db or sqlite:////path (empty: the embedded default)")
 
 
-def open_configured(cfg: Config, snapshot: FeatureSnapshot, seq_len: int) -> SequenceStore:
-    """The store ``serving.*`` names, keeping ``seq_len`` actions (+ the margin) per user."""
+def open_configured(cfg: Config, snapshot: FeatureSnapshot, seq_len: int, timeout_s: float | None = None) -> SequenceStore:
+    """The store ``serving.*`` names, keeping ``seq_len`` actions (+ the margin) per user; requests
+    wait ``serving.store_timeout_s`` (a batch load may pass a longer ``timeout_s``)."""
     location = store_location(cfg.serving.sequence_store, cfg.storage.root)
-    return open_store(location, snapshot, seq_len, cfg.serving.sequence_margin, cfg.serving.store_timeout_s)
+    return open_store(location, snapshot, seq_len, cfg.serving.sequence_margin, timeout_s or cfg.serving.store_timeout_s)
 
 
 # --------------------------------------------------------------------------- bootstrap

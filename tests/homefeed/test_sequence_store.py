@@ -250,3 +250,20 @@ def test_the_service_s_event_log_loads_into_a_store_rebuilt_from_nothing(tmp_pat
     assert loaded.returncode == 0, loaded.stderr
     shown = subprocess.run([homefeed, "sequences", "show", "--user", "77777", "--limit", "30"], env=env, capture_output=True, text=True, timeout=120)
     assert json.loads(shown.stdout)["kept"] == 20
+
+
+def test_a_locked_sqlite_store_fails_an_append_within_the_store_timeout(tmp_path):
+    import sqlite3
+
+    from homefeed.sequence_store import SequenceStoreUnavailable, open_store
+
+    path = tmp_path / "locked.sqlite"
+    store = open_store(f"sqlite:///{path}", features.FeatureSnapshot(pins={}, users={}), 10, timeout_s=0.25)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    started = time.perf_counter()
+    with pytest.raises(SequenceStoreUnavailable):
+        store.append(1, 2, "click", 1_000)
+    assert time.perf_counter() - started < 2.0  # before: SQLite's fixed 10 s
+    other.execute("ROLLBACK")
+    assert store.append(1, 2, "click", 1_000) is True
