@@ -218,6 +218,14 @@ class JournaledLog:
             except OSError as exc:
                 raise EventLogError(f"{self.table.name} log at {self.root}: {exc}") from exc
 
+    def pending(self) -> list[dict]:
+        """The records this process journaled and has not published yet."""
+        with self._lock:
+            if self._handle is None:
+                return []
+            self._handle.flush()
+            return [r for r in _read_journal(Path(self._handle.name)) if _conforms(r, self.table)]
+
     def _roll(self, background: bool = False) -> None:
         handle, self._handle = self._handle, None
         if handle is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -142,9 +143,31 @@ class SqliteSequenceStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._create()
+
+    def _create(self) -> None:
         with self._transaction() as db:
             db.execute("CREATE TABLE IF NOT EXISTS histories (user_id INTEGER PRIMARY KEY, history TEXT NOT NULL)")
             db.execute("CREATE TABLE IF NOT EXISTS sources (source TEXT PRIMARY KEY, digest TEXT NOT NULL, until INTEGER)")
+        self._identity = self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def replaced(self) -> bool:
+        """The file this store writes is gone or another one (``rm sequences.sqlite*`` while serving):
+        writes would land in an unlinked file nobody reads again. One ``stat``: cheap per request."""
+        return self._file_identity() != self._identity
+
+    def reopen(self) -> None:
+        """Open the file at the path again (created empty when it is gone)."""
+        self.close()
+        storage.private_file(self.path)
+        self._create()
 
     def describe(self) -> str:
         return f"sqlite:///{self.path}"

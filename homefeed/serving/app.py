@@ -213,13 +213,15 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
 
     @app.get("/ready")
     def ready() -> dict:
+        service.ensure_store()
         state = service.experiment
         experiment = None if state.experiment is None else {
             "name": state.experiment.name, "challenger_version": state.experiment.challenger_version,
             "traffic": state.experiment.traffic, "challenger_loaded": state.challenger is not None, "error": state.error,
         }
         return {"status": "ready", "model_version": service.model.version, "experiment": experiment,
-                "reload_error": service.reload_error or None}
+                "reload_error": service.reload_error or None, "store": service.store.describe(),
+                "store_rebuilds": service.store_rebuilds}
 
     @app.post("/rank", response_model=RankResponse)
     def rank(request: RankRequest) -> dict:
@@ -265,6 +267,7 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
     @app.get("/metrics")
     def prometheus() -> Response:
         metrics.observe_experiment(service.experiment, service.challenger_load_failures)
+        metrics.store_rebuilds.set(service.store_rebuilds)
         return Response(metrics.render(), media_type=metrics.content_type)
 
     return app

@@ -45,6 +45,8 @@ class ServiceMetrics:
         self.challenger_failures = Gauge("homefeed_experiment_challenger_load_failures",
                                          "Failed loads of the running experiment's challenger since start (everyone gets the champion)",
                                          registry=self.registry)
+        self.store_rebuilds = Gauge("homefeed_store_rebuilds", "Times the sequence store's file was found deleted or replaced "
+                                    "while serving, and reopened and refilled from the logs", registry=self.registry)
         for arm in ("holdout", "control", "treatment", "none"):
             self.arms.labels(arm)
         for action in schema.ACTION_NAMES:  # every series exists from the start, at 0

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,13 @@ class History:
     read_s: float = 0.0
 
 
+def fill_store(store: sequence_store.SequenceStore, roots: list[str]) -> None:
+    """Load each root's action log (the raw log, then the service's own event log) that exists."""
+    for root in roots:
+        if (Path(root) / schema.ACTIONS).exists():
+            bootstrap(store, root)
+
+
 def bootstrap(store: sequence_store.SequenceStore, raw_root: str) -> None:
     """Load what the store does not hold yet of the raw action log; serve regardless (said loudly)."""
     log.info("sequence store %s: loading the action log of %s", store.describe(), raw_root)
@@ -93,6 +101,9 @@ class RankingService:
         self.experiment = ExperimentState()
         self.challenger_load_failures = 0
         self.reload_error = ""  # the last reload's failure (the loaded version keeps serving), for /ready
+        self.store_sources: list[str] = []  # the logs that refill a store rebuilt from nothing
+        self.store_rebuilds = 0
+        self._store_lock = threading.Lock()
         self._lock = threading.Lock()
 
     @classmethod
@@ -106,16 +117,33 @@ class RankingService:
         events = EventLog(root, cfg.serving.event_log_roll_events)  # a dead writer's journal is published first…
         if events.recovered:
             log.info("event log: %d events of a previous run published from its journal", events.recovered)
-        if cfg.serving.bootstrap:  # …so a store rebuilt from nothing holds every event ever acknowledged
-            bootstrap(store, raw_root)
-            if (root / schema.ACTIONS).exists():
-                bootstrap(store, str(root))
+        sources = [raw_root, str(root)] if cfg.serving.bootstrap else []
+        fill_store(store, sources)  # …so a store rebuilt from nothing holds every event ever acknowledged
         exposures = ExposureLog(root, cfg.serving.event_log_roll_events)
         if exposures.recovered:
             log.info("exposure log: %d answers of a previous run published from its journal", exposures.recovered)
         service = cls(model, snapshot, store, cfg.serving.position, events, exposures)
+        service.store_sources = sources
         service.follow_experiment(cfg)
         return service
+
+    def ensure_store(self) -> bool:
+        """Reopen and refill a store whose file was deleted or replaced under the service; True when
+        it was (counted in ``store_rebuilds``). Called before each append and on /ready."""
+        replaced = getattr(self.store, "replaced", None)
+        if replaced is None or not replaced():
+            return False
+        with self._store_lock:
+            if not self.store.replaced():
+                return False
+            log.error("sequence store %s was deleted or replaced while serving: reopening it and reloading the logs", self.store.describe())
+            self.store.reopen()
+            fill_store(self.store, self.store_sources)
+            if self.events is not None:  # acknowledged by this process, not yet rolled into the log's parts
+                self.store.extend([(e["user_id"], features.make_event(self.snapshot, e["pin_id"], e["action"], e["ts"]))
+                                   for e in self.events.pending()])
+            self.store_rebuilds += 1
+        return True
 
     def follow_experiment(self, cfg: Config) -> bool:
         """Load, keep or drop the challenger as the registry's running experiment says; True on a change."""
@@ -193,6 +221,7 @@ class RankingService:
     def record_event(self, user_id: int, pin_id: int, action: str, ts: int) -> bool:
         """Store, then log; True when the store did not hold it yet. Raises when either fails: the
         caller does not acknowledge it, and its retry is de-duplicated by the store and the log."""
+        self.ensure_store()
         added = self.store.append(user_id, pin_id, action, ts)
         if self.events is not None:
             self.events.append(user_id, pin_id, action, ts)
@@ -200,6 +229,7 @@ class RankingService:
 
     def record_events(self, events: list[tuple[int, int, str, int]]) -> int:
         """Many (user, pin, action, ts) at once: one store transaction, then the log; the number new."""
+        self.ensure_store()
         added = self.store.extend([(int(u), features.make_event(self.snapshot, p, a, t)) for u, p, a, t in events])
         if self.events is not None:
             for user_id, pin_id, action, ts in events:

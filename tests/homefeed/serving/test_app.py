@@ -253,6 +253,23 @@ def test_reload_picks_up_a_newly_promoted_champion(client, cfg, champion, neural
     assert client.post("/admin/reload").json()["model_version"] == champion
 
 
+def test_a_store_deleted_while_serving_is_noticed_reopened_and_refilled(cfg, champion, tmp_path):
+    """Before: events were acknowledged into an unlinked file, and lost at the next restart."""
+    path = tmp_path / "sequences.sqlite"
+    local = cfg.with_overrides({"serving": {"sequence_store": f"sqlite:///{path}", "event_log": str(tmp_path / "events")}})
+    user, now = 66_666_666, int(time.time() * 1000)
+    with TestClient(create_app(local)) as client:
+        for i in range(20):
+            assert client.post("/events", json={"user_id": user, "pin_id": 1 + i, "action": "click", "ts": now - 60_000 + i}).status_code == 200
+        for part in tmp_path.glob("sequences.sqlite*"):
+            part.unlink()
+        assert client.post("/events", json={"user_id": user, "pin_id": 99, "action": "repin", "ts": now - 50_000}).status_code == 200
+        ready, metrics = client.get("/ready").json(), client.get("/metrics").text
+        body = client.post("/rank", json={"user_id": user, "request_ts": now, "candidates": [{"pin_id": 1, "ts": now, "source": "pfy"}]}).json()
+    assert ready["store_rebuilds"] == 1 and "homefeed_store_rebuilds 1.0" in metrics
+    assert path.exists() and body["sequence_length"] == 21  # every acknowledged event is back in the file the path names
+
+
 def test_a_champion_that_cannot_be_loaded_is_refused_by_reload_and_the_old_one_keeps_serving(client, cfg, champion, monkeypatch):
     from homefeed.serving import service as service_module
 
