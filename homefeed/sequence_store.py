@@ -434,7 +434,7 @@ def load_actions(
     totals = {"files": len(files), "files_loaded": 0, "events_read": 0, "events_added": 0}
     started = last_report = time.monotonic()
     for number, path in enumerate(files, 1):
-        source = str(path.relative_to(root.parent))  # names the log's root too: raw-A/actions/… ≠ raw-B/actions/…
+        source = str(path.resolve())  # the full location: /a/raw/actions/… ≠ /b/raw/actions/… (the folder name alone clashed)
         digest, state = storage.file_digest(path), store.source_state(source)
         if state is not None and state.digest != digest:
             raise SequenceLoadError(f"{path} changed since it was loaded into the sequence store; "

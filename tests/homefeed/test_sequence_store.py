@@ -267,3 +267,17 @@ def test_a_locked_sqlite_store_fails_an_append_within_the_store_timeout(tmp_path
     assert time.perf_counter() - started < 2.0  # before: SQLite's fixed 10 s
     other.execute("ROLLBACK")
     assert store.append(1, 2, "click", 1_000) is True
+
+
+def test_two_raw_roots_whose_folders_share_a_name_both_load(tmp_path):
+    from homefeed.sequence_store import load_actions, open_store
+
+    for place, pin in (("a", 1), ("b", 2)):
+        directory = tmp_path / place / "raw" / schema.ACTIONS / "dt=2026-01-05"
+        directory.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist([{"user_id": 5, "pin_id": pin, "ts": 1_767_600_000_000 + pin, "action": "click"}],
+                                            schema=schema.arrow_schema(schema.ACTIONS, with_dt=False)), directory / "part-0.parquet")
+    store = open_store(f"sqlite:///{tmp_path / 's.sqlite'}", features.FeatureSnapshot(pins={}, users={}), 10)
+    assert load_actions(store, tmp_path / "a" / "raw")["events_added"] == 1
+    assert load_actions(store, tmp_path / "b" / "raw")["events_added"] == 1  # before: refused as "changed since it was loaded"
+    assert len(store.history(5).events) == 2
