@@ -117,3 +117,21 @@ def test_a_challenger_that_cannot_be_loaded_leaves_everyone_on_the_champion_coun
     assert ready["experiment"]["challenger_loaded"] is False and "model files of v2 are missing" in ready["experiment"]["error"]
     assert 'homefeed_experiment_running{challenger_loaded="false"} 1.0' in metrics
     assert "homefeed_experiment_challenger_load_failures 1.0" in metrics
+
+
+def test_an_answer_the_exposure_log_cannot_record_is_a_503_counted(cfg, versions, rank_body):
+    from homefeed.event_log import EventLogError
+
+    class FullDisk:
+        def append(self, *args):
+            raise EventLogError("served log at /full: [Errno 28] No space left on device")
+
+        def close(self):
+            pass
+
+    with TestClient(create_app(cfg)) as client:
+        client.app.state.service.exposures = FullDisk()
+        answer = client.post("/rank", json=rank_body(5))
+        metrics = client.get("/metrics").text
+    assert answer.status_code == 503 and "No space left" in answer.json()["detail"]
+    assert "homefeed_exposure_log_errors_total 1.0" in metrics
