@@ -249,7 +249,7 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
             try:
                 added = service.record_event(event.user_id, event.pin_id, event.action, event.ts)
             except (SequenceStoreUnavailable, EventLogError) as exc:
-                metrics.store_errors.labels("append").inc()
+                metrics.store_errors.labels("event_log" if isinstance(exc, EventLogError) else "append").inc()
                 raise HTTPException(503, f"event not stored, retry later: {exc}") from None
             metrics.events.labels(event.action).inc()
             return {"stored": True, "new": added}

@@ -32,7 +32,7 @@ class ServiceMetrics:
                                          buckets=LENGTH_BUCKETS, registry=self.registry)
         self.sequence_actions = Counter("homefeed_sequence_actions", "Actions shown to the model in ranked sequences, by type",
                                         ["action"], registry=self.registry)
-        self.store_errors = Counter("homefeed_store_errors", "Sequence store failures, by operation", ["operation"], registry=self.registry)
+        self.store_errors = Counter("homefeed_store_errors", "Sequence store and event log failures, by operation (read, append, event_log)", ["operation"], registry=self.registry)
         self.degraded = Counter("homefeed_rank_degraded", "Ranking requests answered without the user's sequence (store unreachable)",
                                 registry=self.registry)
         self.inflight = Gauge("homefeed_inflight_requests", "Ranking requests being served or waiting for a worker", registry=self.registry)
@@ -52,7 +52,7 @@ class ServiceMetrics:
         for action in schema.ACTION_NAMES:  # every series exists from the start, at 0
             self.events.labels(action)
             self.sequence_actions.labels(action)
-        for operation in ("read", "append"):
+        for operation in ("read", "append", "event_log"):
             self.store_errors.labels(operation)
         self.content_type = CONTENT_TYPE_LATEST
 

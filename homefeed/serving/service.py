@@ -219,22 +219,20 @@ class RankingService:
         return arm if state.active or arm == arms.HOLDOUT else arms.NONE
 
     def record_event(self, user_id: int, pin_id: int, action: str, ts: int) -> bool:
-        """Store, then log; True when the store did not hold it yet. Raises when either fails: the
+        """Log, then store; True when the store did not hold it yet. Raises when either fails: the
         caller does not acknowledge it, and its retry is de-duplicated by the store and the log."""
         self.ensure_store()
-        added = self.store.append(user_id, pin_id, action, ts)
-        if self.events is not None:
+        if self.events is not None:  # journal first: an event the log refused is never visible to the model
             self.events.append(user_id, pin_id, action, ts)
-        return added
+        return self.store.append(user_id, pin_id, action, ts)
 
     def record_events(self, events: list[tuple[int, int, str, int]]) -> int:
         """Many (user, pin, action, ts) at once: one store transaction, then the log; the number new."""
         self.ensure_store()
-        added = self.store.extend([(int(u), features.make_event(self.snapshot, p, a, t)) for u, p, a, t in events])
         if self.events is not None:
             for user_id, pin_id, action, ts in events:
                 self.events.append(user_id, pin_id, action, ts)
-        return added
+        return self.store.extend([(int(u), features.make_event(self.snapshot, p, a, t)) for u, p, a, t in events])
 
     def history(self, user_id: int, sequence: list[dict] | None = None) -> History:
         """The request's explicit sequence, else the store's; an unreachable store gives none, flagged."""

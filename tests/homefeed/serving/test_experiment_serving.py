@@ -135,3 +135,23 @@ def test_an_answer_the_exposure_log_cannot_record_is_a_503_counted(cfg, versions
         metrics = client.get("/metrics").text
     assert answer.status_code == 503 and "No space left" in answer.json()["detail"]
     assert "homefeed_exposure_log_errors_total 1.0" in metrics
+
+
+def test_an_event_the_event_log_refuses_is_neither_acknowledged_nor_seen_by_the_model(cfg, versions):
+    from homefeed.event_log import EventLogError
+
+    class FullDisk:
+        def append(self, *args):
+            raise EventLogError("event log at /full: [Errno 28] No space left on device")
+
+        def close(self):
+            pass
+
+    user, now = 44_444_444, 1_767_600_000_000
+    with TestClient(create_app(cfg)) as client:
+        service = client.app.state.service
+        service.events = FullDisk()
+        answer = client.post("/events", json={"user_id": user, "pin_id": 3, "action": "repin", "ts": now})
+        metrics = client.get("/metrics").text
+        assert service.store.history(user) is None  # before: in the store (the model used it), yet refused
+    assert answer.status_code == 503 and 'homefeed_store_errors_total{operation="event_log"} 1.0' in metrics
