@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from homefeed.config import Config, ConfigError, load_config
+from homefeed.config import Config
 
 app = typer.Typer(help="homefeed: train, check and ship a home-feed ranking model.", no_args_is_help=True, add_completion=False)
 registry_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
@@ -30,7 +30,7 @@ from homefeed.cli_experiment import experiment_app, simulate_experiment  # noqa:
 app.add_typer(experiment_app, name="experiment")
 app.command("simulate-experiment")(simulate_experiment)
 
-ConfigOption = Annotated[Optional[list[Path]], typer.Option("--config", "-c", help="Config overlay file (repeatable).")]
+from homefeed.cli_common import ConfigOption, config as _config, registry_errors as _registry_errors  # noqa: E402
 
 
 @app.callback()
@@ -42,29 +42,6 @@ def _main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="    %(message)s", stream=sys.stderr)
     progress.quiet_libraries()
-
-
-def _config(files: list[Path] | None, overrides: dict | None = None) -> Config:
-    try:
-        return load_config(files, overrides=overrides)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-@contextlib.contextmanager
-def _registry_errors():
-    """A refused change exits 1 with the reason; an unreachable MLflow exits 2 saying so."""
-    from homefeed import registry
-
-    try:
-        yield
-    except registry.PromotionRefused as exc:
-        typer.echo(f"refused: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except registry.RegistryUnreachable as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _step(message: str) -> float:

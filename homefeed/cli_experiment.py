@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -18,38 +17,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from homefeed.config import Config, ConfigError, load_config
+from homefeed.cli_common import ConfigOption, config as _config, refusals as _refusals
+from homefeed.config import Config
 
 experiment_app = typer.Typer(help="Online A/B tests of a challenger against the champion: start, status, readout, stop.",
                              no_args_is_help=True)
-ConfigOption = Annotated[Optional[list[Path]], typer.Option("--config", "-c", help="Config overlay file (repeatable).")]
-
-
-def _config(files: list[Path] | None) -> Config:
-    try:
-        return load_config(files)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-@contextlib.contextmanager
-def _refusals():
-    """A refused change or an unknown experiment: one line, exit 1; an unreachable MLflow: exit 2."""
-    from homefeed import experiments, registry
-    from homefeed.errors import PermanentError
-
-    try:
-        yield
-    except (registry.PromotionRefused, experiments.UnknownExperiment) as exc:
-        typer.echo(f"refused: {exc}" if isinstance(exc, registry.PromotionRefused) else f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except registry.RegistryUnreachable as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except PermanentError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
 
 
 def _exposure_root(cfg: Config) -> Path:
