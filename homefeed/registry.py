@@ -359,7 +359,11 @@ def load_served_model(cfg: Config, alias: str) -> ServedModel:
 
 def load_served_version(cfg: Config, version: str) -> ServedModel:
     """``models:/<name>/<version>`` with its feature spec and holdout tags (an experiment's challenger)."""
-    python_model = load_python_model(f"models:/{cfg.registry.model_name}/{version}")
+    try:
+        python_model = load_python_model(f"models:/{cfg.registry.model_name}/{version}")
+    except Exception as exc:  # missing or damaged files, an unreachable artifact store: one line, not MLflow's traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise NoServableModel(f"{cfg.registry.model_name} v{version}: its model cannot be loaded ({type(exc).__name__}: {first})") from None
     spec = getattr(python_model, "features", None)
     if not spec:
         raise NoServableModel(
@@ -504,6 +508,9 @@ def promote(cfg: Config, version: str, reason: str, gate: str = "", force: bool 
     holdout = _holdout(tags)
     if set(holdout) != set(HOLDOUT_TAGS):
         raise PromotionRefused(f"version {version} carries no holdout configuration (tags {list(HOLDOUT_TAGS)}); register it again")
+    missing = _missing_model_files(mlflow_client, name, version)
+    if missing:
+        raise PromotionRefused(f"version {version}'s model cannot be loaded: {missing}; nothing was changed")
     with _audit_log(cfg) as log:
         old = alias_version(cfg, CHAMPION)  # read under the lock: compare-and-set against this
         if expected_champion is not None and old != expected_champion:
@@ -530,6 +537,17 @@ def promote(cfg: Config, version: str, reason: str, gate: str = "", force: bool 
         }
         _audit(cfg, version, record, log)
     return record
+
+
+def _missing_model_files(mlflow_client, name: str, version: str) -> str | None:
+    """Why a version's model files are not there, for a local artifact store (others: None, unchecked)."""
+    from urllib.parse import urlparse
+
+    uri = mlflow_client.get_model_version_download_uri(name, version)
+    if not uri.startswith(("file:", "/")):
+        return None
+    path = Path(urlparse(uri).path if uri.startswith("file:") else uri)
+    return None if (path / "MLmodel").exists() else f"no MLmodel under {path}"
 
 
 def rollback(cfg: Config, reason: str, actor: str | None = None) -> dict[str, Any]:

@@ -203,3 +203,18 @@ def test_processes_opening_a_fresh_sqlite_store_at_once_all_succeed(tmp_path):
         results = [(p.wait(timeout=180), p.stdout.read(), p.stderr.read()) for p in processes]
         assert [code for code, _, _ in results] == [0, 0, 0], [err[-500:] for _, _, err in results]
         assert len({out.strip() for _, out, _ in results}) == 1  # one experiment, not one each
+
+
+def test_a_version_whose_model_files_are_gone_is_refused_and_fails_to_load_in_one_line(cfg, trained_model, instances_dir):
+    import shutil
+    from urllib.parse import urlparse
+
+    version = register(cfg, trained_model, instances_dir)
+    location = registry.client(cfg).get_model_version_download_uri(cfg.registry.model_name, version)
+    shutil.rmtree(urlparse(location).path)
+    with pytest.raises(registry.PromotionRefused, match="model cannot be loaded: no MLmodel under"):
+        registry.promote(cfg, version, reason="files gone", force=True)
+    assert registry.alias_version(cfg, registry.CHAMPION) is None
+    with pytest.raises(registry.NoServableModel, match=f"v{version}: its model cannot be loaded") as failed:
+        registry.load_served_version(cfg, version)
+    assert "\n" not in str(failed.value)
