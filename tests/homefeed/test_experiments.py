@@ -16,15 +16,16 @@ def lr_model(instances_dir, tmp_path_factory, base_config):
     return trainer.train(str(instances_dir), str(out), base_config.with_overrides({"train": {"model": "lr"}})).model_dir
 
 
-@pytest.fixture()
-def cfg(base_config, tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return base_config.with_overrides({"storage": {"root": str(tmp_path / "root")}})
+@pytest.fixture(scope="module")
+def cfg(base_config, tmp_path_factory):
+    # Its own SQLite store under its own root (registry.tracking_uri: the config wins over the environment).
+    root = tmp_path_factory.mktemp("experiments-root")
+    return base_config.with_overrides({"storage": {"root": str(root)}, "registry": {"tracking_uri": f"sqlite:///{root}/mlflow.db"}})
 
 
-@pytest.fixture()
-def versions(cfg, lr_model, instances_dir):
-    """Champion v1 and a challenger v2 gated against it."""
+@pytest.fixture(scope="module")
+def registered(cfg, lr_model, instances_dir):
+    """Champion v1 and a challenger v2 gated against it, registered once for the module."""
     from homefeed.data import read_instances
 
     champion = register_and_promote(cfg, lr_model, instances_dir)
@@ -33,6 +34,17 @@ def versions(cfg, lr_model, instances_dir):
     challenger = registry.log_and_register(cfg, run, str(lr_model), example, registry.gate_tags(champion),
                                            features=registry.serving_features(storage.read_manifest(instances_dir)))
     return champion, challenger
+
+
+@pytest.fixture()
+def versions(cfg, registered):
+    """Each test starts with v1 champion, v2 challenger and no experiment running."""
+    yield registered
+    running = experiments.running(cfg)
+    if running is not None:
+        experiments.stop(cfg, running.name)
+    if registry.alias_version(cfg, registry.CHAMPION) != registered[0]:
+        registry.promote(cfg, registered[0], reason="test reset", force=True)
 
 
 def _tags(cfg):
@@ -54,7 +66,7 @@ def test_start_records_the_experiment_for_every_reader_and_audits_it(cfg, versio
 def test_bad_starts_are_refused_and_change_nothing(cfg, versions, lr_model, instances_dir, case):
     champion, challenger = versions
     if case == "second experiment":
-        experiments.start(cfg, challenger, "first")
+        experiments.start(cfg, challenger, "first-of-two")
     if case == "holdout differs":
         other = cfg.with_overrides({"holdout": {"salt": "another-salt"}})
         run = registry.start_run(other, "other-holdout")
@@ -68,7 +80,7 @@ def test_bad_starts_are_refused_and_change_nothing(cfg, versions, lr_model, inst
     with pytest.raises(experiments.ExperimentRefused) as refused:
         experiments.start(cfg, version, "exp-2", traffic=traffic)
     assert "\n" not in str(refused.value)
-    expected = {"unknown version": "no version 99", "second experiment": "'first' is running", "traffic 0": "(0, 1]",
+    expected = {"unknown version": "no version 99", "second experiment": "'first-of-two' is running", "traffic 0": "(0, 1]",
                 "traffic 1.5": "(0, 1]", "holdout differs": "holdout configuration"}[case]
     assert expected in str(refused.value)
     assert _tags(cfg) == before
@@ -76,7 +88,7 @@ def test_bad_starts_are_refused_and_change_nothing(cfg, versions, lr_model, inst
 
 def test_an_aa_test_is_allowed(cfg, versions):
     champion, _ = versions
-    assert experiments.start(cfg, champion, "aa").challenger_version == champion
+    assert experiments.start(cfg, champion, "aa-test").challenger_version == champion
 
 
 def test_stop_with_promote_needs_a_promote_verdict_or_force_with_a_reason(cfg, versions):
@@ -106,5 +118,5 @@ def test_a_plain_stop_leaves_the_champion_and_an_unknown_name_is_one_clear_error
     assert registry.alias_version(cfg, registry.CHAMPION) == champion and experiments.running(cfg) is None
     with pytest.raises(experiments.ExperimentRefused, match="not running"):
         experiments.stop(cfg, "exp-4")
-    with pytest.raises(experiments.UnknownExperiment, match="known: exp-4"):
+    with pytest.raises(experiments.UnknownExperiment, match="known: .*exp-4"):
         experiments.get(cfg, "nope")
