@@ -93,7 +93,11 @@ def read_rows(instances_dir: str | Path, split: str, columns: tuple[str, ...] | 
 
 def read_pin_features(instances_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(pin_ids, embeddings) published with the instances."""
-    table = pq.read_table(storage.local_path(instances_dir) / schema.PIN_FEATURES_DIR)
+    directory = storage.local_path(instances_dir) / schema.PIN_FEATURES_DIR
+    if not directory.is_dir():
+        raise storage.StorageError(f"instances at {storage.local_path(instances_dir)} have no {schema.PIN_FEATURES_DIR}/ table; "
+                                   "rebuild them with `homefeed build-instances` (the job rebuilds a damaged dataset)")
+    table = pq.read_table(directory)
     ids = table.column("pin_id").to_numpy()
     emb = np.asarray(table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
     return ids, emb.reshape(len(ids), -1)

@@ -56,7 +56,21 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         manifest = local_path(path) / LEGACY_MANIFEST
     if not manifest.exists():
         raise StorageError(f"no {MANIFEST} in {local_path(path)}")
-    return json.loads(manifest.read_text())
+    try:
+        return json.loads(manifest.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StorageError(f"{manifest} is damaged (not JSON: {exc}); rebuild the dataset") from None
+
+
+def file_sizes(directory: Path) -> dict[str, int]:
+    """Every Parquet file under ``directory`` (``_pin_features/`` included; hidden staging files not) → its size."""
+    return {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*.parquet"))
+            if not any(part.startswith(".") for part in p.relative_to(directory).parts)}
+
+
+def missing_files(directory: Path, listed: dict[str, int]) -> list[str]:
+    """The listed files absent from ``directory`` or of another size (a damaged dataset)."""
+    return [name for name, size in listed.items() if not (directory / name).is_file() or (directory / name).stat().st_size != size]
 
 
 def write_json(path: Path, payload: Any) -> None:

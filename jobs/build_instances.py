@@ -43,6 +43,7 @@ whole sequence table. User buckets, not request buckets, because a user's rows t
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -58,6 +59,7 @@ from homefeed.config import Config, InstancesConfig
 from homefeed.errors import PermanentError
 
 
+log = logging.getLogger(__name__)
 IMPRESSION_KEY = ("request_id", "pin_id")
 _RANK = "_rank"
 _KIND = "_kind"  # 0: an impression's cut-off, 1: an action; cut-offs sort first on ties
@@ -592,10 +594,9 @@ def run(
         {"inputs": _input_listing(raw_root, event_logs), "config": icfg.model_dump(mode="json"), "start": str(start), "end": str(end),
          "feature_stats": feature_stats, "layout": LAYOUT_VERSION}
     )
-    if storage.is_published(out):
-        previous = storage.read_manifest(out)
-        if previous.get("fingerprint") == fingerprint:
-            return previous
+    previous = _intact_previous(out)
+    if previous is not None and previous.get("fingerprint") == fingerprint:
+        return previous
     raw, start, end = extract(spark, raw_root, start, end, now_ms if now_ms is not None else int(_time.time() * 1000),
                               cfg.validation.max_unknown_pin_rate, event_logs)
     impression_rows = raw.impressions.count()
@@ -642,9 +643,30 @@ def run(
                 "columns": list(OUTPUT_COLUMNS),
                 "code_version": _code_version(),
             }
+            manifest["files"] = storage.file_sizes(staging)  # what "same inputs, skip" checks is still there
             storage.write_json(staging / schema.MANIFEST, manifest)
     finally:
         rows.unpersist()
+    return manifest
+
+
+def _intact_previous(out: str) -> dict | None:
+    """The published dataset's manifest when every file it lists is there with its size; None
+    (rebuild, said in a line) when the manifest is damaged or a file is missing or cut."""
+    if not storage.is_published(out):
+        return None
+    root = storage.local_path(out)
+    try:
+        manifest = storage.read_manifest(out)
+    except storage.StorageError as exc:
+        log.warning("instances at %s: %s; rebuilding", root, exc)
+        return None
+    listed = manifest.get("files") or {}
+    gone = storage.missing_files(root, listed) if listed else [d for d in (schema.ROWS_DIR, schema.SEQUENCES_DIR, schema.PIN_FEATURES_DIR)
+                                                               if not (root / d).is_dir()]
+    if gone:
+        log.warning("instances at %s: %d file(s) missing or changed (e.g. %s); rebuilding", root, len(gone), gone[0])
+        return None
     return manifest
 
 
