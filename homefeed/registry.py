@@ -1,7 +1,8 @@
 """The MLflow registry: log, register, promote and roll back with aliases (never stages).
 
-Aliases: ``challenger`` (latest gated candidate), ``champion`` (serving), ``previous`` (the
-champion before the current one). Every promotion and rollback writes an audit record as version
+Aliases: ``challenger`` (the newest candidate: the latest registered version, never older than
+the champion — a promotion of a newer version by hand moves it along), ``champion`` (serving),
+``previous`` (the champion before the current one). Every promotion and rollback writes an audit record as version
 tags and as a line of an append-only JSONL log under the storage root (MLflow itself keeps no
 alias history), also logged as an artifact of the version's run.
 
@@ -530,6 +531,9 @@ def promote(cfg: Config, version: str, reason: str, gate: str = "", force: bool 
         if old is not None and old != version:
             mlflow_client.set_registered_model_alias(name, PREVIOUS, old)
         mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+        challenger = alias_version(cfg, CHALLENGER)
+        if challenger is None or int(challenger) < int(version):  # the challenger never trails the champion
+            mlflow_client.set_registered_model_alias(name, CHALLENGER, version)
         record = {
             "event": "promote", "version": version, "from_version": old, "reason": reason, "gate": gate,
             "forced": force, "holdout_changed": bool(change_holdout), "actor": actor or getpass.getuser(),

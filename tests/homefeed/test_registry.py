@@ -218,3 +218,15 @@ def test_a_version_whose_model_files_are_gone_is_refused_and_fails_to_load_in_on
     with pytest.raises(registry.NoServableModel, match=f"v{version}: its model cannot be loaded") as failed:
         registry.load_served_version(cfg, version)
     assert "\n" not in str(failed.value)
+
+
+def test_the_challenger_never_trails_a_champion_promoted_by_hand(cfg, trained_model, instances_dir):
+    v1 = register(cfg, trained_model, instances_dir)
+    registry.promote(cfg, v1, reason="first")
+    v2 = register(cfg, trained_model, instances_dir)
+    v3 = register(cfg, trained_model, instances_dir, gated=False)
+    registry.stage_challenger(cfg, v2, reason="compare v2")
+    registry.promote(cfg, v3, reason="hand-made fix", force=True)
+    assert (registry.alias_version(cfg, registry.CHAMPION), registry.alias_version(cfg, registry.CHALLENGER)) == (v3, v3)
+    registry.rollback(cfg, reason="back")
+    assert registry.alias_version(cfg, registry.CHALLENGER) == v3  # the newest candidate is still v3
