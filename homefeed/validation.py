@@ -218,6 +218,8 @@ def validate(spark: SparkSession, suite: str, data_root: str, cfg: Config, docs_
     """Run one suite on a dataset root; raises :class:`ValidationFailed` on any failure."""
     _quiet_gx()
     module = _suite_module(suite)
+    if module.TABLE:
+        _check_files(suite, data_root, module.TABLE)
     frame = read_dataset(spark, suite, data_root)
     try:
         reports = [run_suite(suite, frame, module.expectations(cfg), docs_dir)]
@@ -245,6 +247,17 @@ def validate(spark: SparkSession, suite: str, data_root: str, cfg: Config, docs_
     if not all(r.success for r in reports):
         raise ValidationFailed(reports)
     return reports
+
+
+def _check_files(suite: str, data_root: str, table: str) -> None:
+    """Every file of a raw table readable and of the contract's types, before GX sees any (the
+    instance job's own check): one line naming table, file and column, not "observed None"."""
+    from jobs.build_instances import InputDataError, check_files
+
+    try:
+        check_files(data_root, table)
+    except InputDataError as exc:
+        raise ValidationFailed([SuiteReport(suite, False, 0, [ExpectationOutcome("readable_parquet", None, False, str(exc), {"every_file": "readable, of the contract's types"})])]) from None
 
 
 def validate_raw(spark: SparkSession, raw_root: str, cfg: Config, docs_dir: str | Path | None = None) -> list[SuiteReport]:

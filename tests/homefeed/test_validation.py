@@ -65,7 +65,8 @@ def test_good_instances_pass(instances_dir, spark):
 RAW_CORRUPTIONS = {
     "missing-column": ("raw_impressions", lambda t: t.drop_columns(["source"]), r"expect_column_to_exist on column 'source'"),
     "wrong-type": ("raw_impressions", lambda t: set_column(t, "position", pc.cast(t["position"], pa.string())),
-                   r"expect_column_values_to_be_of_type on column 'position'"),
+                   # the file, the column and both types in one line (before: "12 of 26 failed, observed None")
+                   r"impressions: \S+/part-0\.parquet: column 'position' has type string, expected int32"),
     "null-user-id": ("raw_impressions", lambda t: set_column(t, "user_id", pa.nulls(t.num_rows, pa.int64())),
                      r"expect_column_values_to_not_be_null on column 'user_id'"),
     "duplicate-impressions": ("raw_impressions", lambda t: pa.concat_tables([t, t.slice(0, 3)]), r"expect_compound_columns_to_be_unique"),
@@ -97,11 +98,12 @@ def test_empty_partition_fails(raw_copy, spark):
     assert "partitions_not_empty" in result.output and path.parent.name in result.output
 
 
-def test_corrupt_parquet_fails_as_unreadable(raw_copy, spark):
-    first_file(raw_copy, "actions").write_bytes(b"PAR1 this is not parquet")
+def test_corrupt_parquet_fails_as_unreadable_naming_the_file(raw_copy, spark):
+    path = first_file(raw_copy, "actions")
+    path.write_bytes(b"PAR1 this is not parquet")
     result = validate("raw_actions", raw_copy)
     assert result.exit_code == 1
-    assert "readable" in result.output
+    assert f"actions: {path} is not a readable Parquet file" in result.output
 
 
 def test_label_rate_collapse_fails(instances_copy, spark):
