@@ -105,8 +105,10 @@ def readout(
     typer.echo(f"    done in {time.perf_counter() - started:.1f}s", err=True)
     typer.echo(f"verdict: {decision['verdict']}  ({'; '.join(decision['reasons'])})", err=True)
     if primary:
+        cuped = primary.get("cuped")
+        adjusted = f"; with CUPED {cuped['rel_effect']:+.2%} [{cuped['rel_effect_lo']:+.2%}, {cuped['rel_effect_hi']:+.2%}]" if cuped else ""
         typer.echo(f"{cfg.experiments.decision.primary_metric}: control {primary['control']:.4g}, treatment {primary['treatment']:.4g}, "
-                   f"{primary['rel_effect']:+.2%} [{primary['rel_effect_lo']:+.2%}, {primary['rel_effect_hi']:+.2%}]; "
+                   f"{primary['rel_effect']:+.2%} [{primary['rel_effect_lo']:+.2%}, {primary['rel_effect_hi']:+.2%}]{adjusted}; "
                    f"SRM p = {result['srm']['p_value']:.3g}", err=True)
     typer.echo(f"report: {result['report']}", err=True)
     typer.echo(json.dumps({"experiment": name, "decision": decision, "readout": str(Path(result['report']).with_name('readout.json'))}))
