@@ -116,7 +116,7 @@ def readout(
 
 def simulate_experiment(
     out: Annotated[Path, typer.Option(help="Output directory (replaced): the world, the registry, the logs, the readout")],
-    challenger: Annotated[str, typer.Option(help="same (an A/A test), worse (ranks in reverse) or better (TransAct v1.1 against a none champion)")],
+    challenger: Annotated[str, typer.Option(help="same (an A/A test), worse (the ranker serving worst first) or better (the ranker against a champion serving worst first)")],
     users: Annotated[int, typer.Option(help="Simulated users")] = 5000,
     days: Annotated[int, typer.Option(help="Days the experiment runs")] = 7,
     traffic: Annotated[float, typer.Option(help="Share of the non-holdout users in the experiment")] = 1.0,
