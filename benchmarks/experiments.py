@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -79,10 +80,13 @@ def write_synthetic_logs(root: Path, n_requests: int, n_users: int, experiment: 
         n = min(chunk, n_requests - start)
         users = rng.integers(1, n_users + 1, size=n)
         ts = START_MS + rng.integers(0, 7 * DAY_MS, size=n)
+        offsets = pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32))
         table = pa.table({
-            "request_id": pa.array([f"r{start + i}" for i in range(n)]), "user_id": users, "ts": ts,
-            "arm": pa.array(["control"] * n), "experiment": pa.array([experiment.name] * n), "model_version": pa.array(["1"] * n),
-            "pin_ids": pa.array([[1, 2]] * n, type=pa.list_(pa.int64())), "scores": pa.array([[0.5, 0.4]] * n, type=pa.list_(pa.float64())),
+            "request_id": pc.cast(pa.array(np.arange(start, start + n)), pa.string()), "user_id": users, "ts": ts,
+            "arm": pa.array(np.full(n, "control")),
+            "experiment": pa.array(np.full(n, experiment.name)), "model_version": pa.array(np.full(n, "1")),
+            "pin_ids": pa.ListArray.from_arrays(offsets, pa.array(np.tile([1, 2], n).astype(np.int64))),
+            "scores": pa.ListArray.from_arrays(offsets, pa.array(np.tile([0.5, 0.4], n))),
         }, schema=SERVED_SCHEMA)
         directory = root / SERVED / "dt=2027-01-01"
         directory.mkdir(parents=True, exist_ok=True)
