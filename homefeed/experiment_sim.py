@@ -48,7 +48,7 @@ TRAINING_DAYS = 4  # the model learns from the warm-up's last days (train, valid
 @dataclass(frozen=True)
 class SimSettings:
     challenger: str
-    users: int = 5000
+    users: int = 7000
     days: int = 7
     traffic: float = 1.0
     requests_per_user_day: float = 1.5
