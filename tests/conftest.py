@@ -59,6 +59,15 @@ def instances_dir(tmp_path_factory, spark, raw_dir, base_config) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def lr_model(instances_dir, tmp_path_factory, base_config):
+    """A logistic-regression model trained once on the tiny instances (fast to train and to load)."""
+    from homefeed import train as trainer
+
+    out = tmp_path_factory.mktemp("lr-model")
+    return trainer.train(str(instances_dir), str(out), base_config.with_overrides({"train": {"model": "lr"}})).model_dir
+
+
 def register_and_promote(cfg, model_dir, instances_dir, tags: dict | None = None) -> str:
     """Register a trained model with its serving feature spec and make it the champion."""
     from homefeed import registry, storage

@@ -12,14 +12,6 @@ from tests.conftest import register_and_promote
 
 
 @pytest.fixture(scope="module")
-def lr_model(instances_dir, tmp_path_factory, base_config):
-    from homefeed import train as trainer
-
-    out = tmp_path_factory.mktemp("experiment-serving-model")
-    return trainer.train(str(instances_dir), str(out), base_config.with_overrides({"train": {"model": "lr"}})).model_dir
-
-
-@pytest.fixture(scope="module")
 def cfg(base_config, tmp_path_factory):
     root = tmp_path_factory.mktemp("experiment-serving-root")
     return base_config.with_overrides({"storage": {"root": str(root)}, "holdout": {"fraction": 0.2},
