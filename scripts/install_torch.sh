@@ -26,15 +26,16 @@ fi
 if [ "$gpu" = "1" ]; then
   build=cuda
   "${pip[@]}" "torch==$version"
-elif "${pip[@]}" --no-index "torch==$version" 2>/dev/null; then
-  build=cpu  # a local wheel store (pip's find-links): nothing downloaded
+elif "${pip[@]}" --no-deps --no-index "torch==$version" 2>/dev/null; then
+  build=cpu  # a local wheel store (pip's find-links) holds it: nothing downloaded
+  "${pip[@]}" "torch==$version"  # its dependencies, from pip's configured index
 else
   build=cpu
   echo "install_torch: torch $version, CPU build, from $cpu_index (~190 MB)" >&2
   "${pip[@]}" --extra-index-url "$cpu_index" "torch==$version+cpu"
 fi
 
-"$python_bin" - "$build" <<'EOF'
+"$python_bin" -W ignore - "$build" <<'EOF'  # numpy is not installed yet: torch warns about it
 import sys
 
 import torch

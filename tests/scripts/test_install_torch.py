@@ -50,15 +50,16 @@ def _run(tmp_path: Path, gpu: str = "", local_store: bool = False, arrives: tupl
 def test_a_public_machine_gets_the_cpu_build_from_pytorchs_cpu_index(tmp_path):
     result, calls = _run(tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "--no-index torch==2.13.0" in calls[0]  # the local store is tried first, and is absent
+    assert "--no-deps --no-index torch==2.13.0" in calls[0]  # the local store is tried first, and is absent
     assert calls[1].endswith("--extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu")
     assert "torch 2.13.0+cpu (CPU build)" in result.stderr
 
 
-def test_a_local_wheel_store_is_used_and_nothing_else_is_asked_for(tmp_path):
+def test_a_local_wheel_store_is_used_and_pytorchs_index_is_never_asked(tmp_path):
     result, calls = _run(tmp_path, local_store=True)
     assert result.returncode == 0, result.stderr
-    assert len(calls) == 1 and "--no-index torch==2.13.0" in calls[0]
+    assert "--no-deps --no-index torch==2.13.0" in calls[0]
+    assert len(calls) == 2 and calls[1].endswith(" torch==2.13.0") and "--extra-index-url" not in calls[1]  # its dependencies
 
 
 def test_gpu_1_installs_the_cuda_build_on_purpose_and_the_check_lets_it_through(tmp_path):
