@@ -95,13 +95,14 @@ SERVED_TABLE = Table(SERVED, SERVED_SCHEMA, ("request_id",), f"{SERVED}/{JOURNAL
 QUARANTINE_DIR = "_quarantine"
 
 
-def _conforms(record: Any, table: Table) -> bool:
-    """A record the table's schema takes (every column, each of its type)."""
-    if not isinstance(record, dict) or set(record) != set(table.schema.names):
-        return False
+def _conforms(records: list[Any], table: Table) -> bool:
+    """Every record is one the table's schema takes (every column, each of its type)."""
     try:
-        pa.Table.from_pylist([record], schema=table.schema)
-        _dt(record["ts"])
+        if any(not isinstance(r, dict) or set(r) != set(table.schema.names) for r in records):
+            return False
+        pa.Table.from_pylist(records, schema=table.schema)
+        for record in records:
+            _dt(record["ts"])
     except (pa.ArrowException, TypeError, ValueError, OverflowError, OSError):
         return False
     return True
@@ -121,9 +122,13 @@ def roll_journal(root: Path, journal: Path, table: Table = ACTIONS_TABLE) -> int
     """Publish the journal's records as Parquet parts (one per dt), then delete it; the count.
     Records the schema does not take are quarantined, never published and never fatal."""
     lines = _read_journal(journal)
-    good = [e for e in lines if _conforms(e, table)] if not _all_conform(lines, table) else lines
-    if len(good) < len(lines):
-        _quarantine(root, journal, table, [e for e in lines if not _conforms(e, table)])
+    good, bad = lines, []
+    if not _conforms(lines, table):  # the whole journal at once first; line by line only when it fails
+        verdicts = [_conforms([e], table) for e in lines]
+        good = [e for e, ok in zip(lines, verdicts) if ok]
+        bad = [e for e, ok in zip(lines, verdicts) if not ok]
+    if bad:
+        _quarantine(root, journal, table, bad)
     records = list({tuple(e[k] for k in table.key): e for e in good}.values())
     by_dt: dict[str, list[dict]] = {}
     for record in records:  # a retried record appears once
@@ -137,19 +142,6 @@ def roll_journal(root: Path, journal: Path, table: Table = ACTIONS_TABLE) -> int
         os.replace(staging, part)  # readers see the whole part or none of it
     journal.unlink(missing_ok=True)
     return len(records)
-
-
-def _all_conform(records: list[Any], table: Table) -> bool:
-    """The fast path: the whole journal converts at once (checked line by line only when not)."""
-    try:
-        if any(not isinstance(r, dict) or set(r) != set(table.schema.names) for r in records):
-            return False
-        pa.Table.from_pylist(records, schema=table.schema)
-        for record in records:
-            _dt(record["ts"])
-    except (pa.ArrowException, TypeError, ValueError, OverflowError, OSError):
-        return False
-    return True
 
 
 def recover(root: Path, table: Table = ACTIONS_TABLE) -> int:
@@ -173,12 +165,12 @@ def read_events(root: str | Path) -> pa.Table:
     return pa.concat_tables(pq.read_table(f, columns=list(schema.columns(schema.ACTIONS))) for f in files)
 
 
-def read_served(root: str | Path) -> pa.Table:
-    """Every published exposure (rolled parts only)."""
+def read_served(root: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Every published exposure (rolled parts only); ``columns``: only these (the pin lists are the bulk)."""
     files = sorted(Path(root, SERVED).glob(f"{schema.DT}=*/part-*.parquet"))
     if not files:
-        return SERVED_SCHEMA.empty_table()
-    return pa.concat_tables(pq.read_table(f, schema=SERVED_SCHEMA) for f in files)
+        return SERVED_SCHEMA.empty_table().select(columns or SERVED_SCHEMA.names)
+    return pa.concat_tables(pq.read_table(f, schema=SERVED_SCHEMA, columns=columns) for f in files)
 
 
 class JournaledLog:
@@ -224,7 +216,7 @@ class JournaledLog:
             if self._handle is None:
                 return []
             self._handle.flush()
-            return [r for r in _read_journal(Path(self._handle.name)) if _conforms(r, self.table)]
+            return [r for r in _read_journal(Path(self._handle.name)) if _conforms([r], self.table)]
 
     def _roll(self, background: bool = False) -> None:
         handle, self._handle = self._handle, None

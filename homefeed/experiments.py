@@ -214,6 +214,6 @@ def users_so_far(exposures_root: Path, name: str) -> dict[str, int]:
     """Distinct users per arm in the published exposure log (what a readout would count)."""
     from homefeed.event_log import read_served
 
-    served = read_served(exposures_root).select(["user_id", "arm", "experiment"]).to_pandas()
+    served = read_served(exposures_root, columns=["user_id", "arm", "experiment"]).to_pandas()
     served = served[served["experiment"] == name]
     return {arm: int(served.loc[served["arm"] == arm, "user_id"].nunique()) for arm in arms.ARMS}

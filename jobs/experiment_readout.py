@@ -88,9 +88,14 @@ def read_actions(spark: SparkSession, roots: list[str]) -> DataFrame:
 
 
 # =========================================================================== transform
-def exposed_users(exposures: DataFrame, window: Window) -> DataFrame:
-    """One row per user exposed during the experiment: assigned arm, first exposure, requests, days."""
-    mine = exposures.where((F.col("experiment") == window.name) & F.col("ts").between(window.start_ms, window.end_ms))
+def in_experiment(exposures: DataFrame, window: Window) -> DataFrame:
+    """The answers served under the experiment between its start and the readout's end."""
+    return exposures.where((F.col("experiment") == window.name) & F.col("ts").between(window.start_ms, window.end_ms))
+
+
+def exposed_users(mine: DataFrame, window: Window) -> DataFrame:
+    """One row per user exposed during the experiment (``mine``: :func:`in_experiment`): assigned
+    arm, first exposure, requests, days."""
     assigned = arms.arm_column(F.col("user_id"), window.holdout_fraction, window.holdout_salt, window.traffic, window.salt)
     return (
         mine.groupBy("user_id")
@@ -139,9 +144,8 @@ def with_segments(spark: SparkSession, users: DataFrame, raw_root: str | None) -
         "signup_ts", "last_active_ts", "actions_28d", "_snapshot_ts")
 
 
-def daily_rows(exposures: DataFrame, actions: DataFrame, users: DataFrame, window: Window) -> DataFrame:
-    """One row per (user, day the user was exposed): the day's requests and repins."""
-    mine = exposures.where((F.col("experiment") == window.name) & F.col("ts").between(window.start_ms, window.end_ms))
+def daily_rows(mine: DataFrame, actions: DataFrame, users: DataFrame, window: Window) -> DataFrame:
+    """One row per (user, day the user was exposed; ``mine``: :func:`in_experiment`): the day's requests and repins."""
     days = mine.groupBy("user_id", F.floor(F.col("ts") / DAY_MS).alias("day")).agg(F.countDistinct("request_id").alias("requests"))
     repins = (actions.where((F.col("action") == "repin") & F.col("ts").between(window.start_ms, window.end_ms))
               .groupBy("user_id", F.floor(F.col("ts") / DAY_MS).alias("day")).agg(F.count("*").alias("repins")))
@@ -152,7 +156,8 @@ def daily_rows(exposures: DataFrame, actions: DataFrame, users: DataFrame, windo
 def user_tables(spark: SparkSession, log_root: str, raw_root: str | None, window: Window) -> UserTables:
     """The whole transform: the per-user and per-(user, day) frames, collected for the statistics."""
     exposures = read_exposures(spark, log_root, window).cache()
-    users = exposed_users(exposures, window).cache()
+    mine = in_experiment(exposures, window)
+    users = exposed_users(mine, window).cache()
     if users.limit(1).count() == 0:
         exposures.unpersist()
         raise NoExposures(f"experiment {window.name}: no /rank answer recorded between its start and the readout's end")
@@ -164,7 +169,7 @@ def user_tables(spark: SparkSession, log_root: str, raw_root: str | None, window
              .fillna(0, [*COUNTED_ACTIONS.values(), *[f"{n}_pre" for n in COUNTED_ACTIONS.values()], "requests_pre"]))
     table = with_segments(spark, table, raw_root)
     users_frame = table.toPandas()
-    daily = daily_rows(exposures, actions, users, window).toPandas()
+    daily = daily_rows(mine, actions, users, window).toPandas()
     for frame in (exposures, users, actions):
         frame.unpersist()
     mismatched = int(users_frame.pop("served_other_arm").sum())

@@ -221,15 +221,12 @@ class RankingService:
     def record_event(self, user_id: int, pin_id: int, action: str, ts: int) -> bool:
         """Log, then store; True when the store did not hold it yet. Raises when either fails: the
         caller does not acknowledge it, and its retry is de-duplicated by the store and the log."""
-        self.ensure_store()
-        if self.events is not None:  # journal first: an event the log refused is never visible to the model
-            self.events.append(user_id, pin_id, action, ts)
-        return self.store.append(user_id, pin_id, action, ts)
+        return self.record_events([(user_id, pin_id, action, ts)]) == 1
 
     def record_events(self, events: list[tuple[int, int, str, int]]) -> int:
-        """Many (user, pin, action, ts) at once: one store transaction, then the log; the number new."""
+        """Many (user, pin, action, ts) at once: the log, then one store transaction; the number new."""
         self.ensure_store()
-        if self.events is not None:
+        if self.events is not None:  # journal first: an event the log refused is never visible to the model
             for user_id, pin_id, action, ts in events:
                 self.events.append(user_id, pin_id, action, ts)
         return self.store.extend([(int(u), features.make_event(self.snapshot, p, a, t)) for u, p, a, t in events])
