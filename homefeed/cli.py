@@ -428,9 +428,7 @@ def serve(
     config: ConfigOption = None,
 ) -> None:
     """Serve `POST /rank` with the model behind `serving.alias` (champion) of the registry."""
-    import uvicorn
-
-    from homefeed.serving.app import create_app
+    from homefeed.serving import app as serving_app
     from homefeed.registry import NoServableModel
 
     cfg = _config(config)
@@ -443,11 +441,10 @@ def serve(
 
     try:
         with _registry_errors():
-            application = create_app(cfg)
+            serving_app.run(cfg, bind, port or cfg.serving.port)
     except (NoServableModel, SequenceStoreUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    uvicorn.run(application, host=bind, port=port or cfg.serving.port, log_level="info")
 
 
 def _is_loopback(host: str) -> bool:
@@ -574,13 +571,16 @@ def airflow(
     port: Annotated[int, typer.Option(help="API server / UI port on 127.0.0.1")] = 8080,
     config: ConfigOption = None,
 ) -> None:
-    """Start `airflow standalone` with the project's DAGs on 127.0.0.1 and print the login."""
+    """Start Airflow (api-server, scheduler, dag-processor, triggerer) with the project's DAGs on
+    127.0.0.1 and print the login."""
     from homefeed import local_platform
 
     env, user, password = local_platform.standalone_env(_config(config), port, config)
+    with _platform_errors():
+        local_platform.migrate_airflow_db(env)
     typer.echo(f"Airflow UI: http://127.0.0.1:{port}   login: {user} / {password}   (AIRFLOW_HOME={env['AIRFLOW_HOME']})")
     typer.echo("DAGs: homefeed_retrain (trigger with the parameter form), homefeed_promote. Ctrl-C stops it.")
-    raise typer.Exit(local_platform.supervise([local_platform.airflow_bin(), "standalone"], env))
+    raise typer.Exit(local_platform.supervise(local_platform.airflow_components(port), env, typer.echo))
 
 
 @app.command()

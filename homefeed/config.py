@@ -264,6 +264,8 @@ class ServingConfig(_Section):
     # Acknowledged events, kept as a raw root's `actions` table; empty → <storage root>/events.
     event_log: str = ""
     event_log_roll_events: int = Field(10_000, ge=1)
+    # Processes serving on one socket (uvicorn workers); above 1, /metrics adds all of them up.
+    workers: int = Field(1, ge=1, le=64)
     # Bearer token for POST /events and /admin/*; required when the service listens beyond loopback.
     token: str = Field("", json_schema_extra={"secret": True})
 

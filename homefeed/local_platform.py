@@ -9,6 +9,7 @@ through ``say`` (the CLI prints them on stderr).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -130,7 +131,9 @@ def migrate_airflow_db(env: dict[str, str]) -> None:
 
     with open(Path(env["AIRFLOW_HOME"]) / "migrate.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+        migrated = subprocess.run([airflow_bin(), "db", "migrate"], env=env, capture_output=True, text=True)
+    if migrated.returncode != 0:
+        raise PlatformError(f"airflow db migrate failed: {migrated.stderr[-2000:]}")
 
 
 def run_dag(cfg: Config, dag_id: str, conf: dict, logical_date: str, config_files: list[Path] | None = None,
@@ -186,25 +189,54 @@ def standalone_env(cfg: Config, port: int, config_files: list[Path] | None = Non
     return env, user, password
 
 
-def supervise(command: list[str], env: dict[str, str]) -> int:
-    """Run ``command`` in a session of its own; SIGTERM / SIGINT / SIGHUP to this process stop it
-    and every process it started (task runners included), which a signal to the group misses."""
+def airflow_components(port: int) -> dict[str, list[str]]:
+    """What `airflow standalone` runs, as separate commands. The scheduler's and the triggerer's log
+    servers are not started: Airflow binds them to every interface (no setting changes it), and the
+    api-server on this machine reads the task logs from its disk."""
+    airflow = airflow_bin()
+    return {
+        "api-server": [airflow, "api-server", "--port", str(port)],
+        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+        "dag-processor": [airflow, "dag-processor"],
+        "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
+    }
+
+
+def supervise(commands: dict[str, list[str]], env: dict[str, str], say: Say = print) -> int:
+    """Run each command in a session of its own until one ends or this process is told to stop
+    (SIGTERM / SIGINT / SIGHUP); then stop every one and all they started (task runners included,
+    which a signal to a process group misses). The exit code: the first one's, or 128 + the signal.
+
+    Not honcho or circus: both stop a child by its process group, which Airflow's task runners leave.
+    """
     import signal
 
     from homefeed.processes import stop_tree
 
-    process = subprocess.Popen(command, env=env, start_new_session=True)
-    stopping = []
+    started = {subprocess.Popen(command, env=env, start_new_session=True).pid: name for name, command in commands.items()}
+    stopping: list[int] = []
 
-    def stop(signum, _frame) -> None:
+    def stop_all(signum: int) -> None:
+        for pid in started:
+            stop_tree(pid, signum)
+
+    def on_signal(signum, _frame) -> None:
         if not stopping:
             stopping.append(signum)
-            stop_tree(process.pid, signum)
+            stop_all(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, stop)
-    code = process.wait()
-    return 128 + stopping[0] if stopping else code
+        signal.signal(signum, on_signal)
+    pid, status = os.wait()  # the first child to end (a signal handler interrupts, then it waits on)
+    code = os.waitstatus_to_exitcode(status)
+    if not stopping:
+        say(f"{started.get(pid, pid)} ended (exit code {code}): stopping the others")
+        stopping.append(0)
+        stop_all(signal.SIGTERM)
+    for _ in started:  # bounded: one wait per child left
+        with contextlib.suppress(ChildProcessError):
+            os.wait()
+    return 128 + stopping[0] if stopping[0] else code
 
 
 # --------------------------------------------------------------------------- the main job

@@ -7,15 +7,47 @@ group leaves them running; a tree walked through parent ids finds them.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import time
 from pathlib import Path
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for a server about to bind it)."""
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10_000
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
+def _binds(port: int) -> bool:
     with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, below the kernel's ephemeral range.
+
+    A port the kernel hands out (bind to 0) comes from the ephemeral range, so any outgoing
+    connection opened before the server binds it may take it (a stack starting eight servers one
+    after another lost its Airflow port that way). Ports below that range are only ever taken by an
+    explicit bind, so a chosen port stays free until its server binds it.
+    """
+    top = _ephemeral_start()
+    for _ in range(200):  # bounded: ~20k candidates, almost all free
+        port = random.randrange(LOWEST_PORT, max(top, LOWEST_PORT + 1))
+        if _binds(port):
+            return port
+    with socket.socket() as probe:  # a machine with that range full: the kernel's choice
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 

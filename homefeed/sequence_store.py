@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -107,6 +108,10 @@ class SequenceStore(Protocol):
     def record_source(self, source: str, state: SourceState) -> None: ...
 
     def reset(self) -> None: ...
+
+    def replaced(self) -> bool: ...
+
+    def reopen(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -280,6 +285,7 @@ local counts = redis.call('HGETALL', KEYS[2])
 return {table.concat(members, ';'), table.concat(counts, ';')}
 """
 KEY_PREFIX = "homefeed:"
+MARKER_KEY = f"{KEY_PREFIX}store"  # a token per filling: gone or changed, the server lost what was filled
 POSITIVE_ARG = "," + ",".join(str(c) for c in sorted(POSITIVE_CODES)) + ","
 
 
@@ -320,6 +326,29 @@ class RedisSequenceStore:
         self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
         self._append = self._redis.register_script(APPEND_SCRIPT)
         self._read = self._redis.register_script(READ_SCRIPT)
+        self._identity: bytes | None = None  # the marker's value this store last filled under
+        with contextlib.suppress(SequenceStoreUnavailable):  # a server down now is noticed by replaced() later
+            self._mark()
+
+    def _mark(self) -> None:
+        """Adopt the server's marker, writing one first where there is none (a fresh or emptied server)."""
+        with self._reachable():
+            self._redis.set(MARKER_KEY, secrets.token_hex(8), nx=True)
+            self._identity = self._redis.get(MARKER_KEY)
+
+    def replaced(self) -> bool:
+        """The server lost what this store filled (restarted empty, flushed, reset by another
+        process): its marker is gone or another. One GET; False while the server is unreachable,
+        which the next read or write reports itself."""
+        try:
+            with self._reachable():
+                return self._redis.get(MARKER_KEY) != self._identity or self._identity is None
+        except SequenceStoreUnavailable:
+            return False
+
+    def reopen(self) -> None:
+        """Mark the (empty) server again; the caller refills it."""
+        self._mark()
 
     def describe(self) -> str:
         return self.url
@@ -388,6 +417,7 @@ class RedisSequenceStore:
             keys = list(self._redis.scan_iter(match=f"{KEY_PREFIX}*", count=1000))
             for start in range(0, len(keys), 1000):
                 self._redis.delete(*keys[start : start + 1000])
+        self._mark()  # a new marker: a service filled under the old one sees the store emptied
 
     def close(self) -> None:
         self._redis.close()

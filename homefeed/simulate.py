@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from homefeed import schema, segments, storage
 from homefeed.config import SimulatorConfig
@@ -330,6 +331,21 @@ def _with_dt(frame: pd.DataFrame, ts_ms: np.ndarray | pd.Series) -> pd.DataFrame
     return frame.assign(**{schema.DT: _day(ts_ms)})
 
 
+def _write_partitioned(table: pa.Table, directory: Path) -> None:
+    """``dt=YYYY-MM-DD/part-0.parquet`` per day, the day in the path only (hive layout).
+
+    Not ``pyarrow.dataset.write_dataset``: its asynchronous writer can leave threads that abort the
+    interpreter at exit (apache/arrow#36980: "terminate called without an active exception", about
+    one run in 25), which is how `homefeed generate` once ended with SIGABRT after a complete write.
+    """
+    days = table.column(schema.DT)
+    rest = table.drop_columns([schema.DT])
+    for day in pc.unique(days).to_pylist():
+        part = directory / f"{schema.DT}={day}"
+        part.mkdir(parents=True)
+        pq.write_table(rest.filter(pc.equal(days, day)), part / "part-0.parquet")
+
+
 def write_raw(log: SimulatedLog, out: str | Path, snapshot_ts: int, manifest_extra: dict | None = None) -> Path:
     """Write the four raw tables as dt-partitioned Parquet under ``out`` and publish atomically."""
     frames = {
@@ -342,15 +358,7 @@ def write_raw(log: SimulatedLog, out: str | Path, snapshot_ts: int, manifest_ext
         counts = {}
         for table, frame in frames.items():
             arrow = pa.Table.from_pandas(frame, schema=schema.arrow_schema(table), preserve_index=False)
-            pads.write_dataset(
-                arrow,
-                staging / table,
-                format="parquet",
-                partitioning=[schema.DT],
-                partitioning_flavor="hive",
-                basename_template="part-{i}.parquet",
-                existing_data_behavior="overwrite_or_ignore",
-            )
+            _write_partitioned(arrow, staging / table)
             counts[table] = arrow.num_rows
         storage.write_json(staging / schema.MANIFEST, {"row_counts": counts, **(manifest_extra or {})})
     return storage.local_path(out)

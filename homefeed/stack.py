@@ -291,19 +291,19 @@ class Stack:
         return env
 
     def _start_airflow(self, say: Say) -> None:
-        from homefeed.local_platform import airflow_bin
+        from homefeed.local_platform import PlatformError, airflow_components, migrate_airflow_db
 
         env, port = self.airflow_env(), self.ports()["airflow"]
-        migrated = subprocess.run([airflow_bin(), "db", "migrate"], env=env, capture_output=True, text=True)
-        if migrated.returncode != 0:
-            raise StackError(f"airflow db migrate failed: {migrated.stderr[-2000:]}")
-        api = self._spawn("airflow-api-server", [airflow_bin(), "api-server", "--port", str(port)], env)
+        try:
+            migrate_airflow_db(env)
+        except PlatformError as exc:
+            raise StackError(str(exc)) from None
+        components = airflow_components(port)
+        api = self._spawn("airflow-api-server", components.pop("api-server"), env)
         self._wait("airflow-api-server", lambda: _http_ok(f"http://127.0.0.1:{port}/api/v2/monitor/health"), api, 180)
         self._record("airflow-api-server", api.pid, port, f"http://127.0.0.1:{port}")
-        # Their log servers bind every interface (no setting); the api-server reads the task logs
-        # from this machine's disk, so they are not started.
-        for part, args in (("scheduler", ["--skip-serve-logs"]), ("dag-processor", []), ("triggerer", ["--skip-serve-logs"])):
-            process = self._spawn(f"airflow-{part}", [airflow_bin(), part, *args], env)
+        for part, command in components.items():
+            process = self._spawn(f"airflow-{part}", command, env)
             self._record(f"airflow-{part}", process.pid, None)
         self._wait("airflow-scheduler", lambda: self._airflow_healthy(port), None, 180)
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import shutil
 import time
 from typing import Annotated, Literal
 
@@ -33,11 +35,11 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
-from homefeed import features, schema
+from homefeed import features, schema, storage
 from homefeed.config import Config
 from homefeed.event_log import EventLogError
 from homefeed.sequence_store import SequenceStoreUnavailable
-from homefeed.serving.metrics import ServiceMetrics
+from homefeed.serving.metrics import MULTIPROCESS_DIR, ServiceMetrics
 from homefeed.serving.service import RankingService
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ ActionName = Literal[schema.ACTION_NAMES]  # type: ignore[valid-type]
 # Ids and times are int64 end to end (Arrow, torch, Parquet): a larger number is a bad request
 # (422 naming the field), not an OverflowError deep in feature building (500).
 INT64_MAX = 2**63 - 1
+CONFIG_ENV = "HOMEFEED_SERVING_CONFIG"  # the resolved config, handed to worker processes
 Id = Annotated[int, Field(ge=0, le=INT64_MAX)]  # ids and ms timestamps alike
 
 
@@ -199,6 +202,7 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
         if poller:
             poller.cancel()
         service.close()  # publishes the event journal
+        metrics.worker_exited()
 
     # /docs and /redoc from files in the fastapi-offline package: a CDN is not reachable everywhere.
     app = FastAPIOffline(title="homefeed ranking service", lifespan=lifespan)
@@ -271,6 +275,31 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
         return Response(metrics.render(), media_type=metrics.content_type)
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's app factory in each worker process of :func:`run` (serving.workers > 1)."""
+    return create_app(Config.model_validate_json(os.environ[CONFIG_ENV]))
+
+
+def run(cfg: Config, host: str, port: int) -> None:
+    """Serve until stopped: one process, or ``serving.workers`` processes on one socket with one
+    ``/metrics`` for all of them. Start-up errors (no champion, an unreachable store) are raised
+    here, once, before any worker starts."""
+    import uvicorn
+
+    if cfg.serving.workers == 1:
+        uvicorn.run(create_app(cfg), host=host, port=port, log_level="info")
+        return
+    RankingService.from_registry(cfg).close()  # the same checks and the store's bootstrap, once
+    metrics_dir = storage.local_path(cfg.storage.root) / "serving" / f"metrics-{port}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # a previous run's values would be added in
+    metrics_dir.mkdir(parents=True)
+    os.environ[MULTIPROCESS_DIR] = str(metrics_dir)
+    os.environ[CONFIG_ENV] = cfg.model_dump_json()  # inherited by the workers only, never written to disk
+    log.info("serving with %d worker processes; /metrics adds them up (%s)", cfg.serving.workers, metrics_dir)
+    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=cfg.serving.workers,
+                host=host, port=port, log_level="info")
 
 
 async def _poll_alias(cfg: Config, service: RankingService) -> None:

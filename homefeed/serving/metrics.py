@@ -8,16 +8,24 @@ either (a client that stopped sending hides, a store that lost clicks) shows as 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from homefeed import schema
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 LENGTH_BUCKETS = (0, 1, 5, 10, 25, 50, 75, 99, 100)
+# Set by `homefeed serve` for its worker processes (serving.workers > 1): each writes its values to
+# files there, and a scrape of any worker adds all of them up (Prometheus' multiprocess mode).
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get(MULTIPROCESS_DIR))
 
 
 class ServiceMetrics:
@@ -35,18 +43,20 @@ class ServiceMetrics:
         self.store_errors = Counter("homefeed_store_errors", "Sequence store and event log failures, by operation (read, append, event_log)", ["operation"], registry=self.registry)
         self.degraded = Counter("homefeed_rank_degraded", "Ranking requests answered without the user's sequence (store unreachable)",
                                 registry=self.registry)
-        self.inflight = Gauge("homefeed_inflight_requests", "Ranking requests being served or waiting for a worker", registry=self.registry)
+        self.inflight = Gauge("homefeed_inflight_requests", "Ranking requests being served or waiting for a worker", registry=self.registry,
+                              multiprocess_mode="livesum")
         self.rejected = Counter("homefeed_rejected", "Ranking requests refused with 503 (serving.max_inflight reached)", registry=self.registry)
         self.arms = Counter("homefeed_rank_arm", "Ranking requests answered, by experiment arm", ["arm"], registry=self.registry)
         self.exposure_log_errors = Counter("homefeed_exposure_log_errors", "Rankings refused because the exposure log could not record them",
                                            registry=self.registry)
         self.experiment_running = Gauge("homefeed_experiment_running", "1 while an experiment runs, by whether its challenger is loaded",
-                                        ["challenger_loaded"], registry=self.registry)
+                                        ["challenger_loaded"], registry=self.registry, multiprocess_mode="livemax")
         self.challenger_failures = Gauge("homefeed_experiment_challenger_load_failures",
                                          "Failed loads of the running experiment's challenger since start (everyone gets the champion)",
-                                         registry=self.registry)
-        self.store_rebuilds = Gauge("homefeed_store_rebuilds", "Times the sequence store's file was found deleted or replaced "
-                                    "while serving, and reopened and refilled from the logs", registry=self.registry)
+                                         registry=self.registry, multiprocess_mode="sum")
+        self.store_rebuilds = Gauge("homefeed_store_rebuilds", "Times the sequence store was found lost while serving (its "
+                                    "file deleted or replaced, its Redis server restarted empty) and refilled from the logs", registry=self.registry,
+                                    multiprocess_mode="sum")
         for arm in ("holdout", "control", "treatment", "none"):
             self.arms.labels(arm)
         for action in schema.ACTION_NAMES:  # every series exists from the start, at 0
@@ -85,4 +95,15 @@ class ServiceMetrics:
         self.challenger_failures.set(failures)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's metrics, or every worker's added up in multiprocess mode."""
+        if not multiprocess_mode():
+            return generate_latest(self.registry)
+        everyone = CollectorRegistry()
+        multiprocess.MultiProcessCollector(everyone)
+        return generate_latest(everyone)
+
+    @staticmethod
+    def worker_exited() -> None:
+        """Drop this worker's live gauges (in-flight requests) from the sum; its counts stay."""
+        if multiprocess_mode():
+            multiprocess.mark_process_dead(os.getpid())

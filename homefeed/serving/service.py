@@ -29,6 +29,7 @@ from homefeed.metrics import ranking_utility
 from homefeed.registry import NoServableModel, ServedModel, load_served_model  # noqa: F401 - the service's model, re-exported for its users
 
 log = logging.getLogger(__name__)
+STORE_CHECK_EVERY_S = 1.0  # how often ranking alone checks that the store still holds what was filled
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class RankingService:
         self.reload_error = ""  # the last reload's failure (the loaded version keeps serving), for /ready
         self.store_sources: list[str] = []  # the logs that refill a store rebuilt from nothing
         self.store_rebuilds = 0
+        self._store_checked = time.monotonic()
         self._store_lock = threading.Lock()
         self._lock = threading.Lock()
 
@@ -128,15 +130,16 @@ class RankingService:
         return service
 
     def ensure_store(self) -> bool:
-        """Reopen and refill a store whose file was deleted or replaced under the service; True when
-        it was (counted in ``store_rebuilds``). Called before each append and on /ready."""
-        replaced = getattr(self.store, "replaced", None)
-        if replaced is None or not replaced():
+        """Reopen and refill a store lost under the service (its SQLite file deleted or replaced, its
+        Redis server restarted empty); True when it was (counted in ``store_rebuilds``). Called before
+        each append, on /ready, and at most once a second from ranking."""
+        self._store_checked = time.monotonic()
+        if not self.store.replaced():
             return False
         with self._store_lock:
             if not self.store.replaced():
                 return False
-            log.error("sequence store %s was deleted or replaced while serving: reopening it and reloading the logs", self.store.describe())
+            log.error("sequence store %s lost what it held while serving: reopening it and reloading the logs", self.store.describe())
             self.store.reopen()
             fill_store(self.store, self.store_sources)
             if self.events is not None:  # acknowledged by this process, not yet rolled into the log's parts
@@ -237,6 +240,8 @@ class RankingService:
             return History(features.history_from_events(self.snapshot, sequence, self.model.seq_len))
         started = time.perf_counter()
         try:
+            if time.monotonic() - self._store_checked >= STORE_CHECK_EVERY_S:
+                self.ensure_store()  # a store lost under a service that only ranks is noticed too
             history = self.store.history(user_id)
         except sequence_store.SequenceStoreUnavailable as exc:
             log.warning("ranking user %d without a sequence: %s", user_id, exc)

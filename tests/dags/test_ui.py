@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from homefeed.processes import free_port
+
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
 RUN_LABEL = "from-the-ui"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def call(url: str, token: str | None = None, method: str = "GET", body: dict | None = None) -> dict:
@@ -200,6 +195,23 @@ def test_unpausing_runs_no_missed_slot_by_surprise(standalone):
         tasks = call(f"{base}/api/v2/dags/homefeed_retrain/dagRuns/{run['dag_run_id']}/taskInstances", token)["task_instances"]
         states = {t["task_id"]: t["state"] for t in tasks}
         assert states["check_raw"] == "skipped" and states["train"] == "skipped" and states["promote"] == "skipped", states
+
+
+def test_every_server_it_started_listens_on_loopback_only(standalone):
+    """Before: `airflow standalone` started the scheduler's and triggerer's log servers on every
+    interface (8793/8794 on 0.0.0.0 and ::), which no setting changes (issue 32, item 19)."""
+    import psutil
+
+    *_, process = standalone
+    listening = []
+    for member in [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]:
+        try:
+            sockets = member.net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue
+        listening += [(member.name(), c.laddr.ip, c.laddr.port) for c in sockets if c.status == psutil.CONN_LISTEN]
+    assert listening, "the api-server listens"
+    assert [s for s in listening if s[1] not in ("127.0.0.1", "::1")] == []
 
 
 def test_sigterm_to_homefeed_airflow_stops_everything_it_started(standalone):

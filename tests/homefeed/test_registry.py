@@ -1,7 +1,6 @@
 """Promotion, rollback, forced promotion and holdout refusal against a real MLflow server on SQLite."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,18 +11,13 @@ import pytest
 
 from homefeed import registry
 from homefeed.data import read_instances
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from homefeed.processes import free_port
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
     process = subprocess.Popen(
@@ -179,7 +173,7 @@ def test_an_unreachable_mlflow_is_one_clear_error_within_seconds(command, monkey
 
     from homefeed.cli import app
 
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path))
     started = time.monotonic()

@@ -17,16 +17,12 @@ import yaml
 
 import pyspark
 
+from homefeed.processes import free_port
+
 pytestmark = pytest.mark.slow
 
 SPARK_BIN = Path(pyspark.__file__).parent / "bin"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 90) -> None:

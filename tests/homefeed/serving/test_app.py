@@ -1,6 +1,7 @@
 """The ranking service against a real MLflow store (SQLite) with a promoted model."""
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
 import time
@@ -15,10 +16,11 @@ from fastapi.testclient import TestClient
 
 from homefeed import features, holdout, registry, schema
 from homefeed.data import read_instances
+from homefeed.serving import service as service_module
 from homefeed.serving.app import create_app
 from homefeed.serving.service import NoServableModel, RankingService
+from homefeed.processes import free_port
 from tests.conftest import register_and_promote
-
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +272,31 @@ def test_a_store_deleted_while_serving_is_noticed_reopened_and_refilled(cfg, cha
     assert path.exists() and body["sequence_length"] == 21  # every acknowledged event is back in the file the path names
 
 
+def test_a_redis_server_restarted_empty_is_noticed_and_refilled(cfg, champion, tmp_path):
+    """Before: after the restart every history read empty until the service itself restarted."""
+    from homefeed.local_redis import RedisServer, redis_server_binary
+
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed (scripts/install_test_servers.sh, which `make test` runs)")
+    server = RedisServer(tmp_path / "redis-1").start()
+    local = cfg.with_overrides({"serving": {"sequence_store": server.url, "event_log": str(tmp_path / "events")}})
+    user, now = 77_777_777, int(time.time() * 1000)
+    rank = {"user_id": user, "request_ts": now, "candidates": [{"pin_id": 1, "ts": now, "source": "pfy"}]}
+    try:
+        with TestClient(create_app(local)) as client:
+            for i in range(12):
+                assert client.post("/events", json={"user_id": user, "pin_id": 1 + i, "action": "click", "ts": now - 60_000 + i}).status_code == 200
+            server.stop()
+            server = RedisServer(tmp_path / "redis-2", port=server.port).start()  # same address, nothing in it
+            time.sleep(service_module.STORE_CHECK_EVERY_S)
+            body = client.post("/rank", json=rank).json()  # ranking alone notices it
+            ready, metrics = client.get("/ready").json(), client.get("/metrics").text
+    finally:
+        server.stop()
+    assert body["sequence_length"] == 12  # every acknowledged event is back
+    assert ready["store_rebuilds"] == 1 and "homefeed_store_rebuilds 1.0" in metrics
+
+
 def test_a_champion_that_cannot_be_loaded_is_refused_by_reload_and_the_old_one_keeps_serving(client, cfg, champion, monkeypatch):
     from homefeed.serving import service as service_module
 
@@ -289,30 +316,22 @@ def test_the_service_refuses_to_start_without_a_champion(base_config, tmp_path):
         RankingService.from_registry(cfg)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_serve(overlay: Path, port: int) -> subprocess.Popen:
-    """`homefeed serve` in its own process group, once /ready answers."""
+def _start_serve(overlay: Path, port: int, workers: int = 1) -> subprocess.Popen:
+    """`homefeed serve` in its own process group, once each of its workers has started."""
     homefeed = str(Path(sys.executable).with_name("homefeed"))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    process = subprocess.Popen([homefeed, "serve", "--port", str(port), "--config", str(overlay)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    log = overlay.parent / f"serve-{port}-{time.monotonic_ns()}.log"  # one per start: a restart counts afresh
+    with log.open("ab") as output:
+        process = subprocess.Popen([homefeed, "serve", "--port", str(port), "--config", str(overlay)], env=env,
+                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2)
-            return process
-        except OSError:
-            if process.poll() is not None or time.time() > deadline:
-                os.killpg(process.pid, 9)
-                pytest.fail(f"homefeed serve did not become ready: {process.stdout.read().decode()[-2000:]}")
-            time.sleep(0.5)
+    while log.read_text().count("Application startup complete") < workers:
+        if process.poll() is not None or time.time() > deadline:
+            os.killpg(process.pid, 9)
+            pytest.fail(f"homefeed serve did not become ready: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10)
+    return process
 
 
 def _post(port: int, path: str, body: dict) -> dict:
@@ -327,13 +346,22 @@ def _overlay(cfg, tmp_path) -> Path:
     return overlay
 
 
-def test_homefeed_serve_answers_over_http(cfg, champion, tmp_path, test_rows):
-    port = _free_port()
-    process = _start_serve(_overlay(cfg, tmp_path), port)
+def test_homefeed_serve_answers_over_http_from_two_workers_with_one_metrics(cfg, champion, tmp_path, test_rows):
+    """Before: with several workers each /metrics scrape answered one worker's counts (issue 32, item 20)."""
+    import psutil
+
+    overlay, port = _overlay(cfg, tmp_path), free_port()
+    overlay.write_text(yaml.safe_dump({**yaml.safe_load(overlay.read_text()), "serving": {"workers": 2}}))
+    process = _start_serve(overlay, port, workers=2)
     try:
-        user = _users(test_rows, cfg, held_out=False)[0]
-        body = _post(port, "/rank", _request(test_rows, user))
-        assert len(body["ranked"]) == 20 and body["holdout"] is False
+        users = _users(test_rows, cfg, held_out=False)
+        with ThreadPoolExecutor(8) as pool:  # requests at once, each on its own connection: both workers answer some
+            answers = list(pool.map(lambda i: _post(port, "/rank", _request(test_rows, users[i % len(users)])), range(40)))
+            assert all(len(body["ranked"]) == 20 for body in answers)
+            scrapes = list(pool.map(lambda _: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode(), range(16)))
+        assert len(psutil.Process(process.pid).children(recursive=True)) >= 2
+        for text in scrapes:  # whichever worker answered the scrape, it counts every worker's rankings
+            assert sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("homefeed_rank_arm_total{")) == 40
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)
@@ -345,7 +373,7 @@ def test_acknowledged_events_survive_a_killed_service(cfg, champion, tmp_path):
     and in the event log, and every answered ranking is in the exposure log."""
     from homefeed.event_log import read_events, read_served
 
-    overlay, port, user, n = _overlay(cfg, tmp_path), _free_port(), 55_555_555, 25
+    overlay, port, user, n = _overlay(cfg, tmp_path), free_port(), 55_555_555, 25
     now = int(time.time() * 1000)
     process = _start_serve(overlay, port)
     answered = []
@@ -425,7 +453,7 @@ def test_the_docs_render_offline_in_a_browser(cfg, champion, tmp_path):
         pytest.skip("Debian chromium is not installed (scripts/install_test_servers.sh)")
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    port = free_port()
     process = _start_serve(_overlay(cfg, tmp_path), port)
     outside = []
     try:
