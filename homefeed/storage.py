@@ -73,12 +73,17 @@ def missing_files(directory: Path, listed: dict[str, int]) -> list[str]:
     return [name for name, size in listed.items() if not (directory / name).is_file() or (directory / name).stat().st_size != size]
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON through a temporary file and a rename."""
+def write_text(path: Path, text: str) -> None:
+    """Write a file through a temporary file and a rename: a reader sees the old or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON through a temporary file and a rename."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def write_secret(path: Path, text: str) -> None:

@@ -11,8 +11,11 @@ failed expectation, its column and observed versus expected values.
 
 from __future__ import annotations
 
+import html
 import importlib
+import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,20 +136,56 @@ def _context(docs_dir: str | Path | None):
 
 
 OFFLINE_CSS = Path(__file__).parent / "defaults" / "data_docs_offline.css"
+# What a GX page fetches from beyond the machine: CDN scripts and stylesheets, and GX's logo, whose
+# URL carries the data context's id to GX's bucket. Links a reader clicks (<a href>) stay.
+REMOTE_TAGS = re.compile(r'<script\b[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>'
+                         r'|<link\b[^>]*\bhref="https?://[^"]*"[^>]*>'
+                         r'|<img\b[^>]*\bsrc="https?://[^"]*"[^>]*>', re.IGNORECASE)
 
 
-def style_offline(docs_dir: Path) -> None:
-    """Link a local stylesheet into every Data Docs page (GX's own styles come from CDNs, so an
-    offline reader saw unstyled pages); idempotent."""
+def make_offline(docs_dir: Path) -> None:
+    """Data Docs that read offline and ask nothing of the network: every page without its remote
+    tags and with a local stylesheet (GX's styles come from CDNs), and an index homefeed writes
+    (GX's builds its list with JavaScript from a CDN, so offline it listed nothing). Idempotent."""
     target = docs_dir / "static" / "styles" / OFFLINE_CSS.name
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(OFFLINE_CSS, target)
     for page in docs_dir.rglob("*.html"):
         text = page.read_text()
-        if OFFLINE_CSS.name in text or "</head>" not in text:
-            continue
-        href = os.path.relpath(target, page.parent)
-        page.write_text(text.replace("</head>", f'<link rel="stylesheet" href="{href}"></head>', 1))
+        offline = REMOTE_TAGS.sub("", text)
+        if OFFLINE_CSS.name not in offline and "</head>" in offline:
+            href = os.path.relpath(target, page.parent)
+            offline = offline.replace("</head>", f'<link rel="stylesheet" href="{href}"></head>', 1)
+        if offline != text:
+            storage.write_text(page, offline)
+    storage.write_text(docs_dir / "index.html", _offline_index(docs_dir))
+
+
+def _offline_index(docs_dir: Path) -> str:
+    """Every validation (newest first, with its result) and every suite of the run, as plain links."""
+    results = docs_dir.parent / "gx" / "uncommitted" / "validations"
+    rows = []
+    for result in results.rglob("*.json") if results.is_dir() else []:
+        payload = json.loads(result.read_text())
+        page = Path("validations") / result.relative_to(results).with_suffix(".html")
+        if (docs_dir / page).exists():
+            stats = payload.get("statistics", {})
+            rows.append((str(payload.get("meta", {}).get("run_id", {}).get("run_time", "")), payload.get("suite_name", ""),
+                         bool(payload.get("success")), stats, page.as_posix()))
+    cells = "".join(
+        f'<tr><td><a href="{html.escape(page)}">{html.escape(suite)}</a></td>'
+        f'<td class="{"text-success" if ok else "text-danger"}">{"passed" if ok else "FAILED"}</td>'
+        f'<td>{stats.get("successful_expectations", "?")} of {stats.get("evaluated_expectations", "?")}</td>'
+        f"<td>{html.escape(run_time[:19].replace('T', ' '))} UTC</td></tr>"
+        for run_time, suite, ok, stats, page in sorted(rows, reverse=True))
+    suites = "".join(f'<li><a href="expectations/{html.escape(p.name)}">{html.escape(p.stem)}</a></li>'
+                     for p in sorted((docs_dir / "expectations").glob("*.html")))
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>Data Docs</title>'
+            f'<link rel="stylesheet" href="static/styles/{OFFLINE_CSS.name}"></head><body>'
+            "<h1>Data Docs</h1><p>Every validation and expectation suite of this run (Great Expectations' pages; "
+            "this index is homefeed's, readable offline).</p>"
+            "<h2>Validations</h2><table><tr><th>suite</th><th>result</th><th>expectations met</th><th>validated</th></tr>"
+            f"{cells}</table><h2>Expectation suites</h2><ul>{suites}</ul></body></html>")
 
 
 def run_suite(name: str, frame: DataFrame, expectation_list: list, docs_dir: str | Path | None) -> SuiteReport:
@@ -164,7 +203,7 @@ def run_suite(name: str, frame: DataFrame, expectation_list: list, docs_dir: str
     checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(name=f"{name}_checkpoint", validation_definitions=[definition], actions=actions))
     result = checkpoint.run(batch_parameters={"dataframe": frame})
     if docs_dir is not None:
-        style_offline(Path(docs_dir))
+        make_offline(Path(docs_dir))
     outcomes = [_outcome(r) for run in result.run_results.values() for r in run.results]
     docs = str(Path(docs_dir).resolve() / "index.html") if docs_dir is not None else None
     rows = next((o.observed for o in outcomes if o.expectation == "expect_table_row_count_to_be_between"), None)

@@ -71,14 +71,29 @@ class SequenceEventIn(_Strict):
     ts: Id
 
 
+# Swagger's "Try it out" sends these. Without them it pre-filled every id with the int64 maximum,
+# which JavaScript rounds past it: the first try answered 422.
+EXAMPLE_TS = 1_767_268_800_000  # 2026-01-01 12:00 UTC
+
+
 class RankRequest(_Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "user_id": 12345, "request_ts": EXAMPLE_TS,
+        "candidates": [{"pin_id": 101, "ts": EXAMPLE_TS - 3_600_000, "source": "pfy"},
+                       {"pin_id": 102, "ts": EXAMPLE_TS - 60_000, "source": "follow"}],
+    }]})
+
     user_id: Id
     request_ts: Id = Field(description="ms")
     candidates: list[CandidateIn] = Field(min_length=1)
-    sequence: list[SequenceEventIn] | None = None
+    sequence: list[SequenceEventIn] | None = Field(
+        None, description="the user's recent actions, newest last; omitted: the service's sequence store")
 
 
 class EventIn(SequenceEventIn):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"user_id": 12345, "pin_id": 101, "action": "repin", "ts": EXAMPLE_TS - 30_000}]})
+
     user_id: Id
 
 
@@ -204,8 +219,11 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
         service.close()  # publishes the event journal
         metrics.worker_exited()
 
-    # /docs and /redoc from files in the fastapi-offline package: a CDN is not reachable everywhere.
-    app = FastAPIOffline(title="homefeed ranking service", lifespan=lifespan)
+    # /docs from files in the fastapi-offline package: a CDN is not reachable everywhere. No /redoc:
+    # its page fetches Redocly's logo from their CDN whatever the options, and /docs has it all.
+    app = FastAPIOffline(title="homefeed ranking service", lifespan=lifespan, redoc_url=None,
+                         description="Ranks a user's candidate pins with the champion (or the running experiment's "
+                                     "challenger) and takes the user's actions for the realtime sequence.")
     app.add_middleware(BodySizeLimit, max_bytes=cfg.serving.max_body_bytes)
     app.add_middleware(InflightLimit, max_inflight=cfg.serving.max_inflight, paths=("/rank",), metrics=metrics)
     app.state.service = service
@@ -213,10 +231,13 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
+        """Liveness: the process answers."""
         return {"status": "ok"}
 
     @app.get("/ready")
     def ready() -> dict:
+        """Readiness: the served version, the running experiment, the last reload's error, the
+        sequence store (checked, and refilled when it was lost) and how often it was rebuilt."""
         service.ensure_store()
         state = service.experiment
         experiment = None if state.experiment is None else {
@@ -229,6 +250,9 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
 
     @app.post("/rank", response_model=RankResponse)
     def rank(request: RankRequest) -> dict:
+        """Rank the candidates for the user, best first: per-action probabilities and the utility
+        score, with the user's arm and the model version that ranked them. Every answer is recorded
+        in the exposure log (503 when it cannot be)."""
         with metrics.timed("rank"):
             if len(request.candidates) > cfg.serving.max_candidates:
                 raise HTTPException(422, f"{len(request.candidates)} candidates; at most {cfg.serving.max_candidates} per request")
@@ -244,6 +268,8 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
 
     @app.post("/events", dependencies=authorized)
     def events(event: EventIn) -> dict:
+        """Record one action of a user: the event log first, then the sequence store, so the next
+        ranking sees it. Acknowledged (200) only once kept; a retry is de-duplicated."""
         with metrics.timed("events"):
             # A clock far ahead would push the user's real actions out of the sequence (eviction keeps
             # the newest by event time), so such events are refused, not stored.
@@ -260,6 +286,8 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
 
     @app.post("/admin/reload", dependencies=authorized)
     def reload() -> dict:
+        """Load the version behind the alias now (the poll does it every serving.reload_poll_s);
+        503 with the reason when it cannot be loaded, the loaded one serving on."""
         try:
             changed = service.reload(cfg)
         except Exception as exc:  # noqa: BLE001 - a version that cannot be loaded never replaces the one serving
@@ -270,6 +298,8 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
 
     @app.get("/metrics")
     def prometheus() -> Response:
+        """Prometheus text: latency, events and sequence actions by type, store reads and errors,
+        arms, the experiment, store rebuilds (all workers added up when there are several)."""
         metrics.observe_experiment(service.experiment, service.challenger_load_failures)
         metrics.store_rebuilds.set(service.store_rebuilds)
         return Response(metrics.render(), media_type=metrics.content_type)

@@ -141,9 +141,11 @@ def test_usage_errors_exit_2(raw_dir, tmp_path):
     assert validate("pins", tmp_path / "missing").exit_code == 2
 
 
-def test_data_docs_keep_every_suite_of_a_run_and_read_offline(raw_dir, spark, base_config, tmp_path):
+def test_data_docs_keep_every_suite_of_a_run_and_read_offline(raw_dir, spark, base_config, tmp_path, browser_page):
     """Issue 22: one GX context per run, so the index lists every suite (before: the last one);
-    every page links a local stylesheet (GX's own come from CDNs), once, however often it is built."""
+    every page links a local stylesheet (GX's own come from CDNs), once, however often it is built.
+    Issue 33: offline, GX's index listed nothing (its list is built by JavaScript from a CDN) and
+    every page made 16 requests beyond file:// (one carrying the data context's id)."""
     docs = tmp_path / "run" / "data_docs"
     for suite in ("pins", "users", "pins"):  # a retried task validates a suite again
         validation.validate(spark, suite, str(raw_dir), base_config, docs)
@@ -152,3 +154,12 @@ def test_data_docs_keep_every_suite_of_a_run_and_read_offline(raw_dir, spark, ba
     pages = list(docs.rglob("*.html"))
     assert len(pages) >= 3 and all(p.read_text().count(validation.OFFLINE_CSS.name) == 1 for p in pages)
     assert (docs / "static" / "styles" / validation.OFFLINE_CSS.name).exists()
+
+    text, outside = browser_page((docs / "index.html").as_uri(), "Validations", tmp_path / "index.png")
+    assert outside == []
+    validations = [line for line in text.splitlines() if line.startswith(("pins\t", "users\t"))]
+    assert len(validations) == 3 and all("passed" in line for line in validations)  # pins twice, users once
+    assert "pins" in text.split("Expectation suites")[1] and "users" in text.split("Expectation suites")[1]
+    for page in [docs / "expectations" / "pins.html", next((docs / "validations" / "users").rglob("*.html"))]:
+        text, outside = browser_page(page.as_uri(), "Great Expectations Version", tmp_path / f"{page.stem}.png")
+        assert outside == [] and ">= 0" in text, page

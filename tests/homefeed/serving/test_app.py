@@ -147,6 +147,26 @@ def test_metrics_count_requests_events_and_sequence_lengths(client, test_rows):
     assert "homefeed_inflight_requests 0.0" in text and "homefeed_rejected_total 0.0" in text  # the overload bound is wired
 
 
+def test_every_endpoint_is_described_and_every_documented_example_is_accepted(client):
+    """Before: Swagger's first "Try it out" on /rank answered 422, its pre-filled ids being the
+    int64 maximum rounded by JavaScript (issue 33, item 5)."""
+    spec = client.get("/openapi.json").json()
+    posted = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert operation.get("description"), f"{method.upper()} {path} has no description"
+            if "requestBody" not in operation:
+                continue
+            name = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+            examples = spec["components"]["schemas"][name].get("examples")
+            assert examples, f"{name} has no example"
+            for example in examples:
+                answer = client.request(method, path, json=example)
+                assert answer.status_code == 200, (path, example, answer.text)
+                posted.append(path)
+    assert {"/rank", "/events"} <= set(posted)
+
+
 def test_events_and_admin_need_the_token_when_one_is_set(cfg, champion, test_rows):
     secured = cfg.with_overrides({"serving": {"token": "s3cret"}})
     service = RankingService.from_registry(secured)
@@ -330,7 +350,11 @@ def _start_serve(overlay: Path, port: int, workers: int = 1) -> subprocess.Popen
             os.killpg(process.pid, 9)
             pytest.fail(f"homefeed serve did not become ready: {log.read_text()[-2000:]}")
         time.sleep(0.5)
-    urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10)
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10)
+    except OSError as exc:
+        os.killpg(process.pid, 9)
+        pytest.fail(f"homefeed serve started but /ready failed ({exc}): {log.read_text()[-2000:]}")
     return process
 
 
@@ -446,7 +470,8 @@ def test_events_from_the_far_future_are_refused_and_do_not_displace_real_ones(cl
 
 @pytest.mark.slow
 def test_the_docs_render_offline_in_a_browser(cfg, champion, tmp_path):
-    """Before: /docs was blank offline (Swagger UI from a CDN) (issue 22). The machine has no route
+    """Before: /docs was blank offline (Swagger UI from a CDN) (issue 22), its first "Try it out" on
+    /rank answered 422, and /redoc fetched its logo from a CDN (issue 33, item 5). The machine has no route
     out, so a page that needs a CDN renders nothing here."""
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
@@ -460,13 +485,19 @@ def test_the_docs_render_offline_in_a_browser(cfg, champion, tmp_path):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-background-networking"])
             page = browser.new_page()
-            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(f"http://127.0.0.1:{port}") else None)
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((f"http://127.0.0.1:{port}", "blob:")) else None)
             page.goto(f"http://127.0.0.1:{port}/docs")
             page.wait_for_selector("text=homefeed ranking service", timeout=30_000)
-            page.wait_for_selector("text=/rank", timeout=30_000)
+            page.get_by_text("/rank", exact=True).click()  # the first try, as a newcomer makes it
+            page.get_by_role("button", name="Try it out").click()
+            page.get_by_role("button", name="Execute").click()
+            page.wait_for_selector(".live-responses-table tr.response .response-col_status", timeout=30_000)
+            status = page.locator(".live-responses-table tr.response .response-col_status").first.inner_text().strip()
             page.screenshot(path=str(tmp_path / "docs.png"))
+            redoc = page.goto(f"http://127.0.0.1:{port}/redoc").status  # it fetched Redocly's logo from a CDN: off
             browser.close()
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)
+    assert status == "200" and redoc == 404, (status, redoc)
     assert outside == [] and (tmp_path / "docs.png").stat().st_size > 10_000
