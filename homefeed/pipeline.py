@@ -84,12 +84,14 @@ def _stage(figure: Callable[[dict[str, Any]], str]):
         @functools.wraps(function)
         def run(*args, **kwargs):
             started, started_at = time.monotonic(), datetime.now(timezone.utc)
+            timing = Path(signature.bind(*args, **kwargs).arguments["directory"]) / TIMINGS_DIR / f"{name}.json"
             progress.report("%s: started", name)
-            with progress.heartbeat(name, _spark_progress):
-                result = function(*args, **kwargs)
-            seconds = time.monotonic() - started
-            directory = signature.bind(*args, **kwargs).arguments["directory"]
-            storage.write_json(Path(directory) / TIMINGS_DIR / f"{name}.json", {"started_at": started_at.isoformat(timespec="seconds"), "seconds": seconds})
+            try:
+                with progress.heartbeat(name, _spark_progress):
+                    result = function(*args, **kwargs)
+            finally:  # a failed stage's start and duration are in the report too
+                seconds = time.monotonic() - started
+                storage.write_json(timing, {"started_at": started_at.isoformat(timespec="seconds"), "seconds": seconds})
             progress.report("%s: done in %s: %s", name, progress.duration(seconds), figure(result))
             return result
 

@@ -25,6 +25,10 @@ from homefeed import monitor, schema
 from homefeed.config import Config
 
 
+# One colour per head in every plot (matplotlib's cycle would give a head another colour in each).
+HEAD_COLOURS = {head: f"C{i}" for i, head in enumerate(schema.HEADS)}
+
+
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
@@ -41,10 +45,10 @@ def _training_plot(history: list[dict[str, Any]]) -> str:
 
     fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(10, 3))
     epochs = [h["epoch"] + 1 for h in history]  # epochs as people count them: 1, 2, …
-    loss_ax.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], marker="o", color="black")
     loss_ax.set(title="train loss", xlabel="epoch")
     for head in schema.HEADS:
-        auc_ax.plot(epochs, [h["val_auc"].get(head) for h in history], marker="o", label=head)
+        auc_ax.plot(epochs, [h["val_auc"].get(head) for h in history], marker="o", label=head, color=HEAD_COLOURS[head])
     auc_ax.set(title="validation AUC", xlabel="epoch")
     for ax in (loss_ax, auc_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -63,7 +67,7 @@ def _calibration_plot(calibration: dict[str, list[dict[str, float]]]) -> str:
 
     fig, axes = plt.subplots(1, len(calibration), figsize=(3 * len(calibration), 3))
     for ax, (head, rows) in zip(axes, calibration.items()):
-        ax.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], marker="o")
+        ax.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], marker="o", color=HEAD_COLOURS.get(head, "C0"))
         top = max([r["predicted"] for r in rows] + [r["observed"] for r in rows] + [1e-3])
         ax.plot([0, top], [0, top], linestyle="--", color="grey")
         ax.set(title=f"calibration: {head}", xlabel="predicted", ylabel="observed")
@@ -80,7 +84,7 @@ def _roc_plot(curves: dict[str, dict[str, list[float]]]) -> str:
 
     fig, ax = plt.subplots(figsize=(4, 4))
     for head, curve in curves.items():
-        ax.plot(curve["fpr"], curve["tpr"], label=head)
+        ax.plot(curve["fpr"], curve["tpr"], label=head, color=HEAD_COLOURS.get(head, "C0"))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
     ax.set(title="ROC (challenger)", xlabel="false positive rate", ylabel="true positive rate")
     ax.legend(fontsize=7)
@@ -129,23 +133,26 @@ def _comparison(evaluation: dict[str, Any]) -> str:
         for head in schema.HEADS:
             overall = scope == "overall"
             lower = " (lower is better)" if head in LOWER_IS_BETTER else ""
+            against_auc = [champ.get(head, {}).get("auc", "-"), _delta(paired, head, "auc") if overall else ""]
+            against_hit = [champ.get(head, {}).get("hit", "-"), _delta(paired, head, "hit") if overall else ""]
             rows.append([scope, head,
-                         _with_interval(metrics[head]["auc"], intervals[head]["auc"]), champ.get(head, {}).get("auc", "-"),
-                         _delta(paired, head, "auc") if overall else "",
-                         _with_interval(metrics[head]["hit"], intervals[head]["hit"]) + lower, champ.get(head, {}).get("hit", "-"),
-                         _delta(paired, head, "hit") if overall else "",
+                         _with_interval(metrics[head]["auc"], intervals[head]["auc"]), *(against_auc if champion else []),
+                         _with_interval(metrics[head]["hit"], intervals[head]["hit"]) + lower, *(against_hit if champion else []),
                          _with_interval(metrics[head]["gauc"], intervals[head]["gauc"]) if "gauc" in metrics[head] else "-",
                          _with_interval(metrics[head]["logloss"], intervals[head]["logloss"])])
-    header = ["slice", "head", "AUC challenger [95%]", "AUC champion", "AUC change [95%, paired]",
-              f"HIT@{k} challenger [95%]", f"HIT@{k} champion", f"HIT@{k} change [95%, paired]",
+    against_auc = ["AUC champion", "AUC change [95%, paired]"]
+    against_hit = [f"HIT@{k} champion", f"HIT@{k} change [95%, paired]"]
+    header = ["slice", "head", "AUC challenger [95%]", *(against_auc if champion else []),
+              f"HIT@{k} challenger [95%]", *(against_hit if champion else []),
               "AUC within requests challenger [95%]", "log loss challenger [95%]"]
+    first = "" if champion else "<p>No champion yet: this is the first model, so there is nothing to compare it with.</p>"
     note = ("<p>Intervals: percentile bootstrap over requests. A change's interval is paired: both models scored on the "
             "same resampled requests, so it is narrower than the two separate intervals suggest. AUC is higher-is-better "
             f"for every head; HIT@{k} is too, except for <b>hide</b>, where a hidden pin in the top {k} is a miss. "
             "AUC within requests: each request's candidates ordered by the head's score, averaged over the requests "
             "with a positive and a negative (what orders one feed, which a user's overall propensity cannot move). "
             "Every metric's interval is in evaluate.json.</p>")
-    return _table(rows, header) + note
+    return first + _table(rows, header) + note
 
 
 def _drift(saved: dict[str, Any]) -> str:
@@ -159,6 +166,21 @@ def _drift(saved: dict[str, Any]) -> str:
     verdict = "passed" if saved["comparison"]["success"] else "FAILED"
     return (f"<h2>Drift vs run {html.escape(str(saved['previous_run']))}: {verdict}</h2>"
             + _table(rows, ["statistic", "passed", "previous", "now", "change", "limit"]))
+
+
+# What to do next, by the failure's type (``<stage>.failed.json`` records it).
+NEXT_STEP = {
+    "ValidationFailed": "the data broke the suite named above: its Data Docs page shows each failed expectation; fix "
+                        "the data (or the suite's bounds in the config, if the data is right) and run again",
+    "StorageError": "a dataset is missing or damaged, as named above: rebuild it (re-run the stage that writes it)",
+    "PromotionRefused": "the registry refused the change, as said above: `homefeed registry show`, then promote by hand if intended",
+    "RegistryUnavailable": "MLflow could not be reached: check registry.tracking_uri (or MLFLOW_TRACKING_URI) and run again",
+}
+DEFAULT_NEXT_STEP = "the stage's log has the whole error (run.log in this run's directory, or the task's log in Airflow); run again once fixed"
+
+
+def next_step(failure: dict[str, Any]) -> str:
+    return NEXT_STEP.get(failure.get("type") or "", DEFAULT_NEXT_STEP)
 
 
 def _status(stage: str, results: dict[str, Any], failures: dict[str, Any], timings: dict[str, Any]) -> list[str]:
@@ -270,7 +292,8 @@ def write(cfg: Config, directory: Path, registry_state: dict[str, Any], stages: 
                      f"stale on {html.escape(notice['day'])}: {html.escape(notice['reason'])}</p>")
     if failures:
         first = next(s for s in stages if s in failures)
-        parts.append(f'<h2 class="failed">FAILED at {html.escape(first)}</h2><pre>{html.escape(failures[first]["error"])}</pre>')
+        parts.append(f'<h2 class="failed">FAILED at {html.escape(first)}</h2><pre>{html.escape(failures[first]["error"])}</pre>'
+                     f'<p id="next-step"><b>What to do next:</b> {html.escape(next_step(failures[first]))}.</p>')
     parts.append(_lineage(cfg, directory, results))
     parts.append("<h2>Stages</h2>" + _table([[s, *_status(s, results, failures, timings)] for s in stages], ["stage", "status", "started", "took"]))
     if "build_instances" in results:

@@ -51,6 +51,7 @@ class ExpectationOutcome:
     observed: Any
     expected: dict[str, Any]
     description: str | None = None
+    own: bool = False  # homefeed's check beside GX's suite: not in Data Docs
 
     def describe(self) -> str:
         where = f" on column {self.column!r}" if self.column else ""
@@ -70,10 +71,16 @@ class SuiteReport:
     def failures(self) -> list[ExpectationOutcome]:
         return [o for o in self.outcomes if not o.success]
 
+    def _counted(self) -> str:
+        own = [o.expectation for o in self.outcomes if o.own]
+        if not own:
+            return f"{len(self.outcomes)} expectations"
+        return f"{len(self.outcomes)} expectations: {len(self.outcomes) - len(own)} in Data Docs + homefeed's {', '.join(own)}"
+
     def describe(self) -> str:
         if self.success:
-            return f"suite {self.suite!r}: passed ({len(self.outcomes)} expectations, {self.rows} rows)"
-        lines = [f"suite {self.suite!r} failed {len(self.failures)} of {len(self.outcomes)} expectations ({self.rows} rows):"]
+            return f"suite {self.suite!r}: passed ({self._counted()}, {self.rows} rows)"
+        lines = [f"suite {self.suite!r} failed {len(self.failures)} of {self._counted()} ({self.rows} rows):"]
         return "\n".join(lines + [o.describe() for o in self.failures])
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,7 +244,7 @@ def sequence_keys_resolve(rows: DataFrame, sequences: DataFrame) -> ExpectationO
     examples = [r[schema.SEQUENCE_KEY] for r in bad.limit(3).collect()] if unresolved else []
     return ExpectationOutcome(
         "sequence_keys_resolve", schema.SEQUENCE_KEY, unresolved == 0, {"unexpected_count": unresolved, "examples": examples},
-        {"every_row": f"has a row in {schema.SEQUENCES_DIR}/ with its user_id and ts"},
+        {"every_row": f"has a row in {schema.SEQUENCES_DIR}/ with its user_id and ts"}, own=True,
     )
 
 
@@ -264,7 +271,7 @@ def validate(spark: SparkSession, suite: str, data_root: str, cfg: Config, docs_
         reports = [run_suite(suite, frame, module.expectations(cfg), docs_dir)]
         if module.TABLE:
             empty = empty_partitions(storage.local_path(data_root) / module.TABLE)
-            reports[0].outcomes.append(ExpectationOutcome("partitions_not_empty", schema.DT, not empty, empty, {"rows_per_partition": ">= 1"}))
+            reports[0].outcomes.append(ExpectationOutcome("partitions_not_empty", schema.DT, not empty, empty, {"rows_per_partition": ">= 1"}, own=True))
             reports[0].success = reports[0].success and not empty
         if getattr(module, "SEQUENCES", None):
             sequences = read_dataset(spark, suite, data_root, module.SEQUENCES)

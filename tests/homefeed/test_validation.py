@@ -163,3 +163,12 @@ def test_data_docs_keep_every_suite_of_a_run_and_read_offline(raw_dir, spark, ba
     for page in [docs / "expectations" / "pins.html", next((docs / "validations" / "users").rglob("*.html"))]:
         text, outside = browser_page(page.as_uri(), "Great Expectations Version", tmp_path / f"{page.stem}.png")
         assert outside == [] and ">= 0" in text, page
+
+
+def test_a_suites_count_names_homefeeds_own_checks_beside_gxs():
+    """Before: "26 expectations" where Data Docs showed 25, with nothing saying why (issue 33, item 7)."""
+    gx_outcome = validation.ExpectationOutcome("expect_column_values_to_not_be_null", "pin_id", True, 0, {})
+    own = validation.ExpectationOutcome("partitions_not_empty", "dt", True, [], {}, own=True)
+    passed = validation.SuiteReport("pins", True, 10, [gx_outcome, gx_outcome, own])
+    assert "3 expectations: 2 in Data Docs + homefeed's partitions_not_empty" in passed.describe()
+    assert "(2 expectations, 10 rows)" in validation.SuiteReport("pins", True, 10, [gx_outcome, gx_outcome]).describe()
