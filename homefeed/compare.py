@@ -228,43 +228,51 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
         test = with_request_sequences(test)
     tracking = cfg.with_overrides({"registry": {"experiment": cfg.registry.experiment + EXPERIMENT_SUFFIX}})
     mlflow_client = registry.client(tracking)
-    experiment = registry.experiment_id(tracking)
-    rows: list[dict[str, Any]] = []
-    probs: dict[str, Any] = {}
-    runs: dict[str, str] = {}
-    seed_rows: dict[str, list[dict[str, Any]]] = {}
-    for model in models:
-        for seed in range(1 if model in BASELINES else seeds):
-            model_cfg = cfg.with_overrides({"train": {"model": model, "seed": cfg.train.seed + seed}})
-            started = time.perf_counter()
-            result = trainer.train(str(instances), str(out / "models" / (model if seed == 0 else f"{model}-seed{seed}")), model_cfg)
-            seconds = time.perf_counter() - started
-            scores = load_scorer(result.model_dir).predict(test)
-            evaluation = evaluate.evaluate_probabilities(test, scores, model_cfg)
-            seed_rows.setdefault(model, []).append(row(model, evaluation, seconds))
-            if seed == 0:
-                probs[model] = scores
-        rows.append(seed_rows[model][0])
-        run = mlflow_client.create_run(experiment, run_name=f"{out.name}/{model}", tags={"homefeed.compare": str(out)})
-        registry.log_train_params(mlflow_client, run.info.run_id, model_cfg.train)
-        registry.log_metrics(mlflow_client, run.info.run_id, {key.replace("@", ""): value for key, value in rows[-1].items()
-                                                              if isinstance(value, float)})  # NaN left out there
-        mlflow_client.set_terminated(run.info.run_id)
-        runs[model] = run.info.run_id
-    if len(probs) > 1 and references:
-        for reference, differences in evaluate.paired_differences_against(test, probs, references, cfg).items():
-            with_paired_differences(rows, differences, cfg.evaluation.hit_k, reference)
-        for r in rows:
-            registry.log_metrics(mlflow_client, runs[r["model"]], {key: value for key, value in r.items()
-                                                                   if key.startswith("d_") and isinstance(value, float)})
-    scored = f"scored on the {split} split" + (", each request with its first candidate's sequence" if sequence_at == "request" else "")
-    write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from}; {scored})", references)
-    if seeds > 1:
-        spread = seed_spread(seed_rows, cfg.evaluation.hit_k)
-        with (out / "comparison.md").open("a") as handle:
-            handle.write("\n".join(_seed_table(spread, cfg.evaluation.hit_k)) + "\n")
-        with (out / "seeds.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["seed", *rows[0]])
-            writer.writeheader()
-            writer.writerows({"seed": i, **r} for per_model in seed_rows.values() for i, r in enumerate(per_model))
+    # One parent run per comparison, each model's run nested under it with its true training time.
+    parent = registry.start_run(tracking, out.name, {"homefeed.compare": str(out)})
+    try:
+        rows: list[dict[str, Any]] = []
+        probs: dict[str, Any] = {}
+        runs: dict[str, str] = {}
+        seed_rows: dict[str, list[dict[str, Any]]] = {}
+        for model in models:
+            started_ms = int(time.time() * 1000)
+            for seed in range(1 if model in BASELINES else seeds):
+                model_cfg = cfg.with_overrides({"train": {"model": model, "seed": cfg.train.seed + seed}})
+                started = time.perf_counter()
+                result = trainer.train(str(instances), str(out / "models" / (model if seed == 0 else f"{model}-seed{seed}")), model_cfg)
+                seconds = time.perf_counter() - started
+                scores = load_scorer(result.model_dir).predict(test)
+                evaluation = evaluate.evaluate_probabilities(test, scores, model_cfg)
+                seed_rows.setdefault(model, []).append(row(model, evaluation, seconds))
+                if seed == 0:
+                    probs[model] = scores
+            rows.append(seed_rows[model][0])
+            run_id = registry.start_run(tracking, model, {"homefeed.compare": str(out)}, started_ms=started_ms, parent_run_id=parent)
+            registry.log_train_params(mlflow_client, run_id, model_cfg.train)
+            registry.log_metrics(mlflow_client, run_id, {key.replace("@", ""): value for key, value in rows[-1].items()
+                                                         if isinstance(value, float)})  # NaN left out there
+            registry.end_run(tracking, run_id)
+            runs[model] = run_id
+        if len(probs) > 1 and references:
+            for reference, differences in evaluate.paired_differences_against(test, probs, references, cfg).items():
+                with_paired_differences(rows, differences, cfg.evaluation.hit_k, reference)
+            for r in rows:
+                registry.log_metrics(mlflow_client, runs[r["model"]], {key: value for key, value in r.items()
+                                                                       if key.startswith("d_") and isinstance(value, float)})
+        scored = f"scored on the {split} split" + (", each request with its first candidate's sequence" if sequence_at == "request" else "")
+        write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from}; {scored})", references)
+        if seeds > 1:
+            spread = seed_spread(seed_rows, cfg.evaluation.hit_k)
+            with (out / "comparison.md").open("a") as handle:
+                handle.write("\n".join(_seed_table(spread, cfg.evaluation.hit_k)) + "\n")
+            with (out / "seeds.csv").open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=["seed", *rows[0]])
+                writer.writeheader()
+                writer.writerows({"seed": i, **r} for per_model in seed_rows.values() for i, r in enumerate(per_model))
+    except BaseException as exc:
+        registry.end_run(tracking, parent, error=f"{type(exc).__name__}: {exc}")
+        raise
+    mlflow_client.log_artifact(parent, str(out / "comparison.md"))
+    registry.end_run(tracking, parent)
     return rows

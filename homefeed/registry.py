@@ -28,6 +28,7 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,16 +163,37 @@ def experiment_id(cfg: Config) -> str:
     return experiment.experiment_id
 
 
-def start_run(cfg: Config, name: str, tags: dict[str, str] | None = None) -> str:
-    """A new MLflow run in the experiment (RUNNING until ``end_run``); its id."""
-    return client(cfg).create_run(experiment_id(cfg), run_name=name, tags=tags or {}).info.run_id
+def start_run(cfg: Config, name: str, tags: dict[str, str] | None = None, started_ms: int | None = None,
+              parent_run_id: str | None = None, experiment: str | None = None) -> str:
+    """A new MLflow run (RUNNING until ``end_run``); its id. ``started_ms``: when the work it records
+    began, when that was before the run is created; ``parent_run_id`` nests it under another run;
+    ``experiment``: another experiment's id than the configured one."""
+    tags = {**(tags or {}), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+    return client(cfg).create_run(experiment or experiment_id(cfg), start_time=started_ms, run_name=name, tags=tags).info.run_id
 
 
-def end_run(cfg: Config, run_id: str, failed: bool = False, error: str = "") -> None:
+SYSTEM_METRICS_EVERY_S = 10.0  # MLflow's default; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
+
+
+@contextlib.contextmanager
+def system_metrics(cfg: Config, run_id: str) -> Iterator[None]:
+    """CPU, memory, disk, network (and GPU where there is one) as the run's ``system/*`` metrics
+    while the block runs, sampled by MLflow's own monitor."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_EVERY_S, tracking_uri=tracking_uri(cfg))
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+def end_run(cfg: Config, run_id: str, failed: bool = False, error: str = "", ended_ms: int | None = None) -> None:
     """FINISHED, or FAILED with the error as the run's ``homefeed.error`` tag (never left RUNNING)."""
     if error:
         client(cfg).set_tag(run_id, "homefeed.error", error[:4000])
-    client(cfg).set_terminated(run_id, "FAILED" if failed or error else "FINISHED")
+    client(cfg).set_terminated(run_id, "FAILED" if failed or error else "FINISHED", end_time=ended_ms)
 
 
 def run_state(cfg: Config, run_id: str) -> tuple[str, dict[str, str]]:

@@ -52,7 +52,17 @@ def test_models_share_instances_and_test_days_and_land_in_one_table(cfg, raw_dir
     assert storage.read_manifest(out / "instances")["config"]["test_days"] == 1
     tracking = cfg.with_overrides({"registry": {"experiment": "homefeed-compare"}})
     runs = registry.client(tracking).search_runs([registry.experiment_id(tracking)])
-    assert sorted(r.data.params["train.model"] for r in runs) == ["lr", "none"]
+    # Issue 33: one parent run per comparison, each model's run nested under it, lasting its training
+    # (before: flat runs of 0.07-0.55 s, logged after the fact).
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED" and parent[0].info.run_name == out.name
+    assert sorted(r.data.params["train.model"] for r in children) == ["lr", "none"] and len(runs) == 3
+    trained = {r["model"]: float(r["train_seconds"]) for r in table if "train_seconds" in r}
+    for child in children:
+        took = (child.info.end_time - child.info.start_time) / 1000
+        assert parent[0].info.start_time <= child.info.start_time and child.info.end_time <= parent[0].info.end_time
+        assert took >= trained.get(child.data.params["train.model"], 0) - 0.05  # train_seconds is rounded to 0.1
 
 
 def test_bad_arguments_exit_2_naming_the_problem(raw_dir, tmp_path):
