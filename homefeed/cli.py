@@ -634,7 +634,9 @@ def run(
     for line in local_platform.run_summary(evaluation, gate, state, cfg.registry.model_name):
         typer.echo(line)
     typer.echo(f"report: {directory / 'report.html'}")
-    typer.echo(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {registry.tracking_uri(cfg)}")
+    command, env, page = registry.ui_command(cfg)
+    typer.echo(f"MLflow UI: {' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(command)}")
+    typer.echo(f"    then open {page}")
     if state.champion:
         typer.echo(f"serve the champion: .venv/bin/homefeed serve   (POST /rank on http://{cfg.serving.host}:{cfg.serving.port})")
         typer.echo(_experiment_hint(state))

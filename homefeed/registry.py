@@ -47,6 +47,20 @@ GATE_PASSED, GATE_CHAMPION = "gate.passed", "gate.champion"
 NO_CHAMPION = "none"
 AUDIT_LOG = "registry/audit.jsonl"
 EXPERIMENT_KIND, CLASSIC_ML = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3's UI opens an experiment on its GenAI overview whatever the kind tag says (a per-browser
+# toggle decides); the URL's workflowType and a shared view (an experiment tag MLflow's "Views"
+# reads) land a fresh browser on the runs table, with the columns a user compares.
+RUNS_VIEW = "homefeed"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW}"
+
+
+def runs_view(hit_k: int) -> str:
+    """The runs table's columns: the model, each head's test AUC, the primary head's HIT@k, the
+    champion's AUC on the same data, the best validation AUC, the duration."""
+    metrics = [*(f"test_auc_{h}" for h in schema.HEADS), f"test_hit{hit_k}_{schema.PRIMARY_HEAD}",
+               f"champion_test_auc_{schema.PRIMARY_HEAD}", f"best_val_auc_{schema.PRIMARY_HEAD}"]
+    columns = ["attributes.`Duration`", "params.`train.model`", *(f"metrics.`{m}`" for m in metrics)]
+    return json.dumps({"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": False})
 
 
 class PromotionRefused(PermanentError, RuntimeError):
@@ -122,7 +136,19 @@ def client(cfg: Config):
         artifacts = f"{cfg.storage.s3_uri}/mlflow"
     elif uri.startswith("sqlite:"):
         artifacts = (storage.local_path(cfg.storage.root).resolve() / "mlartifacts").as_uri()
-    return _client(uri, cfg.registry.experiment, artifacts)
+    return _client(uri, cfg.registry.experiment, artifacts, runs_view(cfg.evaluation.hit_k))
+
+
+def runs_page(cfg: Config, ui_url: str) -> str:
+    """The experiment's runs table in MLflow's UI at ``ui_url``, as a fresh browser should land on it."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id(cfg)}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}"
+
+
+def ui_command(cfg: Config, port: int = 5000) -> tuple[list[str], dict[str, str], str]:
+    """(command, environment, landing page) of MLflow's UI on the configured store, on 127.0.0.1,
+    without MLflow's GenAI job runner (eight worker processes, 2 GiB) that homefeed never uses."""
+    command = [".venv/bin/mlflow", "ui", "--backend-store-uri", tracking_uri(cfg), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    return command, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, runs_page(cfg, f"http://127.0.0.1:{port}")
 
 
 @contextlib.contextmanager
@@ -141,17 +167,19 @@ def _store_lock(uri: str):
 
 
 @functools.lru_cache(maxsize=16)
-def _client(uri: str, experiment_name: str, artifacts: str | None):
+def _client(uri: str, experiment_name: str, artifacts: str | None, view: str):
     from mlflow import MlflowClient
 
+    tags = {EXPERIMENT_KIND: CLASSIC_ML, RUNS_VIEW_TAG: view}
     with _store_lock(uri):
         mlflow_client = MlflowClient(uri, uri)
         experiment = mlflow_client.get_experiment_by_name(experiment_name)  # creates or upgrades the tables
         if experiment is None:
-            # Tagged as classic model development: MLflow 3 otherwise opens it on its GenAI views.
-            mlflow_client.create_experiment(experiment_name, artifact_location=artifacts, tags={EXPERIMENT_KIND: CLASSIC_ML})
-        elif EXPERIMENT_KIND not in experiment.tags:  # made before the tag existed
-            mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, CLASSIC_ML)
+            mlflow_client.create_experiment(experiment_name, artifact_location=artifacts, tags=tags)
+        else:  # made before a tag existed, or with other columns
+            for key, value in tags.items():
+                if experiment.tags.get(key) != value:
+                    mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
     return mlflow_client
 
 

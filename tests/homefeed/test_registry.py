@@ -224,3 +224,34 @@ def test_the_challenger_never_trails_a_champion_promoted_by_hand(cfg, trained_mo
     assert (registry.alias_version(cfg, registry.CHAMPION), registry.alias_version(cfg, registry.CHALLENGER)) == (v3, v3)
     registry.rollback(cfg, reason="back")
     assert registry.alias_version(cfg, registry.CHALLENGER) == v3  # the newest candidate is still v3
+
+
+def test_the_printed_mlflow_ui_lands_a_fresh_browser_on_the_runs_table_without_the_job_runner(base_config, tmp_path, browser_page):
+    """Before: MLflow 3.17 opened the experiment on its GenAI overview (traces, tokens, cost), and
+    the printed `mlflow ui` started MLflow's GenAI job runner too (issue 33, item 2)."""
+    from homefeed.processes import descendants, stop_tree
+
+    cfg = base_config.with_overrides({"storage": {"root": str(tmp_path)}})
+    run_id = registry.start_run(cfg, "run-first")
+    registry.log_metrics(registry.client(cfg), run_id, {"test_auc_repin": 0.7123, f"test_hit{cfg.evaluation.hit_k}_repin": 0.4})
+    registry.end_run(cfg, run_id)
+    port = free_port()
+    command, env, page = registry.ui_command(cfg, port)
+    command[0] = str(Path(sys.executable).with_name("mlflow"))  # .venv/bin/mlflow, as printed from the repository root
+    server = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
+                time.sleep(0.5)
+        processes = len(descendants(server.pid))
+        text, outside = browser_page(page, "test_auc_repin", tmp_path / "mlflow.png")
+    finally:
+        stop_tree(server.pid)
+    assert "run-first" in text and "0.7123" in text and "Token Usage" not in text
+    assert processes <= 3, f"{processes} processes under `mlflow ui`: the job runner started"
