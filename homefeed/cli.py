@@ -155,6 +155,15 @@ def instances_show(
     typer.echo(frame.to_string(index=False))
 
 
+@app.command("config")
+def show_config(config: ConfigOption = None) -> None:
+    """Print the configuration a command would run with: every default (homefeed/config.py holds
+    each once), the overlay files and HOMEFEED__… variables applied, secrets redacted."""
+    import yaml
+
+    typer.echo(yaml.safe_dump(_config(config).redacted(), sort_keys=False), nl=False)
+
+
 @app.command()
 def validate(
     suite: Annotated[str, typer.Option(help="raw_impressions | raw_actions | pins | users | instances")],

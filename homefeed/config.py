@@ -1,6 +1,7 @@
 """Typed, validated configuration.
 
-The committed defaults live in ``homefeed/defaults/default.yaml``. Overlays are applied in order:
+Every default lives once, in the models below (``homefeed config`` prints them, with any overlays
+applied). Overlays are applied in order:
 files given with ``--config`` or listed in ``HOMEFEED_CONFIG`` (``:``-separated), then single keys
 from the environment (``HOMEFEED__TRAIN__EPOCHS=3``; values are parsed as YAML). Unknown keys and
 bad values fail fast with the key's dotted path in the message.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 from datetime import date
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,7 +112,8 @@ class DriftConfig(_Section):
 
 
 class ValidationConfig(_Section):
-    label_rate_bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    label_rate_bounds: dict[str, tuple[float, float]] = Field(default_factory=lambda: {
+        "repin": (0.001, 0.5), "click": (0.005, 0.9), "closeup": (0.001, 0.9), "hide": (0.0, 0.2)})
     # The instance job refuses a window where more impressions than this name pins absent from
     # the pins snapshot (their features would all be defaults).
     max_unknown_pin_rate: float = Field(0.01, ge=0, le=1)
@@ -131,7 +132,7 @@ class ValidationConfig(_Section):
 
 class TrainConfig(_Section):
     model: str = "transact_v11"
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(2, ge=1)
     batch_size: int = Field(512, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -182,7 +183,7 @@ class TrainConfig(_Section):
 
 
 class RankingConfig(_Section):
-    utility: dict[str, float] = Field(default_factory=lambda: {"repin": 1.0, "hide": -2.0})
+    utility: dict[str, float] = Field(default_factory=lambda: {"repin": 1.0, "click": 0.5, "closeup": 0.25, "hide": -2.0})
 
     @field_validator("utility")
     @classmethod
@@ -197,10 +198,11 @@ class EvaluationConfig(_Section):
 
 
 class GatesConfig(_Section):
-    min_auc: dict[str, float] = Field(default_factory=dict)
-    max_auc_drop: dict[str, float] = Field(default_factory=dict)
-    max_hit_drop: dict[str, float] = Field(default_factory=dict)
-    max_hide_hit_rise: float | None = None
+    min_auc: dict[str, float] = Field(default_factory=lambda: {"repin": 0.55})
+    # The challenger may be at most this much below the champion.
+    max_auc_drop: dict[str, float] = Field(default_factory=lambda: {"repin": 0.01})
+    max_hit_drop: dict[str, float] = Field(default_factory=lambda: {"repin": 0.02})
+    max_hide_hit_rise: float | None = 0.02
     # Slices (homefeed.evaluate.SLICES) whose metrics must pass the same checks as the whole set.
     slices: list[str] = Field(default_factory=list)
 
@@ -430,8 +432,8 @@ def parse_config(data: dict[str, Any]) -> Config:
 
 
 def default_config_dict() -> dict[str, Any]:
-    text = resources.files("homefeed").joinpath("defaults/default.yaml").read_text()
-    return yaml.safe_load(text)
+    """Every default, from the models above: their one home (`homefeed config` prints them)."""
+    return Config().model_dump(mode="json")
 
 
 def load_config(
