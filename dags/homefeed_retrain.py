@@ -29,6 +29,7 @@ from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
 from homefeed import pipeline
+from homefeed.airflow_links import LINKS
 from homefeed.config import load_config
 from homefeed.orchestration import champion_stale_asset, fail_fast
 from models import MODEL_NAMES
@@ -120,7 +121,7 @@ def _stage_task(step: "pipeline.Stage"):
             raise AirflowSkipException(reason)  # the stages after it are skipped too, and say why
         return step.name  # the stages hand over through the run directory, not XCom
 
-    return run_stage()
+    return _with_links(run_stage())
 
 
 def _report_task():
@@ -130,7 +131,13 @@ def _report_task():
     def report():  # the task id is the function's name: pipeline.REPORT.name
         return pipeline.REPORT.call(_inputs())["report"]
 
-    return report()
+    return _with_links(report())
+
+
+def _with_links(task_output):
+    """The task's buttons to the run's MLflow run and report in the UI (empty until they exist)."""
+    task_output.operator.operator_extra_links = LINKS
+    return task_output
 
 
 def _skip_a_missed_slot() -> None:

@@ -139,12 +139,27 @@ def client(cfg: Config):
     return _client(uri, cfg.registry.experiment, artifacts, runs_view(cfg.evaluation.hit_k))
 
 
-def runs_page(cfg: Config, ui_url: str) -> str:
-    """The experiment's runs table in MLflow's UI at ``ui_url``, as a fresh browser should land on it."""
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id(cfg)}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}"
+UI_PORT = 5000  # where the printed `mlflow ui` serves a local store
 
 
-def ui_command(cfg: Config, port: int = 5000) -> tuple[list[str], dict[str, str], str]:
+def ui_url(cfg: Config) -> str:
+    """MLflow's UI: the tracking server itself, or the printed `mlflow ui` for a local store."""
+    uri = tracking_uri(cfg)
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{UI_PORT}"
+
+
+def runs_page(cfg: Config, ui: str | None = None) -> str:
+    """The experiment's runs table in MLflow's UI, as a fresh browser should land on it."""
+    return f"{ui or ui_url(cfg)}/#/experiments/{experiment_id(cfg)}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}"
+
+
+def run_page(cfg: Config, run_id: str, artifact: str = "") -> str:
+    """One run's page in MLflow's UI, or one of its artifacts there."""
+    page = f"{ui_url(cfg)}/#/experiments/{experiment_id(cfg)}/runs/{run_id}"
+    return f"{page}/artifacts/{artifact}" if artifact else page
+
+
+def ui_command(cfg: Config, port: int = UI_PORT) -> tuple[list[str], dict[str, str], str]:
     """(command, environment, landing page) of MLflow's UI on the configured store, on 127.0.0.1,
     without MLflow's GenAI job runner (eight worker processes, 2 GiB) that homefeed never uses."""
     command = [".venv/bin/mlflow", "ui", "--backend-store-uri", tracking_uri(cfg), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]

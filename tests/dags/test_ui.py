@@ -173,6 +173,27 @@ def test_trigger_form_starts_a_run_that_succeeds(standalone, raw_dir, tmp_path):
     train = next(t for t in tasks if t["task_id"] == "train")
     train_log = json.dumps(call(f"{base}/api/v2/dags/homefeed_retrain/dagRuns/{run['dag_run_id']}/taskInstances/train/logs/{train['try_number']}", token))
     assert "train: started" in train_log and "train: done in" in train_log and "Log file not found" not in train_log
+    # Each task links to the run's MLflow run, and the report task to the report there (issue 33).
+    mlflow_run = json.loads((root / "runs" / RUN_LABEL / "mlflow_run.json").read_text())["run_id"]
+    links = call(f"{base}/api/v2/dags/homefeed_retrain/dagRuns/{run['dag_run_id']}/taskInstances/report/links", token)["extra_links"]
+    assert links["MLflow run"].endswith(f"/runs/{mlflow_run}")
+    assert links["Run report"].endswith(f"/runs/{mlflow_run}/artifacts/report/report.html")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/dags/homefeed_retrain")
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", password)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_selector("text=homefeed_retrain", timeout=30_000)
+        page.goto(f"{base}/dags/homefeed_retrain/runs/{run['dag_run_id']}/tasks/report/details")  # where Airflow shows them
+        try:
+            page.wait_for_selector("text=Run report", timeout=60_000)
+        finally:
+            page.screenshot(path=str(tmp_path / "task_links.png"), full_page=True)
+        button = page.get_by_role("link", name="MLflow run")
+        assert button.get_attribute("href").endswith(f"/runs/{mlflow_run}")
+        browser.close()
 
 
 def test_backfill_over_a_date_range_runs_the_scheduled_dates(standalone, raw_dir):

@@ -1,0 +1,58 @@
+"""Links from each homefeed_retrain task in the Airflow UI to the run's MLflow run and its report.
+
+Airflow 3 asks a task's links when the task ends, in the task's own process, and keeps their
+URLs as XComs the UI shows as buttons. Both point at MLflow's UI (the report is an artifact of
+the run): a browser does not follow a page on http:// to a file:// report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperatorLink
+
+
+def _run_directory(ti_key: Any) -> tuple[Path, dict[str, Any]]:
+    from homefeed import pipeline
+
+    context = ti_key.get_template_context()
+    params = dict(context["params"])
+    return pipeline.run_dir(pipeline.config_from_params(params), params.get("run_label") or ti_key.run_id), params
+
+
+def _mlflow_run(ti_key: Any) -> tuple[Any, str, Path] | None:
+    """(config, MLflow run id, run directory) once the run has an MLflow run (from training on)."""
+    from homefeed import pipeline
+
+    directory, params = _run_directory(ti_key)
+    marker = directory / "mlflow_run.json"
+    if not marker.exists():
+        return None
+    return pipeline.config_from_params(params), json.loads(marker.read_text())["run_id"], directory
+
+
+class MlflowRunLink(BaseOperatorLink):
+    name = "MLflow run"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        from homefeed import registry
+
+        found = _mlflow_run(ti_key)
+        return registry.run_page(found[0], found[1]) if found else ""
+
+
+class RunReportLink(BaseOperatorLink):
+    name = "Run report"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        from homefeed import registry
+
+        found = _mlflow_run(ti_key)
+        if not found or not (found[2] / "report.html").exists():
+            return ""  # the report task writes it and attaches it to the MLflow run
+        return registry.run_page(found[0], found[1], artifact="report/report.html")
+
+
+LINKS = (MlflowRunLink(), RunReportLink())
