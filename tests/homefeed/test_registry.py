@@ -254,4 +254,5 @@ def test_the_printed_mlflow_ui_lands_a_fresh_browser_on_the_runs_table_without_t
     finally:
         stop_tree(server.pid)
     assert "run-first" in text and "0.7123" in text and "Token Usage" not in text
+    assert outside == [], outside  # nothing asked beyond the machine
     assert processes <= 3, f"{processes} processes under `mlflow ui`: the job runner started"
