@@ -221,7 +221,7 @@ def train(
     run_id = registry.start_run(cfg, f"train-{cfg.train.model}")
     try:
         result = pipeline.train_tracked(cfg, str(instances), str(out), run_id)
-        registry.client(cfg).log_artifacts(run_id, result.model_dir, "model_files")
+        registry.log_artifact(cfg, run_id, result.model_dir, "model_files")
     except BaseException as exc:  # the MLflow run says FAILED and why, never RUNNING forever
         registry.end_run(cfg, run_id, failed=True, error=f"{type(exc).__name__}: {exc}")
         if isinstance(exc, PermanentError):

@@ -227,7 +227,6 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
     if sequence_at == "request":
         test = with_request_sequences(test)
     tracking = cfg.with_overrides({"registry": {"experiment": cfg.registry.experiment + EXPERIMENT_SUFFIX}})
-    mlflow_client = registry.client(tracking)
     # One parent run per comparison, each model's run nested under it with its true training time.
     parent = registry.start_run(tracking, out.name, {"homefeed.compare": str(out)})
     try:
@@ -249,8 +248,8 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
                     probs[model] = scores
             rows.append(seed_rows[model][0])
             run_id = registry.start_run(tracking, model, {"homefeed.compare": str(out)}, started_ms=started_ms, parent_run_id=parent)
-            registry.log_train_params(mlflow_client, run_id, model_cfg.train)
-            registry.log_metrics(mlflow_client, run_id, {key.replace("@", ""): value for key, value in rows[-1].items()
+            registry.log_train_params(tracking, run_id, model_cfg.train)
+            registry.log_metrics(tracking, run_id, {key.replace("@", ""): value for key, value in rows[-1].items()
                                                          if isinstance(value, float)})  # NaN left out there
             registry.end_run(tracking, run_id)
             runs[model] = run_id
@@ -258,7 +257,7 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
             for reference, differences in evaluate.paired_differences_against(test, probs, references, cfg).items():
                 with_paired_differences(rows, differences, cfg.evaluation.hit_k, reference)
             for r in rows:
-                registry.log_metrics(mlflow_client, runs[r["model"]], {key: value for key, value in r.items()
+                registry.log_metrics(tracking, runs[r["model"]], {key: value for key, value in r.items()
                                                                        if key.startswith("d_") and isinstance(value, float)})
         scored = f"scored on the {split} split" + (", each request with its first candidate's sequence" if sequence_at == "request" else "")
         write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from}; {scored})", references)
@@ -273,6 +272,6 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
     except BaseException as exc:
         registry.end_run(tracking, parent, error=f"{type(exc).__name__}: {exc}")
         raise
-    mlflow_client.log_artifact(parent, str(out / "comparison.md"))
+    registry.log_artifact(tracking, parent, out / "comparison.md")
     registry.end_run(tracking, parent)
     return rows

@@ -248,7 +248,7 @@ def run_loop(cfg: Config, out: Path, settings: LoopSettings) -> list[DayRecord]:
         ))
     service.close()
     _write_records(out / "days.csv", records)
-    registry.client(cfg)  # leaves the store readable by `mlflow ui` at the path in the report
+    registry.prepare_store(cfg)  # leaves the store readable by `mlflow ui` at the path in the report
     return records
 
 

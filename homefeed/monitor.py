@@ -87,7 +87,7 @@ def _champion(cfg: Config) -> tuple[Any, date]:
     from homefeed import registry
 
     model = registry.load_served_model(cfg, registry.CHAMPION)
-    tags = registry.client(cfg).get_model_version(cfg.registry.model_name, model.version).tags
+    tags = registry.version_tags(cfg, model.version) or {}
     if "data.window" not in tags:
         raise storage.StorageError(f"{cfg.registry.model_name} v{model.version} has no data.window tag: its age is unknown")
     return model, date.fromisoformat(tags["data.window"].split("..")[1])
@@ -122,9 +122,7 @@ def run(spark, cfg: Config, raw_root: str, days: list[date] | None = None) -> di
     decision = {"model_version": model.version, "window_end": window_end.isoformat(), "scored_days": [d.isoformat() for d in days],
                 **staleness(records(cfg, model.version), cfg)}
     if decision["stale"]:
-        mlflow_client = registry.client(cfg)
-        mlflow_client.set_model_version_tag(cfg.registry.model_name, model.version, "monitor.stale", decision["day"])
-        mlflow_client.set_model_version_tag(cfg.registry.model_name, model.version, "monitor.stale_reason", decision["reason"])
+        registry.set_version_tags(cfg, model.version, {"monitor.stale": decision["day"], "monitor.stale_reason": decision["reason"]})
         storage.write_json(monitor_root(cfg) / STALE_FILE, decision)
     plot_decay(cfg)
     return decision

@@ -212,12 +212,11 @@ def train_tracked(cfg: Config, instances, out_dir: str, run_id: str):
 
     progress.report("train: MLflow run %s (experiment %s at %s): loss and validation AUC live there", run_id,
                     cfg.registry.experiment, registry.tracking_uri(cfg))
-    mlflow_client = registry.client(cfg)
-    registry.log_train_params(mlflow_client, run_id, cfg.train)
-    mlflow_client.log_dict(run_id, instances.manifest, "data/instances_manifest.json")
+    registry.log_train_params(cfg, run_id, cfg.train)
+    registry.log_dict(cfg, run_id, instances.manifest, "data/instances_manifest.json")
     with registry.system_metrics(cfg, run_id):
         result = trainer.train(instances.path, out_dir, cfg, tracking=(registry.tracking_uri(cfg), run_id))
-    registry.log_metrics(mlflow_client, run_id, {f"best_val_auc_{h}": m["auc"] for h, m in result.validation.items()})
+    registry.log_metrics(cfg, run_id, {f"best_val_auc_{h}": m["auc"] for h, m in result.validation.items()})
     return result
 
 
@@ -253,9 +252,8 @@ def evaluate(cfg: Config, directory: Path) -> dict[str, Any]:
 
     result = evaluate_against_champion(cfg, _instances(directory), _load(directory, "train")["model_dir"])
     run_id = _mlflow_run(cfg, directory)
-    mlflow_client = registry.client(cfg)
-    registry.log_metrics(mlflow_client, run_id, _test_metrics(result["challenger"], result["champion"]))
-    mlflow_client.log_dict(run_id, result, "evaluation.json")
+    registry.log_metrics(cfg, run_id, _test_metrics(result["challenger"], result["champion"]))
+    registry.log_dict(cfg, run_id, result, "evaluation.json")
     return _record(cfg, directory, "evaluate", result)
 
 
@@ -284,8 +282,8 @@ def gate(cfg: Config, directory: Path) -> dict[str, Any]:
     evaluation = _load(directory, "evaluate")
     decision = gates.decide(cfg.gates, evaluation["challenger"], evaluation["champion"], evaluation["champion_version"])
     run_id = _mlflow_run(cfg, directory)
-    registry.client(cfg).log_dict(run_id, decision.to_dict(), "gate_decision.json")
-    registry.client(cfg).set_tag(run_id, "gate", decision.summary())
+    registry.log_dict(cfg, run_id, decision.to_dict(), "gate_decision.json")
+    registry.set_run_tag(cfg, run_id, "gate", decision.summary())
     return _record(cfg, directory, "gate", decision.to_dict())
 
 
@@ -320,14 +318,13 @@ def _log_lineage(cfg: Config, run_id: str, directory: Path) -> dict[str, str]:
     """Config and data-check results onto the MLflow run: a version leads back to its checks."""
     from homefeed import registry
 
-    mlflow_client = registry.client(cfg)
-    mlflow_client.log_dict(run_id, cfg.redacted(), "config.json")
+    registry.log_dict(cfg, run_id, cfg.redacted(), "config.json")
     summaries = {}
     for stage in ("validate_raw", "validate_instances", "drift"):
         path = directory / f"{stage}.json"
         if path.exists():
             result = json.loads(path.read_text())
-            mlflow_client.log_dict(run_id, result, f"validation/{stage}.json")
+            registry.log_dict(cfg, run_id, result, f"validation/{stage}.json")
             if stage != "drift":
                 summaries[stage] = f"{len(result['suites'])} suites passed"
     return summaries
@@ -355,7 +352,7 @@ def report(cfg: Config, directory: Path) -> dict[str, Any]:
     marker = directory / "mlflow_run.json"
     if marker.exists():
         run_id = json.loads(marker.read_text())["run_id"]
-        registry.client(cfg).log_artifact(run_id, str(path), "report")
+        registry.log_artifact(cfg, run_id, path, "report")
         # The run ends when the retraining does (a failed gate is a finished run; a failed stage is not).
         registry.end_run(cfg, run_id, failed=any(directory.glob(f"*{schema.STAGE_FAILED_SUFFIX}")))
     return _record(cfg, directory, "report", {"report": str(path)})

@@ -230,6 +230,12 @@ def system_metrics(cfg: Config, run_id: str) -> Iterator[None]:
         yield
     finally:
         monitor.finish()
+        try:  # one sample at the end too: MLflow's monitor drops an interval cut short, so a short training had none
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as exc:  # the metrics are a convenience; training's result stands
+            logging.getLogger(__name__).warning("system metrics: the last sample was not logged: %s", exc)
 
 
 def end_run(cfg: Config, run_id: str, failed: bool = False, error: str = "", ended_ms: int | None = None) -> None:
@@ -245,18 +251,47 @@ def run_state(cfg: Config, run_id: str) -> tuple[str, dict[str, str]]:
     return run.info.status, dict(run.data.tags)
 
 
-def log_train_params(mlflow_client, run_id: str, train: Any) -> None:
+def log_train_params(cfg: Config, run_id: str, train: Any) -> None:
     """The training config as ``train.<key>`` params (dicts as JSON)."""
+    mlflow_client = client(cfg)
     for key, value in train.model_dump(mode="json").items():
         mlflow_client.log_param(run_id, f"train.{key}", json.dumps(value) if isinstance(value, dict) else value)
 
 
-def log_metrics(mlflow_client, run_id: str, values: dict[str, float], step: int = 0) -> None:
+def log_metrics(cfg: Config, run_id: str, values: dict[str, float], step: int = 0) -> None:
     """Metrics in one request per 1000 (MLflow's limit); NaN (undefined) values are left out."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    _send_metrics(mlflow_client, run_id, [Metric(key, float(value), now, step) for key, value in values.items() if value == value])
+    _send_metrics(client(cfg), run_id, [Metric(key, float(value), now, step) for key, value in values.items() if value == value])
+
+
+def log_dict(cfg: Config, run_id: str, payload: Any, path: str) -> None:
+    """A JSON artifact of the run at ``path``."""
+    client(cfg).log_dict(run_id, payload, path)
+
+
+def log_artifact(cfg: Config, run_id: str, local_path: str | Path, directory: str | None = None) -> None:
+    """A file (or, for a folder, every file in it) as artifacts of the run under ``directory``."""
+    local = Path(local_path)
+    if local.is_dir():
+        client(cfg).log_artifacts(run_id, str(local), directory)
+    else:
+        client(cfg).log_artifact(run_id, str(local), directory)
+
+
+def set_run_tag(cfg: Config, run_id: str, key: str, value: str) -> None:
+    client(cfg).set_tag(run_id, key, value)
+
+
+def set_version_tags(cfg: Config, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client(cfg).set_model_version_tag(cfg.registry.model_name, version, key, value)
+
+
+def prepare_store(cfg: Config) -> None:
+    """Create the store and the experiment now (tables, tags), so MLflow's UI can read it at once."""
+    client(cfg)
 
 
 def _send_metrics(mlflow_client, run_id: str, metrics: list) -> None:
@@ -734,8 +769,7 @@ def audited_change(cfg: Config):
 
 def log_version_metrics(cfg: Config, version: str, values: dict[str, float]) -> str | None:
     """Metrics onto the run that registered ``version`` (an experiment's figures); the run id."""
-    mlflow_client = client(cfg)
-    run_id = mlflow_client.get_model_version(cfg.registry.model_name, version).run_id
+    run_id = client(cfg).get_model_version(cfg.registry.model_name, version).run_id
     if run_id:
-        log_metrics(mlflow_client, run_id, values)
+        log_metrics(cfg, run_id, values)
     return run_id

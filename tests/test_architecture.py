@@ -87,3 +87,27 @@ def test_the_documented_layers_are_these():
         assert f"**{layer}**" in text, layer
         for prefix in prefixes:
             assert f"`{prefix}`" in text, prefix
+
+
+def mlflow_clients_outside_the_registry() -> list[str]:
+    """Calls of ``registry.client(…)`` (the raw MlflowClient) and MlflowClient holders outside
+    homefeed/registry.py: every MLflow read and write is a named verb of the registry."""
+    found = []
+    for module, path in modules().items():
+        if module == "homefeed.registry":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "client" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "registry":
+                found.append(f"{module}:{node.lineno} calls registry.client")
+            elif isinstance(node, ast.Name) and node.id == "MlflowClient":
+                found.append(f"{module}:{node.lineno} holds an MlflowClient")
+    return found
+
+
+def test_mlflow_is_reached_through_registry_verbs_only(tmp_path, monkeypatch):
+    assert mlflow_clients_outside_the_registry() == []
+    bad = tmp_path / "bad.py"  # the negative case
+    bad.write_text("from homefeed import registry\n\ndef f(cfg):\n    registry.client(cfg).set_tag('r', 'k', 'v')\n")
+    monkeypatch.setattr(f"{__name__}.modules", lambda: {"homefeed.pipeline": bad})
+    assert mlflow_clients_outside_the_registry() == ["homefeed.pipeline:4 calls registry.client"]

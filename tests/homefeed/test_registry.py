@@ -233,7 +233,7 @@ def test_the_printed_mlflow_ui_lands_a_fresh_browser_on_the_runs_table_without_t
 
     cfg = base_config.with_overrides({"storage": {"root": str(tmp_path)}})
     run_id = registry.start_run(cfg, "run-first")
-    registry.log_metrics(registry.client(cfg), run_id, {"test_auc_repin": 0.7123, f"test_hit{cfg.evaluation.hit_k}_repin": 0.4})
+    registry.log_metrics(cfg, run_id, {"test_auc_repin": 0.7123, f"test_hit{cfg.evaluation.hit_k}_repin": 0.4})
     registry.end_run(cfg, run_id)
     port = free_port()
     command, env, page = registry.ui_command(cfg, port)
