@@ -19,7 +19,7 @@ LAYERS = {
                 "homefeed.registry", "homefeed.experiments", "homefeed.readout"],
     "workflows": ["homefeed.pipeline", "homefeed.report", "homefeed.monitor", "homefeed.compare", "homefeed.loop",
                   "homefeed.serving", "homefeed.serving.service", "homefeed.serving.metrics", "homefeed.experiment_sim"],
-    "interfaces": ["homefeed.cli", "homefeed.cli_common", "homefeed.cli_experiment", "homefeed.local_platform", "homefeed.airflow_links", "homefeed.stack", "homefeed.serving.app", "dags"],
+    "interfaces": ["homefeed.cli", "homefeed.local_platform", "homefeed.airflow_links", "homefeed.stack", "homefeed.serving.app", "dags"],
 }
 PACKAGES = ("homefeed", "models", "jobs", "expectations", "dags")
 
@@ -111,3 +111,26 @@ def test_mlflow_is_reached_through_registry_verbs_only(tmp_path, monkeypatch):
     bad.write_text("from homefeed import registry\n\ndef f(cfg):\n    registry.client(cfg).set_tag('r', 'k', 'v')\n")
     monkeypatch.setattr(f"{__name__}.modules", lambda: {"homefeed.pipeline": bad})
     assert mlflow_clients_outside_the_registry() == ["homefeed.pipeline:4 calls registry.client"]
+
+
+def test_the_cli_is_a_package_of_small_command_groups():
+    """Issue 36: cli.py had grown to 704 lines; one module per command group, none over 300."""
+    sizes = {path.name: len(path.read_text().splitlines()) for path in (ROOT / "homefeed" / "cli").glob("*.py")}
+    assert {"data.py", "training.py", "release.py", "experiments.py", "serving.py", "local.py"} <= set(sizes)
+    assert {name: lines for name, lines in sizes.items() if lines > 300} == {}
+    assert not (ROOT / "homefeed" / "cli.py").exists()
+
+
+def test_the_command_names_are_unchanged():
+    from homefeed.cli import app
+    import typer.main
+
+    group = typer.main.get_command(app)
+    names = {name: sorted(getattr(command, "commands", {}) or []) for name, command in group.commands.items()}
+    assert names == {
+        "generate": [], "import-kuairand": [], "build-instances": [], "config": [], "validate": [], "instances": ["show"],
+        "models": [], "train": [], "evaluate": [], "compare": [], "monitor": [], "simulate-loop": [], "score-pool": [],
+        "promote": [], "rollback": [], "registry": ["history", "show"], "simulate-experiment": [],
+        "experiment": ["readout", "start", "status", "stop"], "serve": [], "sequences": ["load", "show"],
+        "airflow": [], "backfill": [], "run": [], "stack": ["down", "env", "status", "up"],
+    }

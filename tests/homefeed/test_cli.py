@@ -58,7 +58,7 @@ def test_embedded_airflow_waits_for_the_sqlite_lock(tmp_path, monkeypatch):
     """Airflow imports the connect args by name: the name must resolve to a busy timeout."""
     from airflow.configuration import conf
 
-    from homefeed.cli import _config
+    from homefeed.cli.common import config as _config
     from homefeed.local_platform import airflow_env
 
     monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path))

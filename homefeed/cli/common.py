@@ -1,8 +1,10 @@
-"""What every command group of the CLI shares: the config option, loading it, and how refusals exit."""
+"""What every command group of the CLI shares: the config option, loading it, how refusals exit,
+and the lines a long step prints."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -53,3 +55,13 @@ def refusals():
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+
+
+def step(message: str) -> float:
+    """``==> message`` on stderr; the start time for :func:`done`."""
+    typer.echo(f"==> {message}", err=True)
+    return time.perf_counter()
+
+
+def done(started: float) -> None:
+    typer.echo(f"    done in {time.perf_counter() - started:.1f}s", err=True)

@@ -17,11 +17,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from homefeed.cli_common import ConfigOption, config as _config, refusals as _refusals
+from homefeed.cli.common import ConfigOption, config as _config, refusals as _refusals
 from homefeed.config import Config
 
+commands = typer.Typer()
 experiment_app = typer.Typer(help="Online A/B tests of a challenger against the champion: start, status, readout, stop.",
                              no_args_is_help=True)
+commands.add_typer(experiment_app, name="experiment")
 
 
 def _exposure_root(cfg: Config) -> Path:
@@ -114,6 +116,7 @@ def readout(
     typer.echo(json.dumps({"experiment": name, "decision": decision, "readout": str(Path(result['report']).with_name('readout.json'))}))
 
 
+@commands.command("simulate-experiment")
 def simulate_experiment(
     out: Annotated[Path, typer.Option(help="Output directory (replaced): the world, the registry, the logs, the readout")],
     challenger: Annotated[str, typer.Option(help="same (an A/A test), worse (the ranker serving worst first) or better (the ranker against a champion serving worst first)")],
