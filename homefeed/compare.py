@@ -190,23 +190,9 @@ def _seed_table(spread: list[dict[str, Any]], k: int) -> list[str]:
 SEQUENCE_AT = ("impression", "request")
 
 
-def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config, seeds: int = 1,
-            split: str = "test", sequence_at: str = "impression", paired_against: list[str] | None = None) -> list[dict[str, Any]]:
-    """``split="validation"`` scores the validation day instead: for choosing knobs without
-    touching the test days (every table then describes the validation day).
-
-    ``sequence_at="request"`` scores every candidate of a request with the sequence as of the
-    request's first candidate (:func:`homefeed.data.with_request_sequences`), as a feed request
-    is served; "impression" (the default) with each row's own. Training is the same either way.
-
-    ``paired_against``: the models every other is paired against (one table each); by default the
-    control, ``none``, when it is compared."""
-    from homefeed import evaluate, registry, train as trainer
-    from homefeed.data import read_instances, with_request_sequences
-    from homefeed.spark import session
-    from jobs import build_instances as job
+def _check_arguments(models: list[str], split: str, sequence_at: str, paired_against: list[str] | None) -> tuple[str, ...]:
+    """Refuse what cannot be compared; the reference models (``none`` by default, when compared)."""
     from models import MODEL_NAMES
-    from models.zoo import load_scorer
 
     if split not in ("test", "validation"):
         raise ValueError(f"--split must be test or validation, got {split!r}")
@@ -218,57 +204,106 @@ def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config
     references = tuple(paired_against) if paired_against is not None else tuple(m for m in models if m == CONTROL)
     if not set(references) <= set(models):
         raise ValueError(f"--paired-against {[r for r in references if r not in models]} must be among --models {models}")
+    return references
+
+
+def _build(raw: str, out: Path, cfg: Config, split: str, sequence_at: str):
+    """The instances, built once for every model, and the split they are scored on."""
+    from homefeed.data import read_instances, with_request_sequences
+    from homefeed.spark import session
+    from jobs import build_instances as job
+
     days = raw_days(raw)
-    cfg = split_config(cfg, days, test_from)
     out.mkdir(parents=True, exist_ok=True)
     instances = out / "instances"
     job.run(session(cfg, "compare"), raw, str(instances), cfg, days[0], days[-1])
-    test = read_instances(str(instances), split)
-    if sequence_at == "request":
-        test = with_request_sequences(test)
+    scored = read_instances(str(instances), split)
+    return instances, with_request_sequences(scored) if sequence_at == "request" else scored
+
+
+def _train_and_score(model: str, seeds: int, instances: Path, test, out: Path, cfg: Config) -> tuple[list[dict[str, Any]], Any, Config]:
+    """One model, each seed trained and scored: (a row per seed, the first seed's scores, its config)."""
+    from homefeed import evaluate, train as trainer
+    from models.zoo import load_scorer
+
+    rows, first_scores, model_cfg = [], None, cfg
+    for seed in range(1 if model in BASELINES else seeds):
+        model_cfg = cfg.with_overrides({"train": {"model": model, "seed": cfg.train.seed + seed}})
+        started = time.perf_counter()
+        result = trainer.train(str(instances), str(out / "models" / (model if seed == 0 else f"{model}-seed{seed}")), model_cfg)
+        seconds = time.perf_counter() - started
+        scores = load_scorer(result.model_dir).predict(test)
+        rows.append(row(model, evaluate.evaluate_probabilities(test, scores, model_cfg), seconds))
+        first_scores = scores if seed == 0 else first_scores
+    return rows, first_scores, model_cfg
+
+
+def _log_model_run(tracking: Config, parent: str, model: str, model_cfg: Config, first_row: dict[str, Any], out: Path, started_ms: int) -> str:
+    """The model's MLflow run, nested under the comparison's and lasting its training; its id."""
+    from homefeed import registry
+
+    run_id = registry.start_run(tracking, model, {"homefeed.compare": str(out)}, started_ms=started_ms, parent_run_id=parent)
+    registry.log_train_params(tracking, run_id, model_cfg.train)
+    registry.log_metrics(tracking, run_id, {key.replace("@", ""): value for key, value in first_row.items()
+                                            if isinstance(value, float)})  # NaN left out there
+    registry.end_run(tracking, run_id)
+    return run_id
+
+
+def _write_seed_spread(rows: list[dict[str, Any]], seed_rows: dict[str, list[dict[str, Any]]], out: Path, hit_k: int) -> None:
+    spread = seed_spread(seed_rows, hit_k)
+    with (out / "comparison.md").open("a") as handle:
+        handle.write("\n".join(_seed_table(spread, hit_k)) + "\n")
+    with (out / "seeds.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["seed", *rows[0]])
+        writer.writeheader()
+        writer.writerows({"seed": i, **r} for per_model in seed_rows.values() for i, r in enumerate(per_model))
+
+
+def _compare_models(raw: str, models: list[str], test_from: date, out: Path, cfg: Config, seeds: int, split: str,
+                    sequence_at: str, references: tuple[str, ...], tracking: Config, parent: str) -> list[dict[str, Any]]:
+    from homefeed import evaluate, registry
+
+    instances, test = _build(raw, out, cfg, split, sequence_at)
+    rows, probs, runs, seed_rows = [], {}, {}, {}
+    for model in models:
+        started_ms = int(time.time() * 1000)
+        seed_rows[model], probs[model], model_cfg = _train_and_score(model, seeds, instances, test, out, cfg)
+        rows.append(seed_rows[model][0])
+        runs[model] = _log_model_run(tracking, parent, model, model_cfg, rows[-1], out, started_ms)
+    if len(probs) > 1 and references:
+        for reference, differences in evaluate.paired_differences_against(test, probs, references, cfg).items():
+            with_paired_differences(rows, differences, cfg.evaluation.hit_k, reference)
+        for r in rows:
+            registry.log_metrics(tracking, runs[r["model"]], {key: value for key, value in r.items()
+                                                               if key.startswith("d_") and isinstance(value, float)})
+    scored = f"scored on the {split} split" + (", each request with its first candidate's sequence" if sequence_at == "request" else "")
+    write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from}; {scored})", references)
+    if seeds > 1:
+        _write_seed_spread(rows, seed_rows, out, cfg.evaluation.hit_k)
+    return rows
+
+
+def compare(raw: str, models: list[str], test_from: date, out: Path, cfg: Config, seeds: int = 1,
+            split: str = "test", sequence_at: str = "impression", paired_against: list[str] | None = None) -> list[dict[str, Any]]:
+    """``split="validation"`` scores the validation day instead: for choosing knobs without
+    touching the test days (every table then describes the validation day).
+
+    ``sequence_at="request"`` scores every candidate of a request with the sequence as of the
+    request's first candidate (:func:`homefeed.data.with_request_sequences`), as a feed request
+    is served; "impression" (the default) with each row's own. Training is the same either way.
+
+    ``paired_against``: the models every other is paired against (one table each); by default the
+    control, ``none``, when it is compared."""
+    from homefeed import registry
+
+    references = _check_arguments(models, split, sequence_at, paired_against)
+    cfg = split_config(cfg, raw_days(raw), test_from)
     tracking = cfg.with_overrides({"registry": {"experiment": cfg.registry.experiment + EXPERIMENT_SUFFIX}})
     # One parent run per comparison, each model's run nested under it with its true training time.
     parent = registry.start_run(tracking, out.name, {"homefeed.compare": str(out)})
     try:
-        rows: list[dict[str, Any]] = []
-        probs: dict[str, Any] = {}
-        runs: dict[str, str] = {}
-        seed_rows: dict[str, list[dict[str, Any]]] = {}
-        for model in models:
-            started_ms = int(time.time() * 1000)
-            for seed in range(1 if model in BASELINES else seeds):
-                model_cfg = cfg.with_overrides({"train": {"model": model, "seed": cfg.train.seed + seed}})
-                started = time.perf_counter()
-                result = trainer.train(str(instances), str(out / "models" / (model if seed == 0 else f"{model}-seed{seed}")), model_cfg)
-                seconds = time.perf_counter() - started
-                scores = load_scorer(result.model_dir).predict(test)
-                evaluation = evaluate.evaluate_probabilities(test, scores, model_cfg)
-                seed_rows.setdefault(model, []).append(row(model, evaluation, seconds))
-                if seed == 0:
-                    probs[model] = scores
-            rows.append(seed_rows[model][0])
-            run_id = registry.start_run(tracking, model, {"homefeed.compare": str(out)}, started_ms=started_ms, parent_run_id=parent)
-            registry.log_train_params(tracking, run_id, model_cfg.train)
-            registry.log_metrics(tracking, run_id, {key.replace("@", ""): value for key, value in rows[-1].items()
-                                                         if isinstance(value, float)})  # NaN left out there
-            registry.end_run(tracking, run_id)
-            runs[model] = run_id
-        if len(probs) > 1 and references:
-            for reference, differences in evaluate.paired_differences_against(test, probs, references, cfg).items():
-                with_paired_differences(rows, differences, cfg.evaluation.hit_k, reference)
-            for r in rows:
-                registry.log_metrics(tracking, runs[r["model"]], {key: value for key, value in r.items()
-                                                                       if key.startswith("d_") and isinstance(value, float)})
-        scored = f"scored on the {split} split" + (", each request with its first candidate's sequence" if sequence_at == "request" else "")
-        write_tables(rows, out, cfg.evaluation.hit_k, f"homefeed compare: {raw} (test from {test_from}; {scored})", references)
-        if seeds > 1:
-            spread = seed_spread(seed_rows, cfg.evaluation.hit_k)
-            with (out / "comparison.md").open("a") as handle:
-                handle.write("\n".join(_seed_table(spread, cfg.evaluation.hit_k)) + "\n")
-            with (out / "seeds.csv").open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=["seed", *rows[0]])
-                writer.writeheader()
-                writer.writerows({"seed": i, **r} for per_model in seed_rows.values() for i, r in enumerate(per_model))
+        rows = _compare_models(raw, models, test_from, out, cfg, seeds, split, sequence_at, references, tracking, parent)
     except BaseException as exc:
         registry.end_run(tracking, parent, error=f"{type(exc).__name__}: {exc}")
         raise

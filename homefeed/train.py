@@ -144,9 +144,35 @@ def _progress_line(epoch: int, epochs: int, batch: int, batches: int, losses: li
                     progress.eta(done, done + remaining, run_seconds), live=True)
 
 
-def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: tuple[str, str] | None = None) -> TrainResult | None:
-    """The DDP worker; returns the result on rank 0, None elsewhere. ``tracking``: (MLflow
-    tracking URI, run id) that rank 0 logs the loss and validation AUC to while it trains."""
+@dataclass
+class _Worker:
+    """One DDP worker's training: what the steps below share."""
+
+    cfg: TrainConfig
+    rank: int
+    world_size: int
+    distributed: bool
+    device: torch.device
+    out: Path
+    dataset: InstanceDataset
+    model: Any
+    ddp_model: Any
+    train_stream: Any
+    steps_per_epoch: int
+    optimizer: Any
+    scheduler: Any
+    head_weights: torch.Tensor
+    step_metrics: Any
+    key: str
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / CHECKPOINT
+
+
+def _set_up(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: tuple[str, str] | None) -> _Worker:
+    """The process group, threads and seed, the model (DDP-wrapped when distributed), its stream,
+    optimizer and schedule, and rank 0's live MLflow metrics."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     device = pick_device(cfg.use_gpu)
@@ -174,95 +200,115 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: t
         optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
     )
     head_weights = torch.tensor([cfg.head_weights.get(h, 1.0) for h in schema.HEADS], device=device)
-
     step_metrics = None
     if tracking is not None and rank == 0:
         from homefeed.registry import StepMetrics
 
         step_metrics = StepMetrics(*tracking)
-    ticker, run_started, run_batches = progress.Ticker(), time.perf_counter(), 0
+    return _Worker(cfg, rank, world_size, distributed, device, out, dataset, model, ddp_model, train_stream, steps_per_epoch,
+                   optimizer, scheduler, head_weights, step_metrics, training_key(dataset, cfg))
 
+
+def _resume(worker: _Worker) -> dict[str, Any]:
+    """The training state: a checkpoint's of this same training, else a fresh one."""
     state = {"epoch": 0, "best_auc": -1.0, "bad_epochs": 0, "history": [], "best_state": None, "examples": 0, "seconds": 0.0}
-    checkpoint_path = out / CHECKPOINT
-    key = training_key(dataset, cfg)
-    saved = torch.load(checkpoint_path, map_location=device, weights_only=False) if checkpoint_path.exists() else None
-    if saved is not None and saved.get("key") != key:
-        if rank == 0:
-            log.warning("the checkpoint in %s is of another training (other instances, model or settings): training from scratch", out)
+    path = worker.checkpoint
+    saved = torch.load(path, map_location=worker.device, weights_only=False) if path.exists() else None
+    if saved is not None and saved.get("key") != worker.key:
+        if worker.rank == 0:
+            log.warning("the checkpoint in %s is of another training (other instances, model or settings): training from scratch", worker.out)
         saved = None
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
+    if saved is None:
+        return state
+    worker.model.load_state_dict(saved["model"])
+    worker.optimizer.load_state_dict(saved["optimizer"])
+    worker.scheduler.load_state_dict(saved["scheduler"])
+    return saved["state"]
 
-    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
-        epoch = state["epoch"]
-        train_stream.epoch = epoch
-        ddp_model.train()
-        started, losses, examples = time.perf_counter(), [], 0
-        for batch_index, batch in enumerate(train_stream):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            labels, weights = batch.pop("labels"), batch.pop("sample_weight")
-            with _autocast(device):
-                logits = ddp_model(batch)
-            loss = weighted_bce(logits.float(), labels, weights, head_weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-            examples += len(labels)
-            run_batches += 1
-            step = epoch * steps_per_epoch + batch_index + 1
-            if step_metrics is not None and step % LOSS_EVERY_STEPS == 0:
-                step_metrics.log("train_loss", float(np.mean(losses[-LOSS_EVERY_STEPS:])), step)
-            if rank == 0 and ticker.due():
-                _progress_line(epoch, cfg.epochs, batch_index + 1, steps_per_epoch, losses, examples * world_size,
-                               time.perf_counter() - started, run_batches, cfg.epochs * steps_per_epoch - step,
-                               time.perf_counter() - run_started)
-        elapsed = time.perf_counter() - started
-        # Scoring the validation day can outlast a progress interval: say so instead of going quiet.
-        validating = progress.heartbeat(f"train: epoch {epoch + 1}/{cfg.epochs}, validation") if rank == 0 else contextlib.nullcontext()
-        with validating:
-            probs, labels_np, weights_np = predict_split(model, dataset, "validation", 4 * cfg.batch_size, device)
-        val = validation_metrics(probs, labels_np, weights_np)
-        val_auc = val[schema.PRIMARY_HEAD]["auc"]
-        val_auc = -1.0 if np.isnan(val_auc) else val_auc
-        improved = val_auc > state["best_auc"]
-        state["history"].append(
-            {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-             "val_auc": {h: m["auc"] for h, m in val.items()}, "examples": examples * world_size, "seconds": elapsed}
-        )
-        state["examples"] += examples * world_size
-        state["seconds"] += elapsed
-        if improved:
-            state["best_auc"], state["bad_epochs"] = val_auc, 0
-            state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            state["best_validation"] = val
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch + 1
-        if rank == 0:
-            tmp = checkpoint_path.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "state": state, "key": key}, tmp)
-            tmp.replace(checkpoint_path)
-            progress.report("train: epoch %d/%d done in %s: loss %.4f, validation AUC %s %.4f, %s examples/s", epoch + 1, cfg.epochs,
-                            progress.duration(elapsed), state["history"][-1]["train_loss"], schema.PRIMARY_HEAD, val_auc,
-                            f"{examples * world_size / max(elapsed, 1e-9):,.0f}")
-            if step_metrics is not None:
-                step = (epoch + 1) * steps_per_epoch
-                for head, head_metrics in val.items():
-                    step_metrics.log(f"val_auc_{head}", head_metrics["auc"], step)
-                step_metrics.log("epoch", epoch + 1, step)
-                step_metrics.flush()
 
+def _train_epoch(worker: _Worker, epoch: int, clock: dict[str, float]) -> tuple[list[float], int, float]:
+    """One pass over this rank's share of the train split: (losses, examples, seconds)."""
+    cfg = worker.cfg
+    worker.train_stream.epoch = epoch
+    worker.ddp_model.train()
+    started, losses, examples = time.perf_counter(), [], 0
+    for batch_index, batch in enumerate(worker.train_stream):
+        batch = {k: v.to(worker.device, non_blocking=True) for k, v in batch.items()}
+        labels, weights = batch.pop("labels"), batch.pop("sample_weight")
+        with _autocast(worker.device):
+            logits = worker.ddp_model(batch)
+        loss = weighted_bce(logits.float(), labels, weights, worker.head_weights)
+        worker.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(worker.model.parameters(), 5.0)
+        worker.optimizer.step()
+        worker.scheduler.step()
+        losses.append(loss.item())
+        examples += len(labels)
+        clock["batches"] += 1
+        step = epoch * worker.steps_per_epoch + batch_index + 1
+        if worker.step_metrics is not None and step % LOSS_EVERY_STEPS == 0:
+            worker.step_metrics.log("train_loss", float(np.mean(losses[-LOSS_EVERY_STEPS:])), step)
+        if worker.rank == 0 and clock["ticker"].due():
+            _progress_line(epoch, cfg.epochs, batch_index + 1, worker.steps_per_epoch, losses, examples * worker.world_size,
+                           time.perf_counter() - started, clock["batches"], cfg.epochs * worker.steps_per_epoch - step,
+                           time.perf_counter() - clock["started"])
+    return losses, examples, time.perf_counter() - started
+
+
+def _validate(worker: _Worker, state: dict[str, Any], epoch: int, losses: list[float], examples: int, elapsed: float) -> float:
+    """Score the validation split, record the epoch in ``state`` (keeping the best weights); the
+    primary head's AUC (-1 when undefined)."""
+    cfg = worker.cfg
+    # Scoring the validation day can outlast a progress interval: say so instead of going quiet.
+    validating = progress.heartbeat(f"train: epoch {epoch + 1}/{cfg.epochs}, validation") if worker.rank == 0 else contextlib.nullcontext()
+    with validating:
+        probs, labels_np, weights_np = predict_split(worker.model, worker.dataset, "validation", 4 * cfg.batch_size, worker.device)
+    val = validation_metrics(probs, labels_np, weights_np)
+    val_auc = val[schema.PRIMARY_HEAD]["auc"]
+    val_auc = -1.0 if np.isnan(val_auc) else val_auc
+    improved = val_auc > state["best_auc"]
+    state["history"].append(
+        {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+         "val_auc": {h: m["auc"] for h, m in val.items()}, "examples": examples * worker.world_size, "seconds": elapsed}
+    )
+    state["examples"] += examples * worker.world_size
+    state["seconds"] += elapsed
+    if improved:
+        state["best_auc"], state["bad_epochs"] = val_auc, 0
+        state["best_state"] = {k: v.detach().cpu().clone() for k, v in worker.model.state_dict().items()}
+        state["best_validation"] = val
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch + 1
+    return val_auc
+
+
+def _checkpoint(worker: _Worker, state: dict[str, Any], epoch: int, val_auc: float, examples: int, elapsed: float) -> None:
+    """Rank 0: the checkpoint (published by rename), the epoch's line, its validation AUC in MLflow."""
+    cfg = worker.cfg
+    tmp = worker.checkpoint.with_suffix(".tmp")
+    torch.save({"model": worker.model.state_dict(), "optimizer": worker.optimizer.state_dict(),
+                "scheduler": worker.scheduler.state_dict(), "state": state, "key": worker.key}, tmp)
+    tmp.replace(worker.checkpoint)
+    progress.report("train: epoch %d/%d done in %s: loss %.4f, validation AUC %s %.4f, %s examples/s", epoch + 1, cfg.epochs,
+                    progress.duration(elapsed), state["history"][-1]["train_loss"], schema.PRIMARY_HEAD, val_auc,
+                    f"{examples * worker.world_size / max(elapsed, 1e-9):,.0f}")
+    if worker.step_metrics is not None:
+        step = (epoch + 1) * worker.steps_per_epoch
+        for head, auc in state["history"][-1]["val_auc"].items():  # this epoch's, per head
+            worker.step_metrics.log(f"val_auc_{head}", auc, step)
+        worker.step_metrics.log("epoch", epoch + 1, step)
+        worker.step_metrics.flush()
+
+
+def _finish(worker: _Worker, state: dict[str, Any]) -> TrainResult | None:
+    """Rank 0 saves the best weights and the result; every rank leaves the process group."""
     result = None
-    if rank == 0:
-        model.load_state_dict(state["best_state"])
-        model.to("cpu").save(out / MODEL_DIR)
+    if worker.rank == 0:
+        cfg, out = worker.cfg, worker.out
+        worker.model.load_state_dict(state["best_state"])
+        worker.model.to("cpu").save(out / MODEL_DIR)
         write_model_info(out / MODEL_DIR, cfg.model, {"train_config": cfg.model_dump(mode="json")})
         result = TrainResult(
             model_dir=str(out / MODEL_DIR), model=cfg.model, validation=state.get("best_validation", {}),
@@ -270,10 +316,25 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: t
             examples_per_second=state["examples"] / max(state["seconds"], 1e-9),
         )
         storage.write_json(out / METRICS, asdict(result))
-    if distributed:
+    if worker.distributed:
         dist.barrier()
         dist.destroy_process_group()
     return result
+
+
+def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: tuple[str, str] | None = None) -> TrainResult | None:
+    """The DDP worker; returns the result on rank 0, None elsewhere. ``tracking``: (MLflow
+    tracking URI, run id) that rank 0 logs the loss and validation AUC to while it trains."""
+    worker = _set_up(instances_dir, out_dir, cfg, tracking)
+    clock = {"ticker": progress.Ticker(), "started": time.perf_counter(), "batches": 0}
+    state = _resume(worker)
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        epoch = state["epoch"]
+        losses, examples, elapsed = _train_epoch(worker, epoch, clock)
+        val_auc = _validate(worker, state, epoch, losses, examples, elapsed)
+        if worker.rank == 0:
+            _checkpoint(worker, state, epoch, val_auc, examples, elapsed)
+    return _finish(worker, state)
 
 
 # --------------------------------------------------------------------------- baselines

@@ -134,3 +134,19 @@ def test_the_command_names_are_unchanged():
         "experiment": ["readout", "start", "status", "stop"], "serve": [], "sequences": ["load", "show"],
         "airflow": [], "backfill": [], "run": [], "stack": ["down", "env", "status", "up"],
     }
+
+
+def long_functions(limit: int = 80) -> list[str]:
+    found = []
+    for package in ("homefeed", "jobs", "models"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    return found
+
+
+def test_no_function_is_longer_than_a_reader_can_hold():
+    """Issue 36: train_worker (130 lines), create_app (103) and compare (85) split into named steps."""
+    assert long_functions() == []
+    assert long_functions(limit=60)  # the check sees long functions at all

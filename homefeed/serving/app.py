@@ -31,7 +31,7 @@ import shutil
 import time
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -208,7 +208,6 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
     log.info("serving %s v%s (alias %s); sequences in %s", cfg.registry.model_name, service.model.version,
              cfg.serving.alias, service.store.describe())
     metrics = ServiceMetrics()
-    authorized = [Depends(bearer_token_check(cfg.serving.token))]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -228,13 +227,22 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
     app.add_middleware(InflightLimit, max_inflight=cfg.serving.max_inflight, paths=("/rank",), metrics=metrics)
     app.state.service = service
     app.state.metrics = metrics
+    app.include_router(_status_routes(service, metrics))
+    app.include_router(_ranking_routes(cfg, service, metrics))
+    app.include_router(_write_routes(cfg, service, metrics))
+    return app
 
-    @app.get("/health")
+
+def _status_routes(service: RankingService, metrics: ServiceMetrics) -> APIRouter:
+    """/health, /ready and /metrics."""
+    router = APIRouter()
+
+    @router.get("/health")
     def health() -> dict:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @router.get("/ready")
     def ready() -> dict:
         """Readiness: the served version, the running experiment, the last reload's error, the
         sequence store (checked, and refilled when it was lost) and how often it was rebuilt."""
@@ -248,7 +256,22 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
                 "reload_error": service.reload_error or None, "store": service.store.describe(),
                 "store_rebuilds": service.store_rebuilds}
 
-    @app.post("/rank", response_model=RankResponse)
+    @router.get("/metrics")
+    def prometheus() -> Response:
+        """Prometheus text: latency, events and sequence actions by type, store reads and errors,
+        arms, the experiment, store rebuilds (all workers added up when there are several)."""
+        metrics.observe_experiment(service.experiment, service.challenger_load_failures)
+        metrics.store_rebuilds.set(service.store_rebuilds)
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return router
+
+
+def _ranking_routes(cfg: Config, service: RankingService, metrics: ServiceMetrics) -> APIRouter:
+    """POST /rank."""
+    router = APIRouter()
+
+    @router.post("/rank", response_model=RankResponse)
     def rank(request: RankRequest) -> dict:
         """Rank the candidates for the user, best first: per-action probabilities and the utility
         score, with the user's arm and the model version that ranked them. Every answer is recorded
@@ -266,7 +289,15 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
             metrics.observe_ranking(ranking, from_store=sequence is None)
             return ranking.to_dict()
 
-    @app.post("/events", dependencies=authorized)
+    return router
+
+
+def _write_routes(cfg: Config, service: RankingService, metrics: ServiceMetrics) -> APIRouter:
+    """POST /events and /admin/reload: behind the bearer token when one is set."""
+    router = APIRouter()
+    authorized = [Depends(bearer_token_check(cfg.serving.token))]
+
+    @router.post("/events", dependencies=authorized)
     def events(event: EventIn) -> dict:
         """Record one action of a user: the event log first, then the sequence store, so the next
         ranking sees it. Acknowledged (200) only once kept; a retry is de-duplicated."""
@@ -284,7 +315,7 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
             metrics.events.labels(event.action).inc()
             return {"stored": True, "new": added}
 
-    @app.post("/admin/reload", dependencies=authorized)
+    @router.post("/admin/reload", dependencies=authorized)
     def reload() -> dict:
         """Load the version behind the alias now (the poll does it every serving.reload_poll_s);
         503 with the reason when it cannot be loaded, the loaded one serving on."""
@@ -296,15 +327,7 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
         service.reload_error = ""
         return {"model_version": service.model.version, "changed": changed}
 
-    @app.get("/metrics")
-    def prometheus() -> Response:
-        """Prometheus text: latency, events and sequence actions by type, store reads and errors,
-        arms, the experiment, store rebuilds (all workers added up when there are several)."""
-        metrics.observe_experiment(service.experiment, service.challenger_load_failures)
-        metrics.store_rebuilds.set(service.store_rebuilds)
-        return Response(metrics.render(), media_type=metrics.content_type)
-
-    return app
+    return router
 
 
 def app_from_environment() -> FastAPI:
