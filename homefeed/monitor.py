@@ -20,16 +20,13 @@ Records: ``<root>/monitor/v<version>/<day>.json`` (re-scoring a day replaces its
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from homefeed import schema, storage
 from homefeed.config import Config
-
-MONITOR_DIR = "monitor"
-STALE_FILE = "stale.json"
+from homefeed.monitor_records import monitor_root, records, write_stale_notice
 
 
 # --------------------------------------------------------------------------- pure decision logic
@@ -70,16 +67,6 @@ def day_record(version: str, day: date, window_end: date, result: dict[str, Any]
         f"hit{k}": {h: m["hit"] for h, m in result["overall"].items()},
         "slices": {s: {h: {"auc": m["auc"], "hit": m["hit"]} for h, m in per.items()} for s, per in result["slices"].items()},
     }
-
-
-# --------------------------------------------------------------------------- storage of records
-def monitor_root(cfg: Config) -> Path:
-    return storage.local_path(cfg.storage.root) / MONITOR_DIR
-
-
-def records(cfg: Config, version: str | None = None) -> list[dict[str, Any]]:
-    pattern = f"v{version}/*.json" if version else "v*/*.json"
-    return [json.loads(p.read_text()) for p in sorted(monitor_root(cfg).glob(pattern))]
 
 
 # --------------------------------------------------------------------------- the monitor run
@@ -123,18 +110,9 @@ def run(spark, cfg: Config, raw_root: str, days: list[date] | None = None) -> di
                 **staleness(records(cfg, model.version), cfg)}
     if decision["stale"]:
         registry.set_version_tags(cfg, model.version, {"monitor.stale": decision["day"], "monitor.stale_reason": decision["reason"]})
-        storage.write_json(monitor_root(cfg) / STALE_FILE, decision)
+        write_stale_notice(cfg, decision)
     plot_decay(cfg)
     return decision
-
-
-def stale_notice(cfg: Config, version: str | None) -> dict[str, Any] | None:
-    """The staleness record of ``version``, if the monitor marked it stale (the retrain report shows it)."""
-    path = monitor_root(cfg) / STALE_FILE
-    if version is None or not path.exists():
-        return None
-    notice = json.loads(path.read_text())
-    return notice if notice.get("model_version") == version else None
 
 
 def plot_decay(cfg: Config) -> Path | None:

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from homefeed import monitor, schema
+from homefeed import monitor_records, schema
 from homefeed.config import Config
 
 
@@ -286,7 +286,7 @@ def write(cfg: Config, directory: Path, registry_state: dict[str, Any], stages: 
     kind, headline = verdict(results, failures, stages)
     parts = [f"<h1>homefeed retraining run {html.escape(directory.name)}</h1>",
              f'<p class="verdict {kind}" id="verdict">{html.escape(headline)}</p>']
-    notice = monitor.stale_notice(cfg, results.get("evaluate", {}).get("champion_version"))
+    notice = monitor_records.stale_notice(cfg, results.get("evaluate", {}).get("champion_version"))
     if notice:
         parts.append(f"<h2>Why this run</h2><p>The staleness monitor marked champion v{html.escape(notice['model_version'])} "
                      f"stale on {html.escape(notice['day'])}: {html.escape(notice['reason'])}</p>")

@@ -28,7 +28,7 @@ def run_monitor(dagbag, raw_dir):
 
 
 def test_only_a_stale_champion_requests_retraining(airflow_db, dagbag, raw_dir, monitor_env, monkeypatch):
-    from homefeed import monitor
+    from homefeed import monitor, monitor_records
 
     # One new day (the 9th), the champion one day old: within the default limits.
     states = run_monitor(dagbag, raw_dir)
@@ -39,4 +39,4 @@ def test_only_a_stale_champion_requests_retraining(airflow_db, dagbag, raw_dir, 
     monkeypatch.setenv("HOMEFEED__MONITOR__MAX_AGE_DAYS", "0")
     states = run_monitor(dagbag, raw_dir)
     assert states["request_retraining"] == "success"
-    assert "1 days old" in monitor.stale_notice(monitor_env, "1")["reason"]
+    assert "1 days old" in monitor_records.stale_notice(monitor_env, "1")["reason"]

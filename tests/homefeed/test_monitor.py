@@ -5,7 +5,7 @@ from datetime import date
 
 import pytest
 
-from homefeed import monitor, registry, storage
+from homefeed import monitor, monitor_records, registry, storage
 from tests.conftest import register_and_promote
 
 
@@ -61,8 +61,8 @@ def test_monitor_scores_each_new_day_once_and_marks_an_old_champion_stale(spark,
     assert decision["stale"] and "2 days old" in decision["reason"]
     tags = registry.client(cfg).get_model_version(cfg.registry.model_name, "1").tags
     assert tags["monitor.stale"] == "2026-01-09" and "days old" in tags["monitor.stale_reason"]
-    assert monitor.stale_notice(cfg, "1")["reason"] == decision["reason"]
-    assert monitor.stale_notice(cfg, "2") is None
+    assert monitor_records.stale_notice(cfg, "1")["reason"] == decision["reason"]
+    assert monitor_records.stale_notice(cfg, "2") is None
     assert (monitor.monitor_root(cfg) / "decay.png").stat().st_size > 0
     # Idempotent: nothing new has landed, nothing is scored again.
     assert monitor.run(spark, cfg, str(raw_dir))["scored_days"] == []
