@@ -20,19 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from homefeed.airflow_setup import PlatformError, airflow_bin, airflow_env, migrate_airflow_db, run_airflow
 from homefeed.config import Config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_BUCKET = "homefeed"
 Say = Callable[[str], None]
-
-
-class PlatformError(RuntimeError):
-    """A platform process failed; ``exit_code`` is its status."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def _timed(say: Say, message: str, work: Callable[[], Any]) -> Any:
@@ -82,58 +74,6 @@ def s3_summary(cfg: Config, label: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- embedded Airflow
-def airflow_env(cfg: Config, config_files: list[Path] | None = None) -> dict[str, str]:
-    """Environment for an embedded Airflow: SQLite metadata under the storage root, our DAGs.
-
-    Config overlay files travel to the tasks through HOMEFEED_CONFIG.
-    """
-    from homefeed import storage
-    from homefeed.config import CONFIG_FILES_ENV
-
-    home = (storage.local_path(cfg.storage.root) / "airflow").resolve()
-    storage.private_file(home / "airflow.db")
-    return {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        # Airflow starts its components as `airflow …` by name: the venv's must come first.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "homefeed.orchestration.SQLITE_CONNECT_ARGS",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "GX_ANALYTICS_ENABLED": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_LOGGING_LEVEL": os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING"),
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        CONFIG_FILES_ENV: ":".join(
-            [f for f in os.environ.get(CONFIG_FILES_ENV, "").split(":") if f] + [str(Path(f).resolve()) for f in config_files or []]
-        ),
-    }
-
-
-def airflow_bin() -> str:
-    """The venv's airflow, beside this interpreter (not whichever is first on PATH)."""
-    return str(Path(sys.executable).with_name("airflow"))
-
-
-def run_airflow(env: dict[str, str], *args: str) -> None:
-    """``airflow ARGS`` in ``env``; a failure raises PlatformError with airflow's status."""
-    completed = subprocess.run([airflow_bin(), *args], env=env)
-    if completed.returncode != 0:
-        raise PlatformError(f"airflow {' '.join(args[:2])} failed (exit {completed.returncode})", completed.returncode)
-
-
-def migrate_airflow_db(env: dict[str, str]) -> None:
-    """``airflow db migrate`` under an exclusive lock in AIRFLOW_HOME: two runs started together on
-    a fresh root otherwise both create the tables, and one dies ("table … already exists")."""
-    import fcntl
-
-    with open(Path(env["AIRFLOW_HOME"]) / "migrate.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        migrated = subprocess.run([airflow_bin(), "db", "migrate"], env=env, capture_output=True, text=True)
-    if migrated.returncode != 0:
-        raise PlatformError(f"airflow db migrate failed: {migrated.stderr[-2000:]}")
 
 
 def run_dag(cfg: Config, dag_id: str, conf: dict, logical_date: str, config_files: list[Path] | None = None,
@@ -150,56 +90,6 @@ def run_dag(cfg: Config, dag_id: str, conf: dict, logical_date: str, config_file
     code = progress.run_logged([airflow_bin(), *args], env, log_path, sys.stdout, verbose)
     if code != 0:
         raise PlatformError(f"the run failed (exit {code}); its whole log: {log_path}", code)
-
-
-def airflow_login(home: Path) -> tuple[str, str]:
-    """The embedded Airflow's one user and its password, made once and kept in AIRFLOW_HOME."""
-    import secrets
-
-    from homefeed import storage
-
-    passwords = home / "passwords.json"
-    if not passwords.exists():
-        storage.write_secret(passwords, json.dumps({"admin": secrets.token_urlsafe(12)}))
-    return "admin", json.loads(passwords.read_text())["admin"]
-
-
-def api_server_env(home: Path, port: int) -> dict[str, str]:
-    """Airflow's api-server on 127.0.0.1:``port``, with the one ``admin`` login whose password is
-    kept in ``home``/passwords.json."""
-    return {
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-    }
-
-
-def standalone_env(cfg: Config, port: int, config_files: list[Path] | None = None) -> tuple[dict[str, str], str, str]:
-    """(environment, user, password) of `airflow standalone` on 127.0.0.1:``port`` with LocalExecutor."""
-    env = airflow_env(cfg, config_files)
-    home = Path(env["AIRFLOW_HOME"])
-    user, password = airflow_login(home)
-    env.update({
-        **api_server_env(home, port),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-    })
-    return env, user, password
-
-
-def airflow_components(port: int) -> dict[str, list[str]]:
-    """What `airflow standalone` runs, as separate commands. The scheduler's and the triggerer's log
-    servers are not started: Airflow binds them to every interface (no setting changes it), and the
-    api-server on this machine reads the task logs from its disk."""
-    airflow = airflow_bin()
-    return {
-        "api-server": [airflow, "api-server", "--port", str(port)],
-        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
-        "dag-processor": [airflow, "dag-processor"],
-        "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
-    }
 
 
 def supervise(commands: dict[str, list[str]], env: dict[str, str], say: Say = print) -> int:

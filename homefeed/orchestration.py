@@ -31,7 +31,7 @@ CHAMPION_STALE = "homefeed_champion_stale"
 # The embedded Airflow keeps its metadata in SQLite, one writer at a time. Its scheduler, API
 # server, task runners and a `homefeed backfill` all write; on a busy machine a writer waits
 # longer than sqlite3's default 5 s and failed with "database is locked". Read by Airflow through
-# [database] sql_alchemy_connect_args (see homefeed.local_platform.airflow_env).
+# [database] sql_alchemy_connect_args (see homefeed.airflow_setup.airflow_env).
 SQLITE_CONNECT_ARGS = {"timeout": 120}
 
 

@@ -280,7 +280,7 @@ class Stack:
             self._record(name, worker.pid, port)
 
     def airflow_env(self) -> dict[str, str]:
-        from homefeed.local_platform import airflow_env, api_server_env
+        from homefeed.airflow_setup import airflow_env, api_server_env
 
         home = self.home / "airflow"
         home.mkdir(parents=True, exist_ok=True)
@@ -291,7 +291,7 @@ class Stack:
         return env
 
     def _start_airflow(self, say: Say) -> None:
-        from homefeed.local_platform import PlatformError, airflow_components, migrate_airflow_db
+        from homefeed.airflow_setup import PlatformError, airflow_components, migrate_airflow_db
 
         env, port = self.airflow_env(), self.ports()["airflow"]
         try:

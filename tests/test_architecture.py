@@ -19,7 +19,7 @@ LAYERS = {
                 "homefeed.registry", "homefeed.experiments", "homefeed.readout"],
     "workflows": ["homefeed.pipeline", "homefeed.report", "homefeed.monitor", "homefeed.compare", "homefeed.loop",
                   "homefeed.serving", "homefeed.serving.service", "homefeed.serving.metrics", "homefeed.experiment_sim"],
-    "interfaces": ["homefeed.cli", "homefeed.local_platform", "homefeed.airflow_links", "homefeed.stack", "homefeed.serving.app", "dags"],
+    "interfaces": ["homefeed.cli", "homefeed.airflow_setup", "homefeed.local_platform", "homefeed.airflow_links", "homefeed.stack", "homefeed.serving.app", "dags"],
     "tools": ["benchmarks"],
 }
 PACKAGES = ("homefeed", "models", "jobs", "expectations", "dags", "benchmarks")

@@ -24,7 +24,7 @@ def _say(message: str) -> None:
 
 @contextlib.contextmanager
 def _platform_errors():
-    from homefeed.local_platform import PlatformError
+    from homefeed.airflow_setup import PlatformError
 
     try:
         yield
@@ -40,14 +40,14 @@ def airflow(
 ) -> None:
     """Start Airflow (api-server, scheduler, dag-processor, triggerer) with the project's DAGs on
     127.0.0.1 and print the login."""
-    from homefeed import local_platform
+    from homefeed import airflow_setup, local_platform
 
-    env, user, password = local_platform.standalone_env(_config(config), port, config)
+    env, user, password = airflow_setup.standalone_env(_config(config), port, config)
     with _platform_errors():
-        local_platform.migrate_airflow_db(env)
+        airflow_setup.migrate_airflow_db(env)
     typer.echo(f"Airflow UI: http://127.0.0.1:{port}   login: {user} / {password}   (AIRFLOW_HOME={env['AIRFLOW_HOME']})")
     typer.echo("DAGs: homefeed_retrain (trigger with the parameter form), homefeed_promote. Ctrl-C stops it.")
-    raise typer.Exit(local_platform.supervise(local_platform.airflow_components(port), env, typer.echo))
+    raise typer.Exit(local_platform.supervise(airflow_setup.airflow_components(port), env, typer.echo))
 
 
 @commands.command()
@@ -70,11 +70,11 @@ def backfill(
             raise ValueError(f"--conf must be a JSON object, got {conf}")
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
-    from homefeed import local_platform
+    from homefeed import airflow_setup
 
     with _platform_errors():
-        local_platform.run_airflow(local_platform.airflow_env(cfg, config), "backfill", "create", "--dag-id", "homefeed_retrain",
-                                   "--from-date", from_date, "--to-date", to_date, "--dag-run-conf", conf, "--max-active-runs", "1")
+        airflow_setup.run_airflow(airflow_setup.airflow_env(cfg, config), "backfill", "create", "--dag-id", "homefeed_retrain",
+                                  "--from-date", from_date, "--to-date", to_date, "--dag-run-conf", conf, "--max-active-runs", "1")
 
 
 @commands.command()

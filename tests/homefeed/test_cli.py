@@ -59,7 +59,7 @@ def test_embedded_airflow_waits_for_the_sqlite_lock(tmp_path, monkeypatch):
     from airflow.configuration import conf
 
     from homefeed.cli.common import config as _config
-    from homefeed.local_platform import airflow_env
+    from homefeed.airflow_setup import airflow_env
 
     monkeypatch.setenv("HOMEFEED__STORAGE__ROOT", str(tmp_path))
     key = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"
@@ -84,7 +84,7 @@ def test_secrets_are_written_owner_only_whatever_the_umask(tmp_path):
     import os
 
     from homefeed import storage
-    from homefeed.local_platform import airflow_login
+    from homefeed.airflow_setup import airflow_login
 
     old = os.umask(0)
     try:
@@ -138,7 +138,7 @@ def test_two_runs_migrating_a_fresh_airflow_db_at_once_both_succeed(base_config,
     # dagrun_asset_event already exists" (issue 21, item 4). The migration is now under a lock.
     import threading
 
-    from homefeed.local_platform import airflow_env, migrate_airflow_db
+    from homefeed.airflow_setup import airflow_env, migrate_airflow_db
 
     env = airflow_env(base_config.with_overrides({"storage": {"root": str(tmp_path)}}))
     errors = []
@@ -162,7 +162,7 @@ def test_the_sqlite_stores_are_owner_only_whatever_the_umask(base_config, tmp_pa
     import os
 
     from homefeed import features, registry
-    from homefeed.local_platform import airflow_env
+    from homefeed.airflow_setup import airflow_env
     from homefeed.sequence_store import SqliteSequenceStore
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
