@@ -22,6 +22,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -303,3 +304,17 @@ def instance_table(rows: list[dict], feature_stats: dict[str, dict[str, float]])
         schema.SEQ_TS: pa.array([r[schema.SEQ_TS] for r in rows], pa.list_(pa.int64())),
     }
     return pa.table(columns)
+def score_candidates(model: Any, snapshot: FeatureSnapshot, history: UserHistory | None, user_id: int, request_ts: int,
+                     candidates: list[Candidate]) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """The one scoring path of the service and of pool scoring: raw rows → the instance table with
+    the model's standardisation → per-head probabilities (N, H) → the feed utility (N,); and the rows.
+
+    ``model``: what a served version carries (``scorer``, ``utility``, ``feature_stats``,
+    ``delay_ms``, ``seq_len``), e.g. :class:`homefeed.registry.ServedModel`."""
+    from homefeed.metrics import ranking_utility
+
+    rows = raw_rows(snapshot, history, user_id, request_ts, candidates, model.delay_ms, model.seq_len)
+    probs = model.scorer.predict(instance_table(rows, model.feature_stats))
+    return probs, ranking_utility(probs, schema.HEADS, model.utility), rows
+
+

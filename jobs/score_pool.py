@@ -53,17 +53,17 @@ def _worker_state(model_dir: str, raw_root: str):
 def score_user(served: dict[str, Any], pin_ids: list[int], user_id: int, actions: pd.DataFrame) -> pd.DataFrame:
     """All pins for one user, through the service's feature and scoring code."""
     from homefeed import features, holdout
-    from homefeed.metrics import ranking_utility
+    from homefeed.registry import ServedModel
 
     python_model, snapshot = _worker_state(served["model_dir"], served["raw_root"])
-    store = features.InMemorySequenceStore(snapshot, served["seq_len"], margin=len(actions) + 1)
+    model = ServedModel(served["version"], python_model.scorer, python_model.utility, served["feature_stats"], served["delay_ms"],
+                        served["seq_len"], served["raw_root"], served["holdout_fraction"], served["holdout_salt"])
+    store = features.InMemorySequenceStore(snapshot, model.seq_len, margin=len(actions) + 1)
     for row in actions.itertuples(index=False):
         store.append(user_id, row.pin_id, row.action, row.ts)
     candidates = [features.Candidate(p, served["request_ts"], "pfy", served["position"]) for p in pin_ids]
-    rows = features.raw_rows(snapshot, store.history(user_id), user_id, served["request_ts"], candidates,
-                             served["delay_ms"], served["seq_len"])
-    probs = python_model.scorer.predict(features.instance_table(rows, served["feature_stats"]))
-    frame = pd.DataFrame({"user_id": user_id, "pin_id": pin_ids, "score": ranking_utility(probs, schema.HEADS, python_model.utility)})
+    probs, utility, _ = features.score_candidates(model, snapshot, store.history(user_id), user_id, served["request_ts"], candidates)
+    frame = pd.DataFrame({"user_id": user_id, "pin_id": pin_ids, "score": utility})
     for i, head in enumerate(schema.HEADS):
         frame[f"p_{head}"] = probs[:, i].astype(float)
     frame["holdout"] = holdout.is_holdout(user_id, served["holdout_fraction"], served["holdout_salt"])

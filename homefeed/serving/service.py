@@ -25,7 +25,6 @@ import numpy as np
 from homefeed import arms, experiments, features, holdout, schema, sequence_store
 from homefeed.config import Config
 from homefeed.event_log import EventLog, ExposureLog, log_root
-from homefeed.metrics import ranking_utility
 from homefeed.registry import NoServableModel, ServedModel, load_served_model  # noqa: F401 - the service's model, re-exported for its users
 
 log = logging.getLogger(__name__)
@@ -260,9 +259,8 @@ class RankingService:
         """(probabilities, utilities, the action codes of the sequence the model saw)."""
         with self._lock:
             snapshot = self.snapshot
-        rows = features.raw_rows(snapshot, read.history, user_id, request_ts, candidates, model.delay_ms, model.seq_len)
-        probs = model.scorer.predict(features.instance_table(rows, model.feature_stats))
-        return probs, ranking_utility(probs, schema.HEADS, model.utility), rows[0][schema.SEQ_ACTION] if rows else []
+        probs, utility, rows = features.score_candidates(model, snapshot, read.history, user_id, request_ts, candidates)
+        return probs, utility, rows[0][schema.SEQ_ACTION] if rows else []
 
     def rank(self, user_id: int, request_ts: int, candidates: list[features.Candidate], sequence: list[dict] | None = None) -> Ranking:
         """Model order by utility (the arm's model); holdout users get reverse-chronological order
