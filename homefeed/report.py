@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -273,66 +274,121 @@ th{background:#f4f4f4}.lineage th{width:12em}pre{background:#f7f7f7;padding:.6em
 """
 
 
+@dataclass(frozen=True)
+class RunRecords:
+    """What a run directory holds, read once: each stage's result, timing and failure record."""
+
+    cfg: Config
+    directory: Path
+    stages: tuple[str, ...]
+    results: dict[str, Any]
+    timings: dict[str, Any]
+    failures: dict[str, Any]
+    registry_state: dict[str, Any]
+
+    @classmethod
+    def read(cls, cfg: Config, directory: Path, stages: tuple[str, ...], registry_state: dict[str, Any]) -> "RunRecords":
+        def load(path: Path) -> Any:
+            return json.loads(path.read_text())
+
+        results = {s: load(directory / f"{s}.json") for s in stages if (directory / f"{s}.json").exists()}
+        timings = {s: load(directory / "timings" / f"{s}.json") for s in stages if (directory / "timings" / f"{s}.json").exists()}
+        # A stage that failed and then succeeded on a retry is done, not failed.
+        failures = {s: load(directory / f"{s}{schema.STAGE_FAILED_SUFFIX}") for s in stages
+                    if s not in results and (directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").exists()}
+        return cls(cfg, directory, stages, results, timings, failures, registry_state)
+
+
+def _why_this_run(run: RunRecords) -> str:
+    notice = monitor_records.stale_notice(run.cfg, run.results.get("evaluate", {}).get("champion_version"))
+    if not notice:
+        return ""
+    return (f"<h2>Why this run</h2><p>The staleness monitor marked champion v{html.escape(notice['model_version'])} "
+            f"stale on {html.escape(notice['day'])}: {html.escape(notice['reason'])}</p>")
+
+
+def _failure(run: RunRecords) -> str:
+    if not run.failures:
+        return ""
+    first = next(s for s in run.stages if s in run.failures)
+    return (f'<h2 class="failed">FAILED at {html.escape(first)}</h2><pre>{html.escape(run.failures[first]["error"])}</pre>'
+            f'<p id="next-step"><b>What to do next:</b> {html.escape(next_step(run.failures[first]))}.</p>')
+
+
+def _stages(run: RunRecords) -> str:
+    rows = [[s, *_status(s, run.results, run.failures, run.timings)] for s in run.stages]
+    return "<h2>Stages</h2>" + _table(rows, ["stage", "status", "started", "took"])
+
+
+def _data(run: RunRecords) -> str:
+    if "build_instances" not in run.results:
+        return ""
+    splits = sorted(run.results["build_instances"]["splits"].items())
+    return "<h2>Data</h2>" + _table([[split, info["rows"], *[info["label_rates"][h] for h in schema.HEADS]] for split, info in splits],
+                                    ["split", "rows", *[f"rate {h}" for h in schema.HEADS]])
+
+
+def _checks(run: RunRecords) -> str:
+    parts = []
+    for stage in ("validate_raw", "validate_instances"):
+        if stage in run.results:
+            docs = os.path.relpath(run.results[stage]["data_docs"], run.directory)  # the report sits in the run directory
+            parts.append(f"<h2>Checks: {stage}</h2><pre>{html.escape(chr(10).join(run.results[stage]['suites']))}</pre>"
+                         f'<p><a href="{html.escape(docs)}">Data Docs</a> (every suite of the run)</p>')
+    return "".join(parts)
+
+
+def _drift_section(run: RunRecords) -> str:
+    path = run.directory / "drift.json"
+    return _drift(json.loads(path.read_text())) if path.exists() else ""
+
+
+def _training(run: RunRecords) -> str:
+    if "train" not in run.results:
+        return ""
+    train = run.results["train"]
+    head = f"<h2>Training: {html.escape(train['model'])}</h2><p>{train['examples_per_second']:,.0f} examples/s</p>"
+    return head + (_training_plot(train["history"]) if train["history"] else "")
+
+
+def _evaluation(run: RunRecords) -> str:
+    if "evaluate" not in run.results:
+        return ""
+    evaluation = run.results["evaluate"]
+    champion_version = evaluation.get("champion_version")
+    against = f"champion v{champion_version}" if champion_version else "no champion (first model)"
+    challenger = evaluation["challenger"]
+    return (f"<h2>Challenger vs {html.escape(against)} (test split)</h2>" + _comparison(evaluation)
+            + (_roc_plot(challenger["roc"]) if challenger.get("roc") else "")
+            + "<h3>Calibration (challenger)</h3>" + _calibration_plot(challenger["calibration"]))
+
+
+def _gate(run: RunRecords) -> str:
+    if "gate" not in run.results:
+        return ""
+    gate = run.results["gate"]
+    return (f"<h2>Gate: {'passed' if gate['passed'] else 'FAILED'}</h2><p>{html.escape(gate['summary'])}</p>"
+            + _table([[c["name"], c["passed"], c["observed"], c.get("reason", "")] for c in gate["checks"]],
+                     ["check", "passed", "observed", "reason"]))
+
+
+# The report, top to bottom: the verdict first, then what a reader looks for next.
+SECTIONS = (_why_this_run, _failure, lambda run: _lineage(run.cfg, run.directory, run.results), _stages, _data, _checks,
+            _drift_section, _training, _evaluation, _gate,
+            lambda run: _promotion(run.results["promote"]) if "promote" in run.results else "",
+            lambda run: _registry(run.cfg.registry.model_name, run.registry_state))
+
+
 def write(cfg: Config, directory: Path, registry_state: dict[str, Any], stages: tuple[str, ...]) -> Path:
     """``stages``: the pipeline's stage names in order (``homefeed.pipeline.STAGE_NAMES``)."""
     from homefeed import storage
 
-    results = {s: json.loads((directory / f"{s}.json").read_text()) for s in stages if (directory / f"{s}.json").exists()}
-    timings = {s: json.loads((directory / "timings" / f"{s}.json").read_text()) for s in stages if (directory / "timings" / f"{s}.json").exists()}
-    # A stage that failed and then succeeded on a retry is done, not failed.
-    failures = {s: json.loads((directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").read_text()) for s in stages
-                if s not in results and (directory / f"{s}{schema.STAGE_FAILED_SUFFIX}").exists()}
+    run = RunRecords.read(cfg, directory, stages, registry_state)
     storage.write_json(directory / "config.json", cfg.redacted())
-    kind, headline = verdict(results, failures, stages)
-    parts = [f"<h1>homefeed retraining run {html.escape(directory.name)}</h1>",
-             f'<p class="verdict {kind}" id="verdict">{html.escape(headline)}</p>']
-    notice = monitor_records.stale_notice(cfg, results.get("evaluate", {}).get("champion_version"))
-    if notice:
-        parts.append(f"<h2>Why this run</h2><p>The staleness monitor marked champion v{html.escape(notice['model_version'])} "
-                     f"stale on {html.escape(notice['day'])}: {html.escape(notice['reason'])}</p>")
-    if failures:
-        first = next(s for s in stages if s in failures)
-        parts.append(f'<h2 class="failed">FAILED at {html.escape(first)}</h2><pre>{html.escape(failures[first]["error"])}</pre>'
-                     f'<p id="next-step"><b>What to do next:</b> {html.escape(next_step(failures[first]))}.</p>')
-    parts.append(_lineage(cfg, directory, results))
-    parts.append("<h2>Stages</h2>" + _table([[s, *_status(s, results, failures, timings)] for s in stages], ["stage", "status", "started", "took"]))
-    if "build_instances" in results:
-        built = results["build_instances"]
-        parts.append("<h2>Data</h2>" + _table(
-            [[split, info["rows"], *[info["label_rates"][h] for h in schema.HEADS]] for split, info in sorted(built["splits"].items())],
-            ["split", "rows", *[f"rate {h}" for h in schema.HEADS]],
-        ))
-    for stage in ("validate_raw", "validate_instances"):
-        if stage in results:
-            docs = os.path.relpath(results[stage]["data_docs"], directory)  # the report sits in the run directory
-            parts.append(f"<h2>Checks: {stage}</h2><pre>{html.escape(chr(10).join(results[stage]['suites']))}</pre>"
-                         f'<p><a href="{html.escape(docs)}">Data Docs</a> (every suite of the run)</p>')
-    if (directory / "drift.json").exists():
-        parts.append(_drift(json.loads((directory / "drift.json").read_text())))
-    if "train" in results:
-        train = results["train"]
-        parts.append(f"<h2>Training: {html.escape(train['model'])}</h2><p>{train['examples_per_second']:,.0f} examples/s</p>")
-        if train["history"]:
-            parts.append(_training_plot(train["history"]))
-    if "evaluate" in results:
-        champion_version = results["evaluate"].get("champion_version")
-        against = f"champion v{champion_version}" if champion_version else "no champion (first model)"
-        parts.append(f"<h2>Challenger vs {html.escape(against)} (test split)</h2>" + _comparison(results["evaluate"]))
-        challenger = results["evaluate"]["challenger"]
-        if challenger.get("roc"):
-            parts.append(_roc_plot(challenger["roc"]))
-        parts.append("<h3>Calibration (challenger)</h3>" + _calibration_plot(challenger["calibration"]))
-    if "gate" in results:
-        gate = results["gate"]
-        parts.append(f"<h2>Gate: {'passed' if gate['passed'] else 'FAILED'}</h2><p>{html.escape(gate['summary'])}</p>")
-        parts.append(_table([[c["name"], c["passed"], c["observed"], c.get("reason", "")] for c in gate["checks"]],
-                            ["check", "passed", "observed", "reason"]))
-    if "promote" in results:
-        parts.append(_promotion(results["promote"]))
-    parts.append(_registry(cfg.registry.model_name, registry_state))
+    kind, headline = verdict(run.results, run.failures, stages)
+    body = (f"<h1>homefeed retraining run {html.escape(directory.name)}</h1>"
+            f'<p class="verdict {kind}" id="verdict">{html.escape(headline)}</p>' + "".join(section(run) for section in SECTIONS))
     path = directory / "report.html"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>homefeed run {html.escape(directory.name)}: {html.escape(headline)}</title>"
-                   f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
-    tmp.replace(path)
+    storage.write_text(path, f"<!doctype html><html><head><meta charset='utf-8'><title>homefeed run {html.escape(directory.name)}: "
+                             f"{html.escape(headline)}</title><style>{STYLE}</style></head><body>{body}</body></html>")
     return path
