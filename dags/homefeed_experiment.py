@@ -20,6 +20,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
+from homefeed import orchestration
 from homefeed.orchestration import fail_fast
 
 
@@ -40,10 +41,10 @@ def homefeed_experiment():
     def read_out() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from homefeed import pipeline, readout
+        from homefeed import readout
 
         params = dict(get_current_context()["params"])
-        result = readout.read_out(pipeline.config_from_params(params), raw_root=params.get("raw"))
+        result = readout.read_out(orchestration.config_from_params(params), raw_root=params.get("raw"))
         if result is None:
             raise AirflowSkipException("no experiment is running: nothing to read out (start one with `homefeed experiment start`)")
         return {"experiment": result["experiment"], "decision": result["decision"], "end": result["end"], "report": result["report"]}
@@ -51,9 +52,9 @@ def homefeed_experiment():
     @task
     @fail_fast
     def promote_on_verdict(readout: dict) -> str:
-        from homefeed import experiments, pipeline
+        from homefeed import experiments
 
-        outcome = experiments.promote_on_verdict(pipeline.config_from_params(dict(get_current_context()["params"])), readout,
+        outcome = experiments.promote_on_verdict(orchestration.config_from_params(dict(get_current_context()["params"])), readout,
                                                  actor="airflow:homefeed_experiment")
         return "promoted" if outcome else f"left running: {readout['decision']['verdict']} (experiments.auto_promote decides)"
 

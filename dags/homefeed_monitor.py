@@ -15,15 +15,14 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
+from homefeed import orchestration
 from homefeed.orchestration import champion_stale_asset, fail_fast
 
 
 def _config_and_raw():
-    from homefeed import pipeline
-
     params = dict(get_current_context()["params"])
-    cfg = pipeline.config_from_params(params)
-    return cfg, pipeline.raw_root(cfg, params)
+    cfg = orchestration.config_from_params(params)
+    return cfg, orchestration.raw_root(cfg, params)
 
 
 @dag(

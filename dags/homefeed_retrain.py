@@ -28,7 +28,7 @@ from airflow.sdk import Param, dag, get_current_context, task, teardown
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from homefeed import pipeline
+from homefeed import orchestration, pipeline
 from homefeed.airflow_links import LINKS
 from homefeed.config import load_config
 from homefeed.orchestration import champion_stale_asset, fail_fast
@@ -41,26 +41,32 @@ SCHEDULE_TAG = "Mon+Thu 03:00 UTC or when stale"
 DEFAULTS = load_config()
 
 
-def _inputs() -> "pipeline.RunInputs":
-    """The stage inputs of the task being executed: config (with the run's params), run
+def _context() -> "pipeline.RunContext":
+    """The run context of the task being executed: config (with the run's params), run
     directory, raw root, data window and whether to promote."""
     context = get_current_context()
     params = dict(context["params"])
-    cfg = pipeline.config_from_params(params)
+    cfg = orchestration.config_from_params(params)
     directory = pipeline.run_dir(cfg, params.get("run_label") or context["run_id"])
     logical = context.get("logical_date") or pendulum.now("UTC")
-    start, end = pipeline.data_window(params, logical.date())
-    return pipeline.RunInputs(cfg, directory, pipeline.raw_root(cfg, params), start, end, bool(params.get("auto_promote", True)))
+    start, end = orchestration.data_window(params, logical.date())
+    return pipeline.RunContext(cfg, directory, orchestration.raw_root(cfg, params), start, end, bool(params.get("auto_promote", True)))
 
 
 def _on_failure(context) -> None:
-    directory = None
-    try:  # the run directory, for the report to show the error; a bad config must not hide the failure
+    """A task that failed before or around its stage (a bad config, a timeout): say so in the run
+    directory for the report; a stage that raised was recorded by the runner already."""
+    task_id = context["task_instance"].task_id
+    try:
         params = dict(context["params"])
-        directory = pipeline.run_dir(pipeline.config_from_params(params), params.get("run_label") or context["run_id"])
-    except Exception:
-        pass
-    pipeline.log_task_failure(context["task_instance"].task_id, context.get("exception"), directory)
+        directory = pipeline.run_dir(orchestration.config_from_params(params), params.get("run_label") or context["run_id"])
+    except Exception as error:  # a bad config must not hide the failure
+        import logging
+
+        logging.getLogger("homefeed").error("homefeed task %s failed: %s (%s)", task_id, context.get("exception"), error)
+        return
+    if not pipeline.failure_record(directory, task_id).exists():
+        pipeline.record_failure(directory, task_id, context.get("exception"))
 
 
 @dag(
@@ -115,7 +121,7 @@ def _stage_task(step: "pipeline.Stage"):
 
         if step is pipeline.STAGES[0]:
             _skip_a_missed_slot()
-        result = step.call(_inputs())
+        result = pipeline.run_stage(step, _context())
         reason = step.stops_run(result)
         if reason:
             raise AirflowSkipException(reason)  # the stages after it are skipped too, and say why
@@ -129,7 +135,7 @@ def _report_task():
     # ALL_DONE leaf) leaves the run's state to the stages: a run stopped by bad data shows failed.
     @teardown
     def report():  # the task id is the function's name: pipeline.REPORT.name
-        return pipeline.REPORT.call(_inputs())["report"]
+        return pipeline.run_stage(pipeline.REPORT, _context()).report
 
     return _with_links(report())
 
@@ -145,7 +151,7 @@ def _skip_a_missed_slot() -> None:
 
     context = get_current_context()
     slot = context.get("logical_date") or context["dag_run"].run_after
-    reason = pipeline.missed_slot(context["dag_run"].run_type, slot, pendulum.now("UTC"))
+    reason = orchestration.missed_slot(context["dag_run"].run_type, slot, pendulum.now("UTC"))
     if reason:
         raise AirflowSkipException(reason)  # the whole run is skipped, and says why
 

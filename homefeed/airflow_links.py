@@ -7,30 +7,28 @@ the run): a browser does not follow a page on http:// to a file:// report.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperatorLink
 
 
-def _run_directory(ti_key: Any) -> tuple[Path, dict[str, Any]]:
-    from homefeed import pipeline
+def _run_directory(ti_key: Any) -> tuple[Any, Path]:
+    """(config, run directory) of the task's run."""
+    from homefeed import orchestration, pipeline
 
-    context = ti_key.get_template_context()
-    params = dict(context["params"])
-    return pipeline.run_dir(pipeline.config_from_params(params), params.get("run_label") or ti_key.run_id), params
+    params = dict(ti_key.get_template_context()["params"])
+    cfg = orchestration.config_from_params(params)
+    return cfg, pipeline.run_dir(cfg, params.get("run_label") or ti_key.run_id)
 
 
 def _mlflow_run(ti_key: Any) -> tuple[Any, str, Path] | None:
     """(config, MLflow run id, run directory) once the run has an MLflow run (from training on)."""
     from homefeed import pipeline
 
-    directory, params = _run_directory(ti_key)
-    marker = directory / "mlflow_run.json"
-    if not marker.exists():
-        return None
-    return pipeline.config_from_params(params), json.loads(marker.read_text())["run_id"], directory
+    cfg, directory = _run_directory(ti_key)
+    run_id = pipeline.RunContext(cfg, directory).existing_mlflow_run()
+    return (cfg, run_id, directory) if run_id else None
 
 
 class MlflowRunLink(BaseOperatorLink):

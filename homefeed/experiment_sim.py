@@ -76,8 +76,8 @@ def _register(cfg: Config, raw: Path, first: Any, last: Any, label: str, utility
 
     run_cfg = cfg if utility is None else cfg.with_overrides({"ranking": {"utility": utility}})
     decision = pipeline.retrain_in_process(run_cfg, str(raw), pipeline.run_dir(cfg, label), first, last, auto_promote=promote)
-    if not decision["passed"]:
-        raise loop.LoopError(f"the {label} model was not registered: {decision['summary']}")
+    if not decision.passed:
+        raise loop.LoopError(f"the {label} model was not registered: {decision.summary}")
     return registry.alias_version(cfg, registry.CHAMPION if promote else registry.CHALLENGER)
 
 

@@ -18,10 +18,13 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homefeed.airflow_setup import PlatformError, airflow_bin, airflow_env, migrate_airflow_db, run_airflow
 from homefeed.config import Config
+
+if TYPE_CHECKING:
+    from homefeed import pipeline
 
 LOCAL_BUCKET = "homefeed"
 Say = Callable[[str], None]
@@ -181,19 +184,19 @@ def run_retraining(cfg: Config, raw: Path | None, label: str | None, s3: bool, c
     return cfg, pipeline.run_dir(cfg, label)
 
 
-def run_summary(evaluation: dict | None, gate: dict, state, model_name: str) -> list[str]:
+def run_summary(evaluation: "pipeline.Evaluated | None", gate: "pipeline.Gated | None", state, model_name: str) -> list[str]:
     """What a finished run says first: the challenger's test metrics with their 95% intervals
     (HIT@k with the number of requests it counts), the gate's verdict, and the aliases."""
     lines = []
     if evaluation:
-        challenger = evaluation["challenger"]
+        challenger = evaluation.challenger
         k, overall, intervals = challenger["hit_k"], challenger["overall"], challenger["intervals"]["overall"]
         lines.append("test AUC per head (95% interval): " + ", ".join(
             f"{h} {m['auc']:.4f} [{intervals[h]['auc'][0]:.4f}, {intervals[h]['auc'][1]:.4f}]" for h, m in overall.items()))
         hits = [f"{h} {overall[h]['hit']:.3f} over {overall[h].get('hit_requests', '?')} requests" for h in overall
                 if overall[h].get("hit") == overall[h].get("hit")]  # NaN: no request had more than k candidates
         lines.append(f"test HIT@{k}: " + (", ".join(hits) if hits else f"undefined (no request with a positive and more than {k} candidates)"))
-    lines.append(gate.get("summary", "gate: did not run"))
+    lines.append(gate.summary if gate else "gate: did not run")
     version = lambda v: "none" if v is None else f"v{v}"  # noqa: E731
     lines.append(f"registry: {model_name} champion={version(state.champion)} challenger={version(state.challenger)} "
                  f"previous={version(state.previous)}")

@@ -213,15 +213,15 @@ def run_loop(cfg: Config, out: Path, settings: LoopSettings) -> list[DayRecord]:
     mean_candidates = (cfg.simulator.candidates_min + cfg.simulator.candidates_max) / 2
     n_requests = max(1, int(settings.impressions_per_day / mean_candidates))
 
-    def retrain(last_day: date, label: str) -> dict[str, Any]:
+    def retrain(last_day: date, label: str) -> "pipeline.Gated":
         start = last_day - timedelta(days=settings.window_days - 1)
         return pipeline.retrain_in_process(cfg, str(raw), pipeline.run_dir(cfg, label), start, last_day)
 
     if registry.alias_version(cfg, registry.CHAMPION) is not None:  # in seconds, not after the warm-up's training
         raise LoopError(f"the loop's registry {registry.tracking_uri(cfg)} already has a champion; a loop starts from none")
     first = retrain(first_day - timedelta(days=1), "warmup")
-    if not first["passed"]:
-        raise LoopError(f"the first model failed its gate, so there is nothing to serve: {first['summary']} "
+    if not first.passed:
+        raise LoopError(f"the first model failed its gate, so there is nothing to serve: {first.summary} "
                         "(simulate more impressions per day, or loosen gates.min_auc)")
     service = RankingService.from_registry(cfg)  # its sequence store starts from the warm-up's action log
     trained_through = first_day - timedelta(days=1)
@@ -237,7 +237,7 @@ def run_loop(cfg: Config, out: Path, settings: LoopSettings) -> list[DayRecord]:
         groups = engagement(impressions, actions)
         version, retrained = service.model.version, False
         if settings.retrain_every and (offset + 1) % settings.retrain_every == 0:
-            retrained = retrain(day, f"day-{day.isoformat()}")["passed"]
+            retrained = retrain(day, f"day-{day.isoformat()}").passed
             if retrained:
                 trained_through = day
                 service.reload(cfg)

@@ -1,24 +1,30 @@
-"""The retraining pipeline's stages, one function each; DAG tasks and the CLI call these.
+"""The retraining pipeline: its stages, each one typed function, and the runner that records them.
 
-Every stage reads and writes under one run directory (``<storage root>/runs/<run_id>/``), records
-its result as ``<stage>.json`` there, and returns a small JSON-able dict (what Airflow passes
-between tasks). Re-running a stage with the same run directory is idempotent: the instance job
-skips identical work, training resumes from its checkpoint, and registration returns the
-version already registered for the run.
+A stage is ``def name(ctx: RunContext) -> Result``: it reads the earlier stages' *typed*
+results from the context (``ctx.earlier(InstancesBuilt)``), does its work through the engines
+and returns its own typed result. It never writes its record: the runner (:func:`run_stage`),
+keyed by ``Stage.name`` (the only spelling of a stage's name), says when it starts and ends,
+writes ``<name>.json``, the timings and the failure record, publishes the run to S3 when S3 is the
+storage of record, and logs the record to the run's MLflow run (its lineage). The DAG, the
+in-process runner and the report follow :data:`STAGES`; adding a stage is one function and one
+entry there (``docs/architecture.md`` has a worked example).
+
+Every stage reads and writes under one run directory (``<storage root>/runs/<run_id>/``).
+Re-running a stage with the same run directory is idempotent: the instance job skips identical
+work, training resumes from its checkpoint, and registration returns the version already
+registered for the run.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from dataclasses import asdict, dataclass, field, fields
+from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from homefeed import progress, schema, storage
 from homefeed.config import Config
@@ -35,28 +41,168 @@ def run_dir(cfg: Config, run_id: str) -> Path:
     return path
 
 
-def _record(cfg: Config, directory: Path, stage: str, result: dict[str, Any]) -> dict[str, Any]:
-    """A stage's result; with S3 as the storage of record, the run so far is published there too."""
-    storage.write_json(directory / f"{stage}.json", result)
-    if cfg.storage.s3_uri:
-        from homefeed import s3
-
-        s3.publish_run(cfg.storage.s3_uri, directory)
-    return result
+TIMINGS_DIR = "timings"  # <run>/timings/<stage>.json: when each stage started and how long it took
+MLFLOW_RUN_MARKER = "mlflow_run.json"  # <run>/mlflow_run.json: the run's MLflow run id, once created
+LINEAGE_DIR = "stages"  # each stage's record as an artifact of the MLflow run: stages/<stage>.json
 
 
-def _instances(directory: Path):
-    """The run's published instances (the build_instances stage names them)."""
-    from homefeed.data import InstanceDataset
+# --------------------------------------------------------------------------- typed results
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage returns; its record (``<stage>.json``) is :meth:`record`, read back by :meth:`from_record`."""
 
-    return InstanceDataset.open(_load(directory, "build_instances")["instances"])
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]):
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
-def _load(directory: Path, stage: str) -> dict[str, Any]:
-    path = directory / f"{stage}.json"
-    if not path.exists():
-        raise storage.StorageError(f"stage {stage!r} has no result in {directory}: run it first")
-    return json.loads(path.read_text())
+@dataclass(frozen=True)
+class RawChecked(StageResult):
+    raw: str
+    tables: list[str]
+
+
+@dataclass(frozen=True)
+class RawValidated(StageResult):
+    suites: list[str]
+    data_docs: str
+
+
+@dataclass(frozen=True)
+class InstancesBuilt(StageResult):
+    instances: str
+    rows: int
+    window: dict[str, Any]
+    splits: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InstancesValidated(StageResult):
+    suites: list[str]
+    drift: str
+    data_docs: str
+
+
+@dataclass(frozen=True)
+class Trained(StageResult):
+    model_dir: str
+    model: str
+    validation_auc: dict[str, float]
+    examples_per_second: float
+    history: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Evaluated(StageResult):
+    challenger: dict[str, Any]
+    champion: dict[str, Any] | None
+    champion_version: str | None
+    paired_vs_champion: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Gated(StageResult):
+    passed: bool
+    summary: str
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    champion_version: str | None = None
+
+
+@dataclass(frozen=True)
+class Registered(StageResult):
+    version: str
+    model_name: str
+
+
+@dataclass(frozen=True)
+class Promoted(StageResult):
+    promoted: bool
+    version: str
+    reason: str
+    audit: dict[str, Any] = field(default_factory=dict)  # the registry's audit record of the promotion
+
+    def record(self) -> dict[str, Any]:  # flat, as the report shows it
+        return {**self.audit, "promoted": self.promoted, "version": self.version, "reason": self.reason}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> "Promoted":
+        audit = {k: v for k, v in data.items() if k not in ("promoted", "version", "reason")}
+        return cls(data["promoted"], data["version"], data.get("reason") or "", audit)
+
+
+@dataclass(frozen=True)
+class Reported(StageResult):
+    report: str
+
+
+R = TypeVar("R", bound=StageResult)
+
+
+# --------------------------------------------------------------------------- what a stage is given
+@dataclass(frozen=True)
+class RunContext:
+    """One retraining run, as every stage sees it: the config (with the run's params), the run
+    directory, the raw root and the data window, whether to promote, and the stage list being
+    run (so earlier results are found by their type)."""
+
+    cfg: Config
+    directory: Path
+    raw: str = ""
+    start: date | None = None
+    end: date | None = None
+    auto_promote: bool = True
+    stages: tuple["Stage", ...] | None = None  # None: STAGES and REPORT
+
+    def stage_list(self) -> tuple["Stage", ...]:
+        return self.stages if self.stages is not None else (*STAGES, REPORT)
+
+    def earlier(self, result_type: type[R]) -> R:
+        """The typed result of the earlier stage that returns ``result_type``; refused when it has not run."""
+        found = recorded(self.directory, result_type, self.stage_list())
+        if found is None:
+            name = _stage_of(result_type, self.stage_list()).name
+            raise storage.StorageError(f"stage {name!r} has no result in {self.directory}: run it first")
+        return found
+
+    def mlflow_run(self) -> str:
+        """The run's MLflow run id, created once: dated from the first stage's start (so its
+        duration covers the whole retraining), with the config and the records of the stages
+        done so far logged on it (the runner logs each later one)."""
+        from homefeed import registry
+
+        marker = self.directory / MLFLOW_RUN_MARKER
+        if marker.exists():
+            return json.loads(marker.read_text())["run_id"]
+        run_id = registry.start_run(self.cfg, self.directory.name, {"homefeed.run_dir": str(self.directory)},
+                                    started_ms=_run_started_ms(self.directory))
+        storage.write_json(marker, {"run_id": run_id})
+        registry.log_dict(self.cfg, run_id, self.cfg.redacted(), "config.json")
+        for step in self.stage_list():
+            _log_lineage(self, step, run_id)
+        return run_id
+
+    def existing_mlflow_run(self) -> str | None:
+        marker = self.directory / MLFLOW_RUN_MARKER
+        return json.loads(marker.read_text())["run_id"] if marker.exists() else None
+
+
+def _stage_of(result_type: type[StageResult], stages: tuple["Stage", ...]) -> "Stage":
+    return next(s for s in stages if s.result is result_type)
+
+
+def recorded(directory: Path, result_type: type[R], stages: tuple["Stage", ...] | None = None) -> R | None:
+    """The typed result recorded in ``directory`` by the stage that returns ``result_type``, or None."""
+    step = _stage_of(result_type, stages if stages is not None else (*STAGES, REPORT))
+    path = directory / f"{step.name}.json"
+    return result_type.from_record(json.loads(path.read_text())) if path.exists() else None
+
+
+def _run_started_ms(directory: Path) -> int | None:
+    starts = [json.loads(p.read_text())["started_at"] for p in (directory / TIMINGS_DIR).glob("*.json")]
+    return int(min(datetime.fromisoformat(s) for s in starts).timestamp() * 1000) if starts else None
 
 
 def _spark(cfg: Config):
@@ -65,103 +211,49 @@ def _spark(cfg: Config):
     return session(cfg, "retrain")
 
 
-TIMINGS_DIR = "timings"  # <run>/timings/<stage>.json: when each stage started and how long it took
+def _instances(ctx: RunContext):
+    """The run's published instances."""
+    from homefeed.data import InstanceDataset
+
+    return InstanceDataset.open(ctx.earlier(InstancesBuilt).instances)
 
 
-def _spark_progress() -> str | None:
-    from homefeed.spark import progress as spark_progress
-
-    return spark_progress()
-
-
-def _stage(figure: Callable[[dict[str, Any]], str]):
-    """A stage says when it starts, that it is still running (every ~10 s, with Spark's progress
-    when a job runs), and when it is done: its duration and ``figure(result)``, its key figure."""
-    def wrap(function):
-        name = function.__name__
-        signature = inspect.signature(function)
-
-        @functools.wraps(function)
-        def run(*args, **kwargs):
-            started, started_at = time.monotonic(), datetime.now(timezone.utc)
-            timing = Path(signature.bind(*args, **kwargs).arguments["directory"]) / TIMINGS_DIR / f"{name}.json"
-            progress.report("%s: started", name)
-            try:
-                with progress.heartbeat(name, _spark_progress):
-                    result = function(*args, **kwargs)
-            finally:  # a failed stage's start and duration are in the report too
-                seconds = time.monotonic() - started
-                storage.write_json(timing, {"started_at": started_at.isoformat(timespec="seconds"), "seconds": seconds})
-            progress.report("%s: done in %s: %s", name, progress.duration(seconds), figure(result))
-            return result
-
-        return run
-
-    return wrap
-
-
-def _suites_passed(result: dict[str, Any]) -> str:
-    return f"{len(result['suites'])} suites passed"
-
-
-def _version(version: Any) -> str:
-    return "none" if version is None else f"v{version}"
-
-
-# --------------------------------------------------------------------------- stages
-# A scheduled run that starts this long after its slot was created by unpausing the DAG (Airflow
-# then schedules the latest past slot at once), not by the clock: it must not retrain by surprise.
-MISSED_SLOT_AFTER = timedelta(hours=1)
-
-
-def missed_slot(run_type: Any, slot: datetime, now: datetime) -> str | None:
-    """Why a run must not retrain (a missed scheduled slot), or None. ``run_type``: "scheduled",
-    "manual", … or Airflow's enum of them (the Task SDK's prints as "DagRunType.SCHEDULED")."""
-    if getattr(run_type, "value", run_type) != "scheduled" or now - slot <= MISSED_SLOT_AFTER:
-        return None
-    return (f"scheduled slot {slot.isoformat()} was missed (the DAG was paused then; it started {now - slot} late): "
-            "not retraining by surprise; trigger a run to retrain now")
-
-
-@_stage(lambda r: f"{len(r['tables'])} tables at {r['raw']}")
-def check_raw(cfg: Config, raw: str, directory: Path) -> dict[str, Any]:
-    root = storage.require_published(raw, "raw data")
+# --------------------------------------------------------------------------- the stages
+def check_raw(ctx: RunContext) -> RawChecked:
+    root = storage.require_published(ctx.raw, "raw data")
     missing = [t for t in schema.RAW_TABLES if not storage.list_files(root / t)]
     if missing:
         raise storage.StorageError(f"raw data at {root} has no Parquet files for {missing}")
-    return _record(cfg, directory, "check_raw", {"raw": str(root), "tables": list(schema.RAW_TABLES)})
+    return RawChecked(str(root), list(schema.RAW_TABLES))
 
 
-@_stage(_suites_passed)
-def validate_raw(cfg: Config, raw: str, directory: Path) -> dict[str, Any]:
+def validate_raw(ctx: RunContext) -> RawValidated:
     from homefeed import validation
 
-    reports = validation.validate_raw(_spark(cfg), raw, cfg, directory / "data_docs")
-    return _record(cfg, directory, "validate_raw", {"suites": [r.describe() for r in reports], "data_docs": str(directory / "data_docs" / "index.html")})
+    docs = ctx.directory / "data_docs"
+    reports = validation.validate_raw(_spark(ctx.cfg), ctx.raw, ctx.cfg, docs)
+    return RawValidated([r.describe() for r in reports], str(docs / "index.html"))
 
 
-@_stage(lambda r: f"{r['rows']:,} rows, {r['window']['start']}..{r['window']['end']}")
-def build_instances(cfg: Config, raw: str, directory: Path, start: date | None = None, end: date | None = None) -> dict[str, Any]:
+def build_instances(ctx: RunContext) -> InstancesBuilt:
     from homefeed.event_log import log_root
     from jobs import build_instances as job
 
-    out = directory / "instances"
+    cfg, out = ctx.cfg, ctx.directory / "instances"
     # What users did on served feeds (homefeed serve's event log) joins the raw actions.
     events = job.event_log_roots([str(log_root(cfg.serving.event_log, cfg.storage.root))]) if cfg.instances.use_served_events else ()
-    manifest = job.run(_spark(cfg), raw, str(out), cfg, start, end, event_logs=events)
-    return _record(cfg, directory, "build_instances", {"instances": str(out), "rows": manifest["output_rows"], "window": manifest["window"], "splits": manifest["splits"]})
+    manifest = job.run(_spark(cfg), ctx.raw, str(out), cfg, ctx.start, ctx.end, event_logs=events)
+    return InstancesBuilt(str(out), manifest["output_rows"], manifest["window"], manifest["splits"])
 
 
-@_stage(lambda r: f"{_suites_passed(r)}; drift: {r['drift']}")
-def validate_instances(cfg: Config, directory: Path) -> dict[str, Any]:
+def validate_instances(ctx: RunContext) -> InstancesValidated:
     from homefeed import validation
 
-    instances = _instances(directory).path
-    spark = _spark(cfg)
-    reports = validation.validate(spark, "instances", instances, cfg, directory / "data_docs")
-    shift = check_drift(cfg, spark, instances, directory)
-    return _record(cfg, directory, "validate_instances", {"suites": [r.describe() for r in reports], "drift": shift,
-                                                     "data_docs": str(directory / "data_docs" / "index.html")})
+    instances = _instances(ctx).path
+    spark = _spark(ctx.cfg)
+    reports = validation.validate(spark, "instances", instances, ctx.cfg, ctx.directory / "data_docs")
+    shift = check_drift(ctx.cfg, spark, instances, ctx.directory)
+    return InstancesValidated([r.describe() for r in reports], shift, str(ctx.directory / "data_docs" / "index.html"))
 
 
 def check_drift(cfg: Config, spark, instances: str, directory: Path) -> str:
@@ -180,25 +272,6 @@ def check_drift(cfg: Config, spark, instances: str, directory: Path) -> str:
         raise validation.ValidationFailed([report])
     drift.accept(cfg.storage.root, directory.name, current)
     return report.describe() if report else "no previous run to compare with (this run is the baseline)"
-
-
-def _mlflow_run(cfg: Config, directory: Path) -> str:
-    """The run's MLflow run id, created once."""
-    from homefeed import registry
-
-    marker = directory / "mlflow_run.json"
-    if marker.exists():
-        return json.loads(marker.read_text())["run_id"]
-    run_id = registry.start_run(cfg, directory.name, {"homefeed.run_dir": str(directory)}, started_ms=_run_started_ms(directory))
-    storage.write_json(marker, {"run_id": run_id})
-    return run_id
-
-
-def _run_started_ms(directory: Path) -> int | None:
-    """When the retraining's first stage started (its timings), so the MLflow run created at
-    training covers the checks and Spark before it too."""
-    starts = [json.loads(p.read_text())["started_at"] for p in (directory / TIMINGS_DIR).glob("*.json")]
-    return int(min(datetime.fromisoformat(s) for s in starts).timestamp() * 1000) if starts else None
 
 
 def train_tracked(cfg: Config, instances, out_dir: str, run_id: str):
@@ -220,14 +293,11 @@ def train_tracked(cfg: Config, instances, out_dir: str, run_id: str):
     return result
 
 
-@_stage(lambda r: "validation AUC " + ", ".join(f"{h} {a:.4f}" for h, a in r["validation_auc"].items() if a == a))
-def train(cfg: Config, directory: Path) -> dict[str, Any]:
-    # The MLflow run is created here, so its curves are live, and dated from the first stage's
-    # start, so its duration covers the whole retraining (it ends with the report).
-    result = train_tracked(cfg, _instances(directory), str(directory / "train"), _mlflow_run(cfg, directory))
-    return _record(cfg, directory, "train", {"model_dir": result.model_dir, "model": result.model,
-                                        "validation_auc": {h: m["auc"] for h, m in result.validation.items()},
-                                        "examples_per_second": result.examples_per_second, "history": result.history})
+def train(ctx: RunContext) -> Trained:
+    # The MLflow run is created here, so its curves are live while it trains.
+    result = train_tracked(ctx.cfg, _instances(ctx), str(ctx.directory / "train"), ctx.mlflow_run())
+    return Trained(result.model_dir, result.model, {h: m["auc"] for h, m in result.validation.items()},
+                   result.examples_per_second, result.history)
 
 
 def evaluate_against_champion(cfg: Config, instances, model_dir: str) -> dict[str, Any]:
@@ -244,17 +314,13 @@ def evaluate_against_champion(cfg: Config, instances, model_dir: str) -> dict[st
     return {"challenger": challenger, "champion": champion, "champion_version": champion_version, "paired_vs_champion": paired}
 
 
-@_stage(lambda r: "test AUC " + ", ".join(f"{h} {m['auc']:.4f}" for h, m in r["challenger"]["overall"].items() if m["auc"] == m["auc"])
-        + f"; champion {_version(r['champion_version'])}")
-def evaluate(cfg: Config, directory: Path) -> dict[str, Any]:
+def evaluate(ctx: RunContext) -> Evaluated:
     """Score the challenger and the current champion on the same test split."""
     from homefeed import registry
 
-    result = evaluate_against_champion(cfg, _instances(directory), _load(directory, "train")["model_dir"])
-    run_id = _mlflow_run(cfg, directory)
-    registry.log_metrics(cfg, run_id, _test_metrics(result["challenger"], result["champion"]))
-    registry.log_dict(cfg, run_id, result, "evaluation.json")
-    return _record(cfg, directory, "evaluate", result)
+    result = Evaluated(**evaluate_against_champion(ctx.cfg, _instances(ctx), ctx.earlier(Trained).model_dir))
+    registry.log_metrics(ctx.cfg, ctx.mlflow_run(), _test_metrics(result.challenger, result.champion))
+    return result
 
 
 def _test_metrics(challenger: dict[str, Any], champion: dict[str, Any] | None) -> dict[str, float]:
@@ -275,168 +341,188 @@ def _test_metrics(challenger: dict[str, Any], champion: dict[str, Any] | None) -
     return flat
 
 
-@_stage(lambda r: r["summary"])
-def gate(cfg: Config, directory: Path) -> dict[str, Any]:
+def gate(ctx: RunContext) -> Gated:
     from homefeed import gates, registry
 
-    evaluation = _load(directory, "evaluate")
-    decision = gates.decide(cfg.gates, evaluation["challenger"], evaluation["champion"], evaluation["champion_version"])
-    run_id = _mlflow_run(cfg, directory)
-    registry.log_dict(cfg, run_id, decision.to_dict(), "gate_decision.json")
-    registry.set_run_tag(cfg, run_id, "gate", decision.summary())
-    return _record(cfg, directory, "gate", decision.to_dict())
+    evaluation = ctx.earlier(Evaluated)
+    decision = gates.decide(ctx.cfg.gates, evaluation.challenger, evaluation.champion, evaluation.champion_version)
+    registry.set_run_tag(ctx.cfg, ctx.mlflow_run(), "gate", decision.summary())
+    return Gated.from_record(decision.to_dict())
 
 
-@_stage(lambda r: f"{r['model_name']} {_version(r['version'])}")
-def register(cfg: Config, directory: Path) -> dict[str, Any]:
+def register(ctx: RunContext) -> Registered:
     from homefeed import registry
 
-    existing = directory / "register.json"
-    if existing.exists():
-        return json.loads(existing.read_text())
-    decision = _load(directory, "gate")
-    if not decision["passed"]:
-        raise GateFailed(decision["summary"])
-    instances = _instances(directory)
-    example = registry.input_example(instances.read("test"))
+    decision = ctx.earlier(Gated)
+    if not decision.passed:
+        raise GateFailed(decision.summary)
+    instances, trained = _instances(ctx), ctx.earlier(Trained)
     tags = {
-        "model.name": _load(directory, "train")["model"], "gate": decision["summary"],
-        **registry.gate_tags(decision["champion_version"]),
+        "model.name": trained.model, "gate": decision.summary,
+        **registry.gate_tags(decision.champion_version),
         "data.window": instances.window, "data.rows": instances.manifest["output_rows"],
         "data.instances": instances.path, "data.fingerprint": instances.fingerprint,
+        "validation.validate_raw": _suites_passed(ctx.earlier(RawValidated)),
+        "validation.validate_instances": _suites_passed(ctx.earlier(InstancesValidated)),
     }
-    run_id = _mlflow_run(cfg, directory)
-    checks = _log_lineage(cfg, run_id, directory)
-    tags.update({f"validation.{stage}": summary for stage, summary in checks.items()})
-    version = registry.log_and_register(
-        cfg, run_id, _load(directory, "train")["model_dir"], example, tags, features=registry.serving_features(instances.manifest)
-    )
-    return _record(cfg, directory, "register", {"version": version, "model_name": cfg.registry.model_name})
+    version = registry.log_and_register(ctx.cfg, ctx.mlflow_run(), trained.model_dir, registry.input_example(instances.read("test")),
+                                        tags, features=registry.serving_features(instances.manifest))
+    return Registered(version, ctx.cfg.registry.model_name)
 
 
-def _log_lineage(cfg: Config, run_id: str, directory: Path) -> dict[str, str]:
-    """Config and data-check results onto the MLflow run: a version leads back to its checks."""
+def promote(ctx: RunContext) -> Promoted:
     from homefeed import registry
 
-    registry.log_dict(cfg, run_id, cfg.redacted(), "config.json")
-    summaries = {}
-    for stage in ("validate_raw", "validate_instances", "drift"):
-        path = directory / f"{stage}.json"
-        if path.exists():
-            result = json.loads(path.read_text())
-            registry.log_dict(cfg, run_id, result, f"validation/{stage}.json")
-            if stage != "drift":
-                summaries[stage] = f"{len(result['suites'])} suites passed"
-    return summaries
+    version = ctx.earlier(Registered).version
+    if not ctx.auto_promote:
+        return Promoted(False, version, "auto-promotion off: left as challenger")
+    if registry.alias_version(ctx.cfg, registry.CHAMPION) == version:
+        return Promoted(True, version, "already champion")
+    audit = registry.promote(ctx.cfg, version, reason=f"retraining run {ctx.directory.name}", gate=ctx.earlier(Gated).summary,
+                             actor="homefeed-retrain")
+    return Promoted.from_record({"promoted": True, **audit})
 
 
-@_stage(lambda r: f"{_version(r['version'])} is champion" if r["promoted"] else f"{_version(r['version'])} left as challenger")
-def promote(cfg: Config, directory: Path, auto_promote: bool = True) -> dict[str, Any]:
-    from homefeed import registry
-
-    version = _load(directory, "register")["version"]
-    if not auto_promote:
-        return _record(cfg, directory, "promote", {"promoted": False, "version": version, "reason": "auto-promotion off: left as challenger"})
-    decision = _load(directory, "gate")
-    if registry.alias_version(cfg, registry.CHAMPION) == version:
-        return _record(cfg, directory, "promote", {"promoted": True, "version": version, "reason": "already champion"})
-    record = registry.promote(cfg, version, reason=f"retraining run {directory.name}", gate=decision["summary"], actor="homefeed-retrain")
-    return _record(cfg, directory, "promote", {"promoted": True, **record})
-
-
-@_stage(lambda r: r["report"])
-def report(cfg: Config, directory: Path) -> dict[str, Any]:
+def report(ctx: RunContext) -> Reported:
     from homefeed import registry, report as run_report
 
-    path = run_report.write(cfg, directory, registry.state(cfg).to_dict(), STAGE_NAMES)
-    marker = directory / "mlflow_run.json"
-    if marker.exists():
-        run_id = json.loads(marker.read_text())["run_id"]
-        registry.log_artifact(cfg, run_id, path, "report")
+    stage_names = tuple(s.name for s in ctx.stage_list() if s.name != REPORT.name)
+    path = run_report.write(ctx.cfg, ctx.directory, registry.state(ctx.cfg).to_dict(), stage_names)
+    run_id = ctx.existing_mlflow_run()
+    if run_id:
+        registry.log_artifact(ctx.cfg, run_id, path, "report")
         # The run ends when the retraining does (a failed gate is a finished run; a failed stage is not).
-        registry.end_run(cfg, run_id, failed=any(directory.glob(f"*{schema.STAGE_FAILED_SUFFIX}")))
-    return _record(cfg, directory, "report", {"report": str(path)})
+        registry.end_run(ctx.cfg, run_id, failed=any(ctx.directory.glob(f"*{schema.STAGE_FAILED_SUFFIX}")))
+    return Reported(str(path))
+
+
+def _suites_passed(result: RawValidated | InstancesValidated) -> str:
+    return f"{len(result.suites)} suites passed"
+
+
+def _version(version: Any) -> str:
+    return "none" if version is None else f"v{version}"
+
+
+def _auc_figure(label: str, aucs: dict[str, float]) -> str:
+    return label + " " + ", ".join(f"{h} {a:.4f}" for h, a in aucs.items() if a == a)
 
 
 # --------------------------------------------------------------------------- the pipeline, defined once
 @dataclass(frozen=True)
-class RunInputs:
-    """What one retraining run's stages are called with."""
-
-    cfg: Config
-    directory: Path
-    raw: str
-    start: date | None = None
-    end: date | None = None
-    auto_promote: bool = True
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One step of the retraining: its function (a single call), what it reads and writes under
-    the run directory (or beyond it), and, for the gate, why the rest of the run stops."""
+class Stage(Generic[R]):
+    """One step of the retraining: its name (the one spelling: task id, record, timings, lineage),
+    its function, the type it returns, what it reads and writes under the run directory (or
+    beyond it; ``*.json`` files it writes beside its record join its MLflow lineage), its key
+    figure for the operator, and, for the gate, why the rest of the run stops."""
 
     name: str
-    call: Callable[[RunInputs], dict[str, Any]]
+    run: Callable[[RunContext], R]
+    result: type[R]
     reads: tuple[str, ...]
     writes: tuple[str, ...]
-    stops_run: Callable[[dict[str, Any]], str | None] = lambda result: None
+    figure: Callable[[R], str] = lambda result: "done"
+    stops_run: Callable[[R], str | None] = lambda result: None
+    once: bool = False  # a recorded result is returned as it is, without running again
 
 
 # The only place the stage order is written: the retrain DAG builds its tasks from it,
 # retrain_in_process loops over it, and the report lists it.
 STAGES: tuple[Stage, ...] = (
-    Stage("check_raw", lambda r: check_raw(r.cfg, r.raw, r.directory), ("raw/",), ("check_raw.json",)),
-    Stage("validate_raw", lambda r: validate_raw(r.cfg, r.raw, r.directory), ("raw/",), ("validate_raw.json", "data_docs/")),
-    Stage("build_instances", lambda r: build_instances(r.cfg, r.raw, r.directory, r.start, r.end),
-          ("raw/", "<storage root>/events/"), ("instances/", "build_instances.json")),
-    Stage("validate_instances", lambda r: validate_instances(r.cfg, r.directory), ("instances/", "<storage root>/drift/"),
-          ("validate_instances.json", "drift.json", "data_docs/")),
-    Stage("train", lambda r: train(r.cfg, r.directory), ("instances/",), ("train/", "train.json", "mlflow_run.json", "MLflow run")),
-    Stage("evaluate", lambda r: evaluate(r.cfg, r.directory), ("instances/", "train/", "registry: champion"), ("evaluate.json",)),
-    Stage("gate", lambda r: gate(r.cfg, r.directory), ("evaluate.json",), ("gate.json",),
-          stops_run=lambda result: None if result["passed"] else result["summary"]),
-    Stage("register", lambda r: register(r.cfg, r.directory), ("gate.json", "train/"), ("register.json", "registry: version, challenger")),
-    Stage("promote", lambda r: promote(r.cfg, r.directory, r.auto_promote), ("register.json", "gate.json"),
-          ("promote.json", "registry: champion, previous")),
+    Stage("check_raw", check_raw, RawChecked, ("raw/",), ("check_raw.json",),
+          figure=lambda r: f"{len(r.tables)} tables at {r.raw}"),
+    Stage("validate_raw", validate_raw, RawValidated, ("raw/",), ("validate_raw.json", "data_docs/"), figure=_suites_passed),
+    Stage("build_instances", build_instances, InstancesBuilt, ("raw/", "<storage root>/events/"), ("instances/", "build_instances.json"),
+          figure=lambda r: f"{r.rows:,} rows, {r.window['start']}..{r.window['end']}"),
+    Stage("validate_instances", validate_instances, InstancesValidated, ("instances/", "<storage root>/drift/"),
+          ("validate_instances.json", "drift.json", "data_docs/"), figure=lambda r: f"{_suites_passed(r)}; drift: {r.drift}"),
+    Stage("train", train, Trained, ("instances/",), ("train/", "train.json", MLFLOW_RUN_MARKER, "MLflow run"),
+          figure=lambda r: _auc_figure("validation AUC", r.validation_auc)),
+    Stage("evaluate", evaluate, Evaluated, ("instances/", "train/", "registry: champion"), ("evaluate.json",),
+          figure=lambda r: _auc_figure("test AUC", {h: m["auc"] for h, m in r.challenger["overall"].items()})
+          + f"; champion {_version(r.champion_version)}"),
+    Stage("gate", gate, Gated, ("evaluate.json",), ("gate.json",), figure=lambda r: r.summary,
+          stops_run=lambda r: None if r.passed else r.summary),
+    Stage("register", register, Registered, ("gate.json", "train/"), ("register.json", "registry: version, challenger"),
+          figure=lambda r: f"{r.model_name} {_version(r.version)}", once=True),
+    Stage("promote", promote, Promoted, ("register.json", "gate.json"), ("promote.json", "registry: champion, previous"),
+          figure=lambda r: f"{_version(r.version)} is champion" if r.promoted else f"{_version(r.version)} left as challenger"),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 # Runs last, whatever happened before: a failed or gated run is reported too.
-REPORT = Stage("report", lambda r: report(r.cfg, r.directory), ("every stage's record",), ("report.html", "report.json"))
+REPORT = Stage("report", report, Reported, ("every stage's record",), ("report.html", "report.json"), figure=lambda r: r.report)
 
 
 def stage(name: str) -> Stage:
     return next(s for s in (*STAGES, REPORT) if s.name == name)
 
 
-# --------------------------------------------------------------------------- runs from the orchestrator
-# Params of the retraining DAG's trigger form → config keys.
-PARAM_TO_CONFIG = {
-    "model": ("train", "model"),
-    "epochs": ("train", "epochs"),
-    "positive_rate": ("instances", "positive_rate"),
-    "negative_rate": ("instances", "negative_rate"),
-    "min_auc_repin": ("gates", "min_auc"),
-}
+# --------------------------------------------------------------------------- the runner
+def _spark_progress() -> str | None:
+    from homefeed.spark import progress as spark_progress
+
+    return spark_progress()
 
 
-def config_from_params(params: dict[str, Any], base: Config | None = None) -> Config:
-    """The typed config for a run: defaults and overlays, then the run's params."""
-    from homefeed.config import load_config
+def run_stage(step: Stage[R], ctx: RunContext) -> R:
+    """Run one stage and record it: its start and end for the operator (a heartbeat meanwhile,
+    with Spark's progress), its timings (a failed stage's too), its failure record, its result
+    as ``<name>.json``, the run published to S3, and its lineage on the MLflow run."""
+    if step.once and (done := recorded(ctx.directory, step.result, ctx.stage_list())) is not None:
+        return done
+    started, started_at = time.monotonic(), datetime.now(timezone.utc)
+    progress.report("%s: started", step.name)
+    try:
+        with progress.heartbeat(step.name, _spark_progress):
+            result = step.run(ctx)
+    except Exception as exc:
+        record_failure(ctx.directory, step.name, exc)
+        raise
+    finally:  # a failed stage's start and duration are in the report too
+        seconds = time.monotonic() - started
+        storage.write_json(ctx.directory / TIMINGS_DIR / f"{step.name}.json",
+                           {"started_at": started_at.isoformat(timespec="seconds"), "seconds": seconds})
+    _record(ctx, step, result)
+    progress.report("%s: done in %s: %s", step.name, progress.duration(seconds), step.figure(result))
+    return result
 
-    cfg = base or load_config()
-    overrides: dict[str, Any] = {}
-    for param, (section, key) in PARAM_TO_CONFIG.items():
-        value = params.get(param)
-        if value is None:
-            continue
-        if param == "min_auc_repin":
-            value = {**cfg.gates.min_auc, schema.PRIMARY_HEAD: value}
-        overrides.setdefault(section, {})[key] = value
-    return cfg.with_overrides(overrides)
+
+def _record(ctx: RunContext, step: Stage[R], result: R) -> None:
+    storage.write_json(ctx.directory / f"{step.name}.json", result.record())
+    run_id = ctx.existing_mlflow_run()
+    if run_id:
+        _log_lineage(ctx, step, run_id)
+    if ctx.cfg.storage.s3_uri:  # with S3 as the storage of record, the run so far is published there too
+        from homefeed import s3
+
+        s3.publish_run(ctx.cfg.storage.s3_uri, ctx.directory)
 
 
-def retrain_in_process(cfg: Config, raw: str, directory: Path, start: date, end: date, auto_promote: bool = True) -> dict[str, Any]:
+def _log_lineage(ctx: RunContext, step: Stage, run_id: str) -> None:
+    """The stage's record, and the JSON files it writes beside it, as artifacts of the MLflow run."""
+    from homefeed import registry
+
+    for name in (f"{step.name}.json", *step.writes):
+        path = ctx.directory / name
+        if name.endswith(".json") and name != MLFLOW_RUN_MARKER and path.is_file():
+            registry.log_artifact(ctx.cfg, run_id, path, f"{LINEAGE_DIR}/{step.name}")
+
+
+def failure_record(directory: Path, stage_name: str) -> Path:
+    return directory / f"{stage_name}{schema.STAGE_FAILED_SUFFIX}"
+
+
+def record_failure(directory: Path, stage_name: str, exception: BaseException | None) -> None:
+    """Say it in the log, and leave ``<stage>.failed.json`` in the run directory for the report."""
+    import logging
+
+    logging.getLogger("homefeed").error("homefeed stage %s failed: %s", stage_name, exception or "unknown error")
+    error = str(exception) if exception is not None else "unknown error"
+    storage.write_json(failure_record(directory, stage_name),
+                       {"stage": stage_name, "error": error, "type": type(exception).__name__ if exception else None})
+
+
+def retrain_in_process(cfg: Config, raw: str, directory: Path, start: date, end: date, auto_promote: bool = True) -> Gated:
     """The homefeed_retrain stages in their DAG order, in this process, without Airflow.
 
     For simulations that retrain many times (``homefeed simulate-loop``), where an Airflow run per
@@ -444,20 +530,14 @@ def retrain_in_process(cfg: Config, raw: str, directory: Path, start: date, end:
     registration, as in the DAG; the report is written either way. Returns the gate's decision.
     ``auto_promote=False`` leaves a passed version as challenger (an online experiment decides).
     """
-    inputs = RunInputs(cfg, directory, raw, start, end, auto_promote=auto_promote)
-    results: dict[str, dict[str, Any]] = {}
+    ctx = RunContext(cfg, directory, raw, start, end, auto_promote, stages=(*STAGES, REPORT))
     try:
         for step in STAGES:
-            try:
-                results[step.name] = step.call(inputs)
-            except Exception as exc:
-                log_task_failure(step.name, exc, directory)
-                raise
-            if step.stops_run(results[step.name]):
+            if step.stops_run(run_stage(step, ctx)):
                 break
-        return results["gate"]
+        return ctx.earlier(Gated)
     finally:
-        REPORT.call(inputs)
+        run_stage(REPORT, ctx)
 
 
 def monitor_champion(cfg: Config, raw: str) -> dict[str, Any]:
@@ -465,36 +545,3 @@ def monitor_champion(cfg: Config, raw: str) -> dict[str, Any]:
     from homefeed import monitor
 
     return monitor.run(_spark(cfg), cfg, raw)
-
-
-def data_window(params: dict[str, Any], logical_date: date) -> tuple[date, date]:
-    """The training window: ``window_days`` ending at ``end_date`` (default: the day before the run).
-
-    Airflow 3 cron schedules carry no data interval, so the window comes from the logical date here.
-    """
-    from datetime import timedelta
-
-    end = date.fromisoformat(params["end_date"]) if params.get("end_date") else logical_date - timedelta(days=1)
-    return end - timedelta(days=int(params.get("window_days") or 7) - 1), end
-
-
-def raw_root(cfg: Config, params: dict[str, Any]) -> str:
-    """The raw data to read, as a local path: an ``s3://`` root is fetched into a local cache first
-    (once per published version), since the stages read it with local Spark."""
-    raw = params.get("raw") or str(storage.local_path(cfg.storage.root) / "raw")
-    if raw.startswith(("s3://", "s3a://")):
-        from homefeed import s3
-
-        return str(s3.fetch_cached(raw, storage.local_path(cfg.storage.root) / "s3-cache"))
-    return raw
-
-
-def log_task_failure(task_id: str, exception: BaseException | None, directory: Path | None = None) -> None:
-    """Say it in the log, and leave ``<stage>.failed.json`` in the run directory for the report."""
-    import logging
-
-    logging.getLogger("homefeed").error("homefeed task %s failed: %s", task_id, exception or "unknown error")
-    if directory is not None:
-        error = str(exception) if exception is not None else "unknown error"
-        storage.write_json(directory / f"{task_id}{schema.STAGE_FAILED_SUFFIX}", {"stage": task_id, "error": error,
-                                                                     "type": type(exception).__name__ if exception else None})

@@ -89,15 +89,14 @@ def run(
 
     The terminal shows homefeed's lines (a line per stage, training progress every ~10 s); the
     whole output of the run is kept in `<storage root>/runs/<run>/run.log`."""
-    from homefeed import local_platform, registry
+    from homefeed import local_platform, pipeline, registry
 
     with _platform_errors():
         cfg, directory = local_platform.run_retraining(_config(config), raw, label, s3, config, verbose, _say)
     with _registry_errors():
         state = registry.state(cfg)
-    gate = json.loads((directory / "gate.json").read_text()) if (directory / "gate.json").exists() else {}
-    evaluation = json.loads((directory / "evaluate.json").read_text()) if (directory / "evaluate.json").exists() else None
     typer.echo("")
+    evaluation, gate = pipeline.recorded(directory, pipeline.Evaluated), pipeline.recorded(directory, pipeline.Gated)
     for line in local_platform.run_summary(evaluation, gate, state, cfg.registry.model_name):
         typer.echo(line)
     typer.echo(f"report: {directory / 'report.html'}")

@@ -82,7 +82,7 @@ def test_a_missed_scheduled_slot_is_not_a_reason_to_retrain():
     # on-time scheduled runs and every triggered, backfilled or asset-triggered run retrain.
     from datetime import datetime, timedelta, timezone
 
-    from homefeed.pipeline import missed_slot
+    from homefeed.orchestration import missed_slot
 
     slot = datetime(2026, 11, 30, 3, tzinfo=timezone.utc)
     assert "was missed" in missed_slot("scheduled", slot, slot + timedelta(hours=3))
@@ -98,7 +98,7 @@ def test_the_missed_slot_check_takes_the_task_sdks_run_type():
 
     from airflow.sdk.api.datamodels._generated import DagRunType
 
-    from homefeed.pipeline import missed_slot
+    from homefeed.orchestration import missed_slot
 
     slot = datetime(2026, 11, 30, 3, tzinfo=timezone.utc)
     assert missed_slot(DagRunType.SCHEDULED, slot, slot + timedelta(hours=3)) is not None
@@ -113,3 +113,19 @@ def test_the_retrain_dag_is_the_pipeline_stage_list_in_its_order(dagbag):
     assert [t.task_id for t in dag.topological_sort()] == [*pipeline.STAGE_NAMES, pipeline.REPORT.name]
     report = dag.get_task(pipeline.REPORT.name)
     assert report.is_teardown and report.upstream_task_ids == set(pipeline.STAGE_NAMES)
+
+
+def test_a_new_stage_in_the_list_is_a_new_task_in_its_place(monkeypatch):
+    """Adding a stage is one function and one entry (docs/architecture.md): the DAG follows."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from homefeed import pipeline
+    from tests.homefeed.test_pipeline import RowsCounted, count_rows
+
+    new = pipeline.Stage("count_rows", count_rows, RowsCounted, ("build_instances.json",), ("count_rows.json",))
+    stages = list(pipeline.STAGES)
+    stages.insert(pipeline.STAGE_NAMES.index("build_instances") + 1, new)
+    monkeypatch.setattr(pipeline, "STAGES", tuple(stages))
+    dag = DagBag(dag_folder=str(DAGS_FOLDER / "homefeed_retrain.py")).dags["homefeed_retrain"]
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order.index("count_rows") == order.index("build_instances") + 1

@@ -184,18 +184,19 @@ def test_the_sqlite_stores_are_owner_only_whatever_the_umask(base_config, tmp_pa
 def test_the_run_summary_gives_intervals_hit_counts_and_no_vnone():
     # Before: "gate: gate passed", "previous=vNone", no intervals or HIT@3 (issue 22).
     from homefeed.local_platform import run_summary
+    from homefeed.pipeline import Evaluated, Gated
     from homefeed.registry import RegistryState
 
     head = {"auc": 0.74, "hit": 0.5, "hit_requests": 120}
-    evaluation = {"challenger": {"hit_k": 3, "overall": {"repin": head, "hide": {**head, "hit": float("nan"), "hit_requests": 0}},
-                                 "intervals": {"overall": {"repin": {"auc": [0.73, 0.75]}, "hide": {"auc": [0.70, 0.78]}}}}}
+    evaluation = Evaluated({"hit_k": 3, "overall": {"repin": head, "hide": {**head, "hit": float("nan"), "hit_requests": 0}},
+                            "intervals": {"overall": {"repin": {"auc": [0.73, 0.75]}, "hide": {"auc": [0.70, 0.78]}}}}, None, None, None)
     state = RegistryState(champion="2", challenger="2", previous=None, holdout={})
-    lines = run_summary(evaluation, {"summary": "gate passed (4 checks, against champion v1)"}, state, "ranker")
+    lines = run_summary(evaluation, Gated(True, "gate passed (4 checks, against champion v1)"), state, "ranker")
     assert lines[0] == "test AUC per head (95% interval): repin 0.7400 [0.7300, 0.7500], hide 0.7400 [0.7000, 0.7800]"
     assert lines[1] == "test HIT@3: repin 0.500 over 120 requests"
     assert lines[2] == "gate passed (4 checks, against champion v1)"
     assert lines[3] == "registry: ranker champion=v2 challenger=v2 previous=none"
-    assert run_summary(None, {}, RegistryState(None, None, None, {}), "ranker") == [
+    assert run_summary(None, None, RegistryState(None, None, None, {}), "ranker") == [
         "gate: did not run", "registry: ranker champion=none challenger=none previous=none"]
 
 

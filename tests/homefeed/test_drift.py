@@ -18,12 +18,16 @@ def cfg(base_config, tmp_path):
 
 
 def stage_run(cfg, label, instances):
-    """A run directory whose build_instances stage produced ``instances``."""
+    """A run whose build_instances stage produced ``instances``."""
     directory = pipeline.run_dir(cfg, label)
     manifest = storage.read_manifest(instances)
-    storage.write_json(directory / "build_instances.json", {"instances": str(instances), "rows": manifest["output_rows"],
-                                                             "window": manifest["window"], "splits": manifest["splits"]})
-    return directory
+    built = pipeline.InstancesBuilt(str(instances), manifest["output_rows"], manifest["window"], manifest["splits"])
+    storage.write_json(directory / "build_instances.json", built.record())
+    return pipeline.RunContext(cfg, directory)
+
+
+def validate_instances(cfg, label, instances):
+    return pipeline.run_stage(pipeline.stage("validate_instances"), stage_run(cfg, label, instances))
 
 
 def shifted_copy(instances, target, column, by):
@@ -39,10 +43,10 @@ def shifted_copy(instances, target, column, by):
 
 
 def test_same_data_passes_and_becomes_the_baseline(cfg, instances_dir):
-    first = pipeline.validate_instances(cfg, stage_run(cfg, "first", instances_dir))
-    assert "baseline" in first["drift"]
-    second = pipeline.validate_instances(cfg, stage_run(cfg, "second", instances_dir))
-    assert "passed" in second["drift"]
+    first = validate_instances(cfg, "first", instances_dir)
+    assert "baseline" in first.drift
+    second = validate_instances(cfg, "second", instances_dir)
+    assert "passed" in second.drift
     saved = json.loads((pipeline.run_dir(cfg, "second") / "drift.json").read_text())
     assert saved["previous_run"] == "first"
     assert saved["comparison"]["success"] and saved["profile"]["rows"] > 0
@@ -51,15 +55,16 @@ def test_same_data_passes_and_becomes_the_baseline(cfg, instances_dir):
 
 
 def test_a_shifted_feature_fails_naming_it_and_keeps_the_old_baseline(cfg, instances_dir, tmp_path):
-    pipeline.validate_instances(cfg, stage_run(cfg, "good", instances_dir))
+    validate_instances(cfg, "good", instances_dir)
     # +3 on a standardised column is a shift of three training standard deviations.
     shifted = shifted_copy(instances_dir, tmp_path / "shifted", "pin_spam_score", 3.0)
     with pytest.raises(ValidationFailed) as failure:
-        pipeline.validate_instances(cfg, stage_run(cfg, "shifted", shifted))
+        validate_instances(cfg, "shifted", shifted)
     message = str(failure.value)
     assert "instances_drift" in message and "drift:mean/pin_spam_score" in message and "previous_run" in message
     assert "drift:mean/pin_repin_count" not in message
     assert not (pipeline.run_dir(cfg, "shifted") / "validate_instances.json").exists()
+    assert pipeline.failure_record(pipeline.run_dir(cfg, "shifted"), "validate_instances").exists()
     assert drift.previous_profile(cfg.storage.root, "next")[0] == "good"
     # The run report shows the comparison, the shifted statistic on top.
     html = report.write(cfg, pipeline.run_dir(cfg, "shifted"), {}, pipeline.STAGE_NAMES).read_text()
@@ -78,6 +83,6 @@ def test_label_rate_change_is_measured_relative_to_the_previous_rate(cfg):
 
 def test_drift_can_be_switched_off(cfg, instances_dir, tmp_path):
     off = cfg.with_overrides({"validation": {"drift": {"enabled": False}}})
-    pipeline.validate_instances(off, stage_run(off, "good", instances_dir))
+    validate_instances(off, "good", instances_dir)
     shifted = shifted_copy(instances_dir, tmp_path / "shifted", "pin_spam_score", 3.0)
-    assert pipeline.validate_instances(off, stage_run(off, "shifted", shifted))["drift"] == "disabled"
+    assert validate_instances(off, "shifted", shifted).drift == "disabled"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from homefeed import pipeline, registry, s3, storage
+from homefeed import orchestration, pipeline, registry, s3, storage
 from homefeed.local_s3 import SeaweedServer
 
 pytestmark = pytest.mark.slow  # a whole retraining run
@@ -27,12 +27,12 @@ def test_a_run_reads_raw_data_from_s3_and_publishes_every_stage_there(server, ba
         "storage": {"root": str(tmp_path / "work"), "s3_uri": f"s3://{BUCKET}"}, "train": {"model": "lr"},
     })
     directory = pipeline.run_dir(cfg, "on-s3")
-    local_raw = pipeline.raw_root(cfg, {"raw": raw_uri})
+    local_raw = orchestration.raw_root(cfg, {"raw": raw_uri})
     assert local_raw.startswith(str(tmp_path / "work" / "s3-cache")) and storage.is_published(local_raw)
     from datetime import date
 
     decision = pipeline.retrain_in_process(cfg, local_raw, directory, date(2026, 1, 5), date(2026, 1, 9))
-    assert decision["passed"], decision["summary"]
+    assert decision.passed, decision.summary
     run_uri = f"s3://{BUCKET}/runs/on-s3"
     # The instances: their own dataset, marker last, manifest equal to the local one.
     assert s3.read_manifest(client, f"{run_uri}/instances") == storage.read_manifest(directory / "instances")
@@ -45,7 +45,7 @@ def test_a_run_reads_raw_data_from_s3_and_publishes_every_stage_there(server, ba
     version, scorer = registry.load_scorer_for(cfg, registry.CHAMPION)
     assert version == "1" and scorer.name == "lr"
     # A second read of the same raw data is served from the cache.
-    assert pipeline.raw_root(cfg, {"raw": raw_uri}) == local_raw
+    assert orchestration.raw_root(cfg, {"raw": raw_uri}) == local_raw
 
 
 def test_raw_data_that_was_never_fully_published_is_refused(server, base_config, tmp_path):
@@ -53,4 +53,4 @@ def test_raw_data_that_was_never_fully_published_is_refused(server, base_config,
     client.put_object(Bucket=BUCKET, Key="raw/half/impressions/dt=2026-01-05/part-0.parquet", Body=b"x")
     cfg = base_config.with_overrides({"storage": {"root": str(tmp_path), "s3_uri": f"s3://{BUCKET}"}})
     with pytest.raises(s3.NotPublished, match="never fully published"):
-        pipeline.raw_root(cfg, {"raw": f"s3://{BUCKET}/raw/half"})
+        orchestration.raw_root(cfg, {"raw": f"s3://{BUCKET}/raw/half"})

@@ -21,7 +21,7 @@ def test_a_failed_stage_is_marked_failed_with_its_error_and_a_retried_one_is_not
 
     directory = tmp_path / "run"
     directory.mkdir()
-    pipeline.log_task_failure("check_raw", FileNotFoundError("raw data not found at /nowhere"), directory)
+    pipeline.record_failure(directory, "check_raw", FileNotFoundError("raw data not found at /nowhere"))
     text = report.write(base_config, directory, {"champion": None}, STAGE_NAMES).read_text()
     assert "FAILED at check_raw" in text and "FAILED: raw data not found at /nowhere" in text
     assert text.count("did not run") == len(STAGE_NAMES) - 1
@@ -39,9 +39,8 @@ def test_a_failed_stage_shows_when_it_started_how_long_it_took_and_what_to_do_ne
 
     directory = tmp_path / "run"
     directory.mkdir()
-    with pytest.raises(storage.StorageError) as failure:
-        pipeline.check_raw(base_config, str(tmp_path / "nowhere"), directory)
-    pipeline.log_task_failure("check_raw", failure.value, directory)
+    with pytest.raises(storage.StorageError):  # the runner records the failure, its start and its duration
+        pipeline.run_stage(pipeline.stage("check_raw"), pipeline.RunContext(base_config, directory, str(tmp_path / "nowhere")))
     text = report.write(base_config, directory, {"champion": None}, STAGE_NAMES).read_text()
     row = text[text.index("<td>check_raw</td>"):].split("</tr>")[0]
     assert " UTC</td>" in row and " s</td>" in row
