@@ -109,15 +109,11 @@ def time_loader(make_iter, max_batches: int) -> tuple[float, int, float]:
 
 
 def ranker(name: str, sizes: str, instances: str) -> Ranker:
-    t = load_config(environ={}).train
-    if sizes == "paper":
-        seq, id_dim = PAPER, 32
+    if sizes == "paper":  # the model's own overrides (TransAct v1.1's DCN layers) come from models.catalog
+        cfg = RankerConfig(sequence_module=name, sequence=PAPER, id_dim=32)
     else:
-        seq = SequenceConfig(seq_len=schema.SEQ_LEN, action_dim=t.embedding_dim, d_model=t.d_model, num_layers=t.num_layers,
-                             num_heads=t.num_heads, dim_feedforward=t.dim_feedforward, dropout=t.dropout)
-        id_dim = t.embedding_dim
+        cfg = RankerConfig.from_train(load_config(environ={}).train.model_copy(update={"model": name}))
     ids, embeddings = read_pin_features(instances)
-    cfg = RankerConfig(sequence_module=name, sequence=seq, id_dim=id_dim, cross_layers=2 if name == "transact_v11" else 0)
     return Ranker(cfg, pin_content_table(ids, embeddings))
 
 

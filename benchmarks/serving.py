@@ -80,18 +80,15 @@ SNAPSHOT_HOLDER: list[features.FeatureSnapshot] = []
 
 
 def service_for(sizes: str, snapshot: features.FeatureSnapshot, device: torch.device, rng: np.random.Generator) -> RankingService:
-    if sizes == "paper":
-        seq = SequenceConfig(seq_len=100, action_dim=32, d_model=96, num_layers=2, num_heads=2, dim_feedforward=32)
-        id_dim = 32
+    if sizes == "paper":  # the model's own overrides (TransAct v1.1's DCN layers) come from models.catalog
+        ranker_cfg = RankerConfig(sequence_module="transact_v11", id_dim=32,
+                                  sequence=SequenceConfig(seq_len=100, action_dim=32, d_model=96, num_layers=2, num_heads=2, dim_feedforward=32))
     else:
-        t = load_config(environ={}).train
-        seq = SequenceConfig(seq_len=100, action_dim=t.embedding_dim, d_model=t.d_model, num_layers=t.num_layers,
-                             num_heads=t.num_heads, dim_feedforward=t.dim_feedforward)
-        id_dim = t.embedding_dim
+        ranker_cfg = RankerConfig.from_train(load_config(environ={}).train.model_copy(update={"model": "transact_v11"}))
     content = torch.zeros(NUM_PINS + 1, schema.EMBEDDING_DIM)
     for p, pin in snapshot.pins.items():
         content[p] = torch.tensor(pin["embedding"])
-    ranker = Ranker(RankerConfig(sequence_module="transact_v11", sequence=seq, id_dim=id_dim, cross_layers=2), content).to(device).eval()
+    ranker = Ranker(ranker_cfg, content).to(device).eval()
     scorer = NeuralScorer("transact_v11", ranker, batch_size=4096)
     stats = {f: {"mean": 1.0, "std": 2.0} for f in schema.DENSE_FEATURES}
     model = ServedModel("bench", scorer, {"repin": 1.0, "hide": -2.0}, stats, 30_000, 100, "", 0.0, "bench")

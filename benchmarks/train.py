@@ -58,7 +58,7 @@ def build(variant: str, device: torch.device) -> torch.nn.Module:
     content = torch.randn(NUM_PINS, schema.EMBEDDING_DIM)
     if variant == "reference":
         return ReferenceTransAct(content, PAPER).to(device)
-    cfg = RankerConfig(sequence_module="transact_v11", sequence=PAPER, id_dim=16, cross_layers=2)
+    cfg = RankerConfig(sequence_module="transact_v11", sequence=PAPER, id_dim=16)  # DCN layers: models.catalog
     return Ranker(cfg, content).to(device)
 
 

@@ -29,9 +29,8 @@ from homefeed import metrics, progress, schema, storage
 from homefeed.config import Config, TrainConfig
 from homefeed.data import InstanceDataset, labels_and_weights
 from homefeed.processes import free_port
-from models import BASELINE_NAMES
+from models import BASELINE_NAMES, catalog
 from models.ranker import Ranker, RankerConfig, pin_content_table, weighted_bce
-from models.sequence import SequenceConfig
 from models.zoo import write_model_info
 
 log = logging.getLogger(__name__)
@@ -54,29 +53,9 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- model building
-def ranker_config(cfg: TrainConfig) -> RankerConfig:
-    return RankerConfig(
-        sequence_module=cfg.model,
-        sequence=SequenceConfig(
-            d_model=cfg.d_model,
-            num_layers=cfg.num_layers,
-            num_heads=cfg.num_heads,
-            dim_feedforward=cfg.dim_feedforward,
-            action_dim=cfg.embedding_dim,
-            dropout=cfg.dropout,
-            time_window_ms=cfg.time_window_ms,
-            time_window_mask_prob=cfg.time_window_mask_prob,
-        ),
-        id_dim=cfg.embedding_dim,
-        cross_layers=2 if cfg.model == "transact_v11" else 0,
-        id_tokens=cfg.id_tokens,
-        sequence_counts=cfg.sequence_counts,
-    )
-
-
 def build_ranker(cfg: TrainConfig, instances: InstanceDataset | str) -> Ranker:
     dataset = InstanceDataset.of(instances)
-    model = Ranker(ranker_config(cfg), pin_content_table(*dataset.pin_features()))
+    model = Ranker(RankerConfig.from_train(cfg), pin_content_table(*dataset.pin_features()))
     # The manifest's train rates are weighted by sample_weight, as the loss is.
     model.init_head_bias(dataset.label_rates("train"))
     return model
@@ -339,9 +318,7 @@ def train_worker(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: t
 
 # --------------------------------------------------------------------------- baselines
 def _fit_and_check(kind: str, cfg: TrainConfig, fit_table, check_table):
-    from models.baselines import FlatBaseline
-
-    baseline = FlatBaseline(kind, seed=cfg.seed, num_threads=cfg.num_threads).fit(fit_table, check_table)
+    baseline = catalog.entry(kind).build(seed=cfg.seed, num_threads=cfg.num_threads).fit(fit_table, check_table)
     return baseline, validation_metrics(baseline.predict(check_table), *labels_and_weights(check_table))
 
 

@@ -25,26 +25,39 @@ import torch
 from torch import nn
 
 from homefeed import schema
-from models.sequence import SequenceConfig, build_sequence_module
+from homefeed.config import TrainConfig
+from models import catalog
+from models.sequence import SequenceConfig, _train_default, build_sequence_module
 
 PIN_ID_BUCKETS = 1 << 16
 
 
 @dataclass(frozen=True)
 class RankerConfig:
-    sequence_module: str = "transact_v10"
+    sequence_module: str = _train_default("model")
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
-    id_dim: int = 16
+    id_dim: int = _train_default("embedding_dim")
     categorical_dim: int = 8
-    cross_layers: int = 0  # DCN v2 layers over the full feature vector (TransAct v1.1 uses them)
+    # DCN v2 layers over the full feature vector; None: the model's own (models.catalog: TransAct v1.1's 2).
+    cross_layers: int | None = None
     mlp_dims: tuple[int, ...] = (128, 64)
-    dropout: float = 0.1
+    dropout: float = _train_default("dropout")
     # Sequence tokens (and the candidate fused into them) with the learned id embedding beside the
     # content vector; off: content only, as TransAct uses PinSage (see PinEncoder).
-    id_tokens: bool = False
+    id_tokens: bool = _train_default("id_tokens")
     # How many of each action type the request's sequence holds (log1p), among the flat features:
     # a user's propensity, readable without a sequence module (`none` included).
-    sequence_counts: bool = False
+    sequence_counts: bool = _train_default("sequence_counts")
+
+    def __post_init__(self) -> None:
+        if self.cross_layers is None:
+            object.__setattr__(self, "cross_layers", catalog.entry(self.sequence_module).cross_layers)
+
+    @classmethod
+    def from_train(cls, cfg: TrainConfig) -> "RankerConfig":
+        """The ranker the training config describes: its model's entry, its knobs."""
+        return cls(sequence_module=cfg.model, sequence=SequenceConfig.from_train(cfg), id_dim=cfg.embedding_dim,
+                   dropout=cfg.dropout, id_tokens=cfg.id_tokens, sequence_counts=cfg.sequence_counts)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -28,21 +28,33 @@ import torch
 from torch import nn
 
 from homefeed import schema
+from homefeed.config import TrainConfig
+
+
+def _train_default(knob: str):
+    """A knob's default is stated once, in the training config."""
+    return TrainConfig.model_fields[knob].default
 
 
 @dataclass(frozen=True)
 class SequenceConfig:
     seq_len: int = schema.SEQ_LEN
-    pin_dim: int = 32  # P: width of a pin vector (content + id embedding)
-    action_dim: int = 32
-    d_model: int = 96
-    num_layers: int = 2
-    num_heads: int = 2
-    dim_feedforward: int = 32
-    dropout: float = 0.1
-    time_window_ms: int = 86_400_000
-    time_window_mask_prob: float = 0.5
+    pin_dim: int = 32  # P: width of a pin vector (content + id embedding); the ranker sets it
+    action_dim: int = _train_default("embedding_dim")
+    d_model: int = _train_default("d_model")
+    num_layers: int = _train_default("num_layers")
+    num_heads: int = _train_default("num_heads")
+    dim_feedforward: int = _train_default("dim_feedforward")
+    dropout: float = _train_default("dropout")
+    time_window_ms: int = _train_default("time_window_ms")
+    time_window_mask_prob: float = _train_default("time_window_mask_prob")
     kept_tokens: int = 10  # TransAct v1.1 keeps the first 10 output tokens + a max-pooled one
+
+    @classmethod
+    def from_train(cls, cfg: TrainConfig) -> "SequenceConfig":
+        return cls(d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads, dim_feedforward=cfg.dim_feedforward,
+                   action_dim=cfg.embedding_dim, dropout=cfg.dropout, time_window_ms=cfg.time_window_ms,
+                   time_window_mask_prob=cfg.time_window_mask_prob)
 
 
 def never_fully_masked(mask: torch.Tensor) -> torch.Tensor:
@@ -129,8 +141,11 @@ class ConvPooling(CandidateIndependent):
 class RecurrentPooling(CandidateIndependent):
     """An RNN or LSTM read oldest → newest; the last state summarises the sequence."""
 
-    def __init__(self, cfg: SequenceConfig, cell: type[nn.RNNBase]):
+    CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM}
+
+    def __init__(self, cfg: SequenceConfig, cell: str):
         super().__init__()
+        cell = self.CELLS[cell]
         self.action_emb = nn.Embedding(schema.NUM_ACTION_CODES, cfg.pin_dim, padding_idx=schema.PADDING_ID)
         self.rnn = cell(cfg.pin_dim, cfg.d_model, batch_first=True)
         self.out_dim = cfg.d_model
@@ -221,19 +236,11 @@ class TransAct(SequenceModule):
         return kept.flatten(1) * kept.shape[1] ** -0.5  # (B, L*D) for v1.0, (B, (K+1)*D) for v1.1
 
 
-SEQUENCE_MODULES = {
-    "none": NoSequence,
-    "avgpool": AveragePooling,
-    "cnn": ConvPooling,
-    "rnn": lambda cfg: RecurrentPooling(cfg, nn.RNN),
-    "lstm": lambda cfg: RecurrentPooling(cfg, nn.LSTM),
-    "transformer": VanillaTransformer,
-    "transact_v10": lambda cfg: TransAct(cfg, "v1.0"),
-    "transact_v11": lambda cfg: TransAct(cfg, "v1.1"),
-}
-
-
 def build_sequence_module(name: str, cfg: SequenceConfig) -> SequenceModule:
-    if name not in SEQUENCE_MODULES:
-        raise ValueError(f"unknown sequence module {name!r}; choose one of {sorted(SEQUENCE_MODULES)}")
-    return SEQUENCE_MODULES[name](cfg)
+    """The sequence module of the model called ``name`` in ``models.catalog``."""
+    from models import catalog
+
+    model = catalog.entry(name)
+    if model.kind != "sequence":
+        raise ValueError(f"{name!r} is a {model.kind} model, not a sequence module; choose one of {list(catalog.SEQUENCE_MODULE_NAMES)}")
+    return model.build(cfg)

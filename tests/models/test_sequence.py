@@ -45,7 +45,7 @@ def test_flattened_output_has_the_norm_of_one_token(name):
 
 
 def test_unknown_module_is_rejected():
-    with pytest.raises(ValueError, match="unknown sequence module"):
+    with pytest.raises(ValueError, match="unknown model .mamba."):
         build_sequence_module("mamba", CFG)
 
 
