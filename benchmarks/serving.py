@@ -25,6 +25,13 @@ bootstrap (``load``-style ``extend``) and the rate of single ``/events``-style a
     .venv/bin/python benchmarks/serving.py [--candidates 500] [--requests 30] [--threads 2]
     .venv/bin/python benchmarks/serving.py --sections stores --stores memory,sqlite,redis
     .venv/bin/python benchmarks/serving.py --device cuda        # on a GPU machine
+    .venv/bin/python benchmarks/serving.py --sections transact  # issue 34: TransAct's paths and references
+
+The ``transact`` section scores the same requests' feature tables (built once, by the service's
+own feature path) with each variant of the model call, interleaved request by request: the
+per-row first layer (the path before issue 34), the per-sequence first layer eager and compiled
+(as ``serving.compile`` does), the plain reference (``benchmarks/reference_transact.py``, one
+sequence per candidate, as the official design computes it), and the same-FLOP matmul floor.
 """
 
 from __future__ import annotations
@@ -186,6 +193,63 @@ def main() -> None:
         latency_section(args, snapshot, workload, device, rng)
     if "stores" in args.sections:
         stores_section(args, snapshot, workload, device, rng)
+    if "transact" in args.sections:
+        transact_section(args, snapshot, workload, device, rng)
+
+
+def transact_section(args, snapshot, workload, device, rng) -> None:
+    """Issue 34: the model call of a 500-candidate request, per variant, on the same tables."""
+    import copy
+
+    from benchmarks.reference_transact import ReferenceTransAct
+    from benchmarks.request_level import expand
+    from homefeed.data import to_tensors
+    from models.compilation import compile_sequence_module
+
+    print(f"\nTransAct v1.1 model call, {args.candidates} candidates × 100 actions, {len(workload)} requests, interleaved")
+    print(f"| {'model sizes':<12} | {'variant':<30} | {'p50 ms':>8} | {'p99 ms':>8} | {'vs per-row p99':>14} |")
+    print(f"|{'-' * 14}|{'-' * 32}|{'-' * 10}|{'-' * 10}|{'-' * 16}|")
+    for sizes in args.sizes.split(","):
+        service = service_for(sizes, snapshot, device, rng)
+        model = service.model
+        tables = [features.instance_table(features.raw_rows(snapshot, service.store.history(user), user, REQUEST_TS, cands,
+                                                           model.delay_ms, model.seq_len), model.feature_stats)
+                  for user, cands in workload]
+        ranker = model.scorer.ranker
+        per_row_ranker = copy.deepcopy(ranker)
+        per_row_ranker.sequence.first_layer_per_sequence = False
+        compiled_ranker = copy.deepcopy(ranker)
+        outcome = compile_sequence_module(compiled_ranker, None)
+        print(f"  ({sizes}) {outcome.describe('per-sequence first layer')}")
+        reference = ReferenceTransAct(ranker.pins.content.cpu(), ranker.cfg.sequence, id_dim=ranker.cfg.id_dim).to(device).eval()
+        seq_len = ranker.cfg.sequence.seq_len
+
+        def call(network, per_row_batch=False):
+            def run(table):
+                batch = {k: v.to(device) for k, v in to_tensors(table, seq_len).items()}
+                return network(expand(batch) if per_row_batch else batch)
+            return run
+
+        variants = {"per-row first layer (before)": call(per_row_ranker), "per-sequence first layer": call(ranker),
+                    "per-sequence, compiled": call(compiled_ranker) if outcome.compiled else None,
+                    "reference (plain, per row)": call(reference, per_row_batch=True)}
+        variants = {k: v for k, v in variants.items() if v is not None}
+        latencies = {name: [] for name in variants}
+        with torch.inference_mode():
+            for name, run in variants.items():
+                run(tables[0])  # warm
+            for table in tables:
+                for name, run in variants.items():
+                    started = time.perf_counter()
+                    run(table)
+                    latencies[name].append(time.perf_counter() - started)
+        before = float(np.percentile(latencies["per-row first layer (before)"], 99))
+        for name, values in latencies.items():
+            p50, p99 = statistics.median(values), float(np.percentile(values, 99))
+            print(f"| {sizes:<12} | {name:<30} | {1000 * p50:>8.1f} | {1000 * p99:>8.1f} | {p99 / before:>13.2f}x |", flush=True)
+        if device.type == "cpu":
+            flops = request_flops(service, *workload[0])
+            print(f"| {sizes:<12} | {'same-FLOP matmul floor':<30} | {matmul_floor_ms(flops):>8.1f} | {'':>8} | {'':>14} |")
 
 
 def latency_section(args, snapshot, workload, device, rng) -> None:

@@ -163,6 +163,9 @@ class TrainConfig(_Section):
     # 2x avg-pool, nothing for TransAct). Rows by default: on the `make run` data TransAct v1.1
     # reached validation repin AUC 0.735 with rows and 0.724 with requests (one seed each).
     shuffle_unit: Literal["request", "row"] = "row"
+    # torch.compile TransAct's sequence module before training (models.compilation; eager with a
+    # line saying why when compiling fails). Kernels are cached under <storage root>/compile-cache.
+    compile: bool = False
     # LR/GBDT model selection as in the Pinnability seed: "time" (fit on the train days, check on
     # the validation day), "kfold" (cross-validation over the user folds of the train days, then
     # a fit on all of them) or "split_90_10" (fit on 9 user folds, check on the 10th).
@@ -268,6 +271,9 @@ class ServingConfig(_Section):
     event_log_roll_events: int = Field(10_000, ge=1)
     # Processes serving on one socket (uvicorn workers); above 1, /metrics adds all of them up.
     workers: int = Field(1, ge=1, le=64)
+    # torch.compile each loaded model's TransAct (champion, challenger, pool scoring) and warm it
+    # before the first request (seconds at load; models.compilation says how long, or why not).
+    compile: bool = False
     # Bearer token for POST /events and /admin/*; required when the service listens beyond loopback.
     token: str = Field("", json_schema_extra={"secret": True})
 

@@ -183,6 +183,12 @@ class InMemorySequenceStore:
             self.users.clear()
             self.sources.clear()
 
+    def replaced(self) -> bool:
+        return False  # it lives in this process: nothing outside can empty or swap it
+
+    def reopen(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

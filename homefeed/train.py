@@ -62,7 +62,7 @@ def build_ranker(cfg: TrainConfig, instances: InstanceDataset | str) -> Ranker:
 
 
 # Settings a resumed training may change: more epochs, more patience, other parallelism.
-RESUMABLE_SETTINGS = ("epochs", "patience", "num_processes", "num_threads", "use_gpu")
+RESUMABLE_SETTINGS = ("epochs", "patience", "num_processes", "num_threads", "use_gpu", "compile")
 
 
 def training_key(instances: InstanceDataset | str, cfg: TrainConfig) -> str:
@@ -168,6 +168,10 @@ def _set_up(instances_dir: str, out_dir: str, cfg: TrainConfig, tracking: tuple[
 
     dataset = InstanceDataset.open(instances_dir)
     model = build_ranker(cfg, dataset).to(device)
+    if cfg.compile:
+        from models.compilation import compile_sequence_module
+
+        progress.report("train: %s", compile_sequence_module(model, None, training=True).describe(f"{cfg.model} for training"))
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     train_stream = dataset.stream(
         "train", cfg.batch_size, seq_len=model.cfg.sequence.seq_len, shuffle=True,
@@ -392,6 +396,10 @@ def train(instances_dir: str, out_dir: str, cfg: Config, tracking: tuple[str, st
     ``tracking``: (MLflow tracking URI, run id) for the live loss and validation curves."""
     storage.require_published(instances_dir, "instances")
     tcfg = cfg.train
+    if tcfg.compile:  # the workers (torchrun's too) inherit where inductor caches its kernels
+        from models.compilation import cache_dir_under
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir_under(storage.local_path(cfg.storage.root)))
     if tcfg.model in BASELINE_NAMES:
         return train_baseline(instances_dir, out_dir, tcfg)
     if tcfg.num_processes == 1:

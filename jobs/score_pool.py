@@ -17,6 +17,7 @@ Output, one row per (user, pin), written atomically with a manifest:
 from __future__ import annotations
 
 import argparse
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from homefeed import schema, storage
 from homefeed.config import Config
 
 from jobs.build_instances import InputDataError, read_table
+from models.compilation import cache_dir_under
 
 _WORKER_CACHE: dict[tuple[str, str], Any] = {}
 
@@ -39,13 +41,17 @@ def output_schema() -> str:
     return f"user_id long, pin_id long, score double, {heads}, holdout boolean, model_version string, request_ts long"
 
 
-def _worker_state(model_dir: str, raw_root: str):
-    """The scorer and feature snapshot, loaded once per Python worker."""
+def _worker_state(model_dir: str, raw_root: str, compile_cache: str | None):
+    """The scorer (compiled and warmed with ``serving.compile``) and feature snapshot, loaded once
+    per Python worker."""
     key = (model_dir, raw_root)
     if key not in _WORKER_CACHE:
         from homefeed import features, registry
 
         python_model = registry.load_python_model(model_dir)
+        if compile_cache:
+            outcome = python_model.scorer.compile(Path(compile_cache))
+            logging.getLogger("homefeed").info("score-pool worker: %s", outcome.describe("the pool's model"))
         _WORKER_CACHE[key] = (python_model, features.FeatureSnapshot.load(raw_root))
     return _WORKER_CACHE[key]
 
@@ -55,7 +61,7 @@ def score_user(served: dict[str, Any], pin_ids: list[int], user_id: int, actions
     from homefeed import features, holdout
     from homefeed.registry import ServedModel
 
-    python_model, snapshot = _worker_state(served["model_dir"], served["raw_root"])
+    python_model, snapshot = _worker_state(served["model_dir"], served["raw_root"], served["compile_cache"])
     model = ServedModel(served["version"], python_model.scorer, python_model.utility, served["feature_stats"], served["delay_ms"],
                         served["seq_len"], served["raw_root"], served["holdout_fraction"], served["holdout_salt"])
     store = features.InMemorySequenceStore(snapshot, model.seq_len, margin=len(actions) + 1)
@@ -104,6 +110,7 @@ def run(spark: SparkSession, raw_root: str, pin_ids: list[int], out: str, cfg: C
             "model_dir": model_dir, "raw_root": cfg.serving.features_root or raw_root, "version": model.version,
             "request_ts": request_ts, "delay_ms": model.delay_ms, "seq_len": model.seq_len, "position": cfg.serving.position,
             "feature_stats": model.feature_stats, "holdout_fraction": model.holdout_fraction, "holdout_salt": model.holdout_salt,
+            "compile_cache": str(cache_dir_under(storage.local_path(cfg.storage.root))) if cfg.serving.compile else None,
         }
         scored = pool_scores(users, actions, sorted(set(pin_ids)), served)
         with storage.publish_dataset(out) as staging:

@@ -58,19 +58,20 @@ class SequenceConfig:
 
 
 def never_fully_masked(mask: torch.Tensor) -> torch.Tensor:
-    """Unmask the first position of rows with nothing to attend (attention would give NaN)."""
-    empty = mask.all(dim=1)
-    if empty.any():
-        mask = mask.clone()
-        mask[empty, 0] = False
-    return mask
+    """Unmask the first position of rows with nothing to attend (attention would give NaN).
+    Without a data-dependent branch, so that a compiled module keeps one graph."""
+    first = mask[:, :1] & ~mask.all(dim=1, keepdim=True)  # (B, 1)
+    return torch.cat([first, mask[:, 1:]], dim=1)
 
 
 def key_padding_mask(mask: torch.Tensor, training: bool) -> torch.Tensor | None:
-    """The mask for attention, or None in inference when it hides nothing (full histories at
-    serve time): the masked softmax cost ~18% of a 500-candidate request on CPU (paper sizes,
-    277 → 233 ms) and is a no-op then. Training keeps it: checking would sync a GPU every step."""
-    return mask if training or bool(mask.any()) else None
+    """The mask for attention, or None in eager inference when it hides nothing (full histories
+    at serve time): the masked softmax cost ~18% of a 500-candidate request on CPU (paper sizes,
+    277 → 233 ms) and is a no-op then. Training keeps it (checking would sync a GPU every step),
+    and so does a compiled module (the check would break its graph; inductor fuses the mask)."""
+    if training or torch.compiler.is_compiling():
+        return mask
+    return mask if bool(mask.any()) else None
 
 
 def masked_mean(x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
@@ -195,6 +196,7 @@ class TransAct(SequenceModule):
         self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         kept = cfg.seq_len if version == "v1.0" else cfg.kept_tokens + 1
         self.out_dim = kept * cfg.d_model
+        self.first_layer_per_sequence = True  # not a parameter: checkpoints load either way
 
     def time_window_mask(self, action_ts: torch.Tensor, request_ts: torch.Tensor) -> torch.Tensor:
         """Training only: hide actions within a random window before the request (True = hidden).
@@ -207,14 +209,50 @@ class TransAct(SequenceModule):
         age = request_ts.unsqueeze(1) - action_ts  # (B, L) ms before the request
         return applied.unsqueeze(1) & (age < span.unsqueeze(1))  # (B, L)
 
-    def fused_projection(self, tokens, actions, index, candidate) -> torch.Tensor:
-        """``proj([candidate; action; pin])`` per example, its sequence part computed per sequence:
-        W·[c; a; e] + b = (W_c·c + b) + W_ae·[a; e]."""
+    def fused_projection(self, tokens, actions, index, candidate) -> tuple[torch.Tensor, torch.Tensor]:
+        """``proj([candidate; action; pin])`` split exactly into its parts: W·[c; a; e] + b =
+        W_ae·[a; e] (per sequence, no bias) + (W_c·c + b) (per candidate)."""
         P = candidate.shape[-1]
         w_candidate, w_sequence = self.proj.weight[:, :P], self.proj.weight[:, P:]  # (D, P), (D, A+P)
         per_sequence = nn.functional.linear(torch.cat([self.action_emb(actions), tokens], dim=-1), w_sequence)  # (U, L, D)
         per_candidate = nn.functional.linear(candidate, w_candidate, self.proj.bias)  # (B, D)
-        return per_sequence[index] + per_candidate.unsqueeze(1)  # (B, L, D)
+        return per_sequence, per_candidate
+
+    def first_layer(self, s: torch.Tensor, c: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The first encoder layer over the tokens x_j = s_j + c, with its attention's sequence
+        part computed once per sequence (exact; issue 34 has the algebra).
+
+        With q = xW_q + b_q etc., per head: ``(qs_i + qc)·(ks_j + kc)`` differs from
+        ``(qs_i + qc)·ks_j`` by a term constant in j, which the softmax cancels, so the keys are
+        ks alone. So the Q/K/V projections of the L tokens run per sequence (U·L rows instead of
+        B·L), and per candidate only ``c·W_q`` and ``c·W_v``, added by broadcasting. (The values
+        keep ``vs_j + vc``: ``A·vs + vc`` would be exact only while each row of A sums to 1, which
+        attention dropout breaks.) Masks and dropout are per row, as in the layer, and draw the
+        same random bits for the same seed (a test holds it)."""
+        layer = self.encoder.layers[0]
+        attention = layer.self_attn
+        D, H = attention.embed_dim, attention.num_heads
+        B, L, dh = index.shape[0], s.shape[1], D // H
+        w, b = attention.in_proj_weight, attention.in_proj_bias  # (3D, D), (3D,)
+        qs, ks, vs = nn.functional.linear(s, w).chunk(3, dim=-1)  # each (U, L, D)
+        qc = nn.functional.linear(c, w[:D], b[:D])  # (B, D)
+        vc = nn.functional.linear(c, w[2 * D:], b[2 * D:])  # (B, D)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (U, L, D) -> (U, H, L, dh)
+            return t.view(t.shape[0], L, H, dh).transpose(1, 2)
+
+        q = heads(qs)[index] + qc.view(B, H, 1, dh)  # (B, H, L, dh)
+        v = heads(vs)[index] + vc.view(B, H, 1, dh)  # (B, H, L, dh)
+        keep = None if mask is None else ~mask.view(B, 1, 1, L)  # True = attend
+        dropout = attention.dropout if self.training else 0.0
+        out = nn.functional.scaled_dot_product_attention(q, heads(ks)[index], v, attn_mask=keep, dropout_p=dropout)  # (B, H, L, dh)
+        # Laid out (L, B, D) in memory as nn.MultiheadAttention lays out its output, so that the
+        # dropout after it draws the same bits for the same seed (dropout draws in memory order).
+        out = out.permute(2, 0, 1, 3).reshape(L, B, D)  # (L, B, D)
+        x = s[index] + c.unsqueeze(1)  # (B, L, D): the layer's input, for the residual
+        # Post-norm, as nn.TransformerEncoderLayer (norm_first=False) computes it.
+        x = layer.norm1(x + layer.dropout1(attention.out_proj(out).transpose(0, 1)))
+        return layer.norm2(x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))))
 
     def forward(self, tokens, actions, action_ts, index, request_ts, candidate):
         mask = actions[index] == schema.PADDING_ID  # (B, L)
@@ -224,7 +262,14 @@ class TransAct(SequenceModule):
         # The mask hides keys only, as in the paper: a hidden position's own output row still carries
         # its token through the residual path. Zeroing those rows was measured (400k simulated
         # impressions, before the scaling below): v1.1 test repin AUC 0.7273 vs 0.7328, v1.0 unchanged.
-        x = self.encoder(self.fused_projection(tokens, actions, index, candidate), src_key_padding_mask=key_padding_mask(mask, self.training))  # (B, L, D)
+        padding = key_padding_mask(mask, self.training)
+        per_sequence, per_candidate = self.fused_projection(tokens, actions, index, candidate)  # (U, L, D), (B, D)
+        if self.first_layer_per_sequence:
+            x = self.first_layer(per_sequence, per_candidate, index, padding)  # (B, L, D)
+        else:  # the per-row computation it replaces (benchmarks compare the two)
+            x = self.encoder.layers[0](per_sequence[index] + per_candidate.unsqueeze(1), src_key_padding_mask=padding)
+        for layer in self.encoder.layers[1:]:
+            x = layer(x, src_key_padding_mask=padding)  # (B, L, D)
         if self.version == "v1.0":
             kept = x  # (B, L, D)
         else:

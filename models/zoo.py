@@ -13,6 +13,7 @@ import torch
 from homefeed import schema
 from models import BASELINE_NAMES, MODEL_NAMES
 from models.baselines import FlatBaseline
+from models.compilation import CompileOutcome, compile_sequence_module
 from models.ranker import Ranker
 
 MODEL_INFO = "model_info.json"
@@ -28,6 +29,10 @@ class Scorer(Protocol):
 class NeuralScorer:
     def __init__(self, name: str, ranker: Ranker, batch_size: int = 4096):
         self.name, self.ranker, self.batch_size = name, ranker.eval(), batch_size
+
+    def compile(self, cache_dir: Path | None) -> CompileOutcome:
+        """Compile the ranker's sequence module and warm it for scoring (models.compilation)."""
+        return compile_sequence_module(self.ranker, cache_dir)
 
     def predict(self, table: pa.Table) -> np.ndarray:
         from homefeed.data import to_tensors
@@ -48,6 +53,9 @@ class BaselineScorer:
 
     def predict(self, table: pa.Table) -> np.ndarray:
         return self.baseline.predict(table)
+
+    def compile(self, cache_dir: Path | None) -> CompileOutcome:
+        return CompileOutcome(False, 0.0, "nothing to compile: a baseline has no sequence module", attempted=False)
 
 
 def write_model_info(directory: str | Path, name: str, extra: dict | None = None) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from homefeed import arms, experiments, features, holdout, schema, sequence_store
+from homefeed import arms, experiments, features, holdout, schema, sequence_store, storage
 from homefeed.config import Config
 from homefeed.event_log import EventLog, ExposureLog, log_root
 from homefeed.registry import NoServableModel, ServedModel, load_served_model  # noqa: F401 - the service's model, re-exported for its users
@@ -79,6 +79,17 @@ def fill_store(store: sequence_store.SequenceStore, roots: list[str]) -> None:
             bootstrap(store, root)
 
 
+def compiled(cfg: Config, model: ServedModel, role: str) -> ServedModel:
+    """With ``serving.compile``, the model's TransAct compiled and warmed before it serves
+    (seconds, said in the log with where its kernels are cached, or why it stays eager)."""
+    if cfg.serving.compile:
+        from models.compilation import cache_dir_under
+
+        outcome = model.scorer.compile(cache_dir_under(storage.local_path(cfg.storage.root)))
+        log.info("%s", outcome.describe(f"{role} v{model.version}"))
+    return model
+
+
 def bootstrap(store: sequence_store.SequenceStore, raw_root: str) -> None:
     """Load what the store does not hold yet of the raw action log; serve regardless (said loudly)."""
     log.info("sequence store %s: loading the action log of %s", store.describe(), raw_root)
@@ -110,7 +121,7 @@ class RankingService:
     @classmethod
     def from_registry(cls, cfg: Config) -> "RankingService":
         """The champion, its snapshot, the configured store (filled from the log) and the event log."""
-        model = load_served_model(cfg, cfg.serving.alias)
+        model = compiled(cfg, load_served_model(cfg, cfg.serving.alias), cfg.serving.alias)
         raw_root = cfg.serving.features_root or model.raw_root
         snapshot = features.FeatureSnapshot.load(raw_root)
         store = sequence_store.open_configured(cfg, snapshot, model.seq_len)
@@ -168,7 +179,7 @@ class RankingService:
         from homefeed import registry
 
         try:
-            challenger = registry.load_served_version(cfg, experiment.challenger_version)
+            challenger = compiled(cfg, registry.load_served_version(cfg, experiment.challenger_version), "challenger")
         except Exception as exc:  # noqa: BLE001 - any failure: the champion serves everyone, said and counted
             self.challenger_load_failures += 1
             error = f"challenger v{experiment.challenger_version} of experiment {experiment.name} not loaded ({type(exc).__name__}: {exc})"
@@ -187,7 +198,7 @@ class RankingService:
         experiment_changed = self.follow_experiment(cfg)
         if registry.alias_version(cfg, cfg.serving.alias) == self.model.version:
             return experiment_changed
-        model = load_served_model(cfg, cfg.serving.alias)
+        model = compiled(cfg, load_served_model(cfg, cfg.serving.alias), cfg.serving.alias)  # the old one serves meanwhile
         root = cfg.serving.features_root or model.raw_root
         if root != (cfg.serving.features_root or self.model.raw_root):
             self.use_snapshot(features.FeatureSnapshot.load(root))

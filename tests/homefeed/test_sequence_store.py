@@ -281,3 +281,16 @@ def test_two_raw_roots_whose_folders_share_a_name_both_load(tmp_path):
     assert load_actions(store, tmp_path / "a" / "raw")["events_added"] == 1
     assert load_actions(store, tmp_path / "b" / "raw")["events_added"] == 1  # before: refused as "changed since it was loaded"
     assert len(store.history(5).events) == 2
+
+
+def test_every_store_implements_the_whole_protocol():
+    """The in-process store lacked replaced()/reopen(): a service over it failed its first store
+    check a second after start (found by benchmarks/serving.py)."""
+    from homefeed.sequence_store import SequenceStore
+
+    methods = [name for name in vars(SequenceStore) if not name.startswith("_") and callable(getattr(SequenceStore, name))]
+    assert {"replaced", "reopen", "history"} <= set(methods)
+    for store in (features.InMemorySequenceStore, SqliteSequenceStore, RedisSequenceStore):
+        missing = [name for name in methods if not callable(getattr(store, name, None))]
+        assert not missing, (store.__name__, missing)
+    assert features.InMemorySequenceStore(SNAPSHOT).replaced() is False

@@ -129,6 +129,60 @@ def test_shared_sequences_give_the_per_row_outputs(name, training):
     assert torch.allclose(shared, per_row, atol=1e-5, rtol=1e-4)
 
 
+def _dropout_transact(name, layers):
+    cfg = SequenceConfig(**{**CFG.__dict__, "time_window_ms": 8_000, "time_window_mask_prob": 0.7, "dropout": 0.3, "num_layers": layers})
+    return build_sequence_module(name, cfg)
+
+
+@pytest.mark.parametrize("rows", ["shared (U < B)", "one per row (U = B)"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", ["transact_v10", "transact_v11"])
+def test_transact_first_layer_per_sequence_equals_the_per_row_encoder_with_dropout(name, training, rows):
+    """Issue 34: the first layer's attention computed per sequence is today's per-row layer, to
+    fp32 rounding, in training too: with dropout 0.3 the same seed draws the same bits, and the
+    gradients of every parameter agree."""
+    module = _dropout_transact(name, layers=2).train(training)
+    tokens, actions, action_ts, index, request_ts, candidate = shared_batch()
+    if rows.startswith("one per row"):
+        tokens, actions, action_ts, index = tokens[index], actions[index], action_ts[index], torch.arange(len(index))
+    torch.manual_seed(11)
+    new = module(tokens, actions, action_ts, index, request_ts, candidate)
+    new_grads = torch.autograd.grad(new.square().sum(), list(module.parameters()), allow_unused=True)
+    torch.manual_seed(11)
+    old = old_transact_forward(module, tokens[index], actions[index], action_ts[index], request_ts, candidate)
+    old_grads = torch.autograd.grad(old.square().sum(), list(module.parameters()), allow_unused=True)
+    assert torch.allclose(new, old, atol=1e-5, rtol=1e-4)
+    for (label, _), a, b in zip(module.named_parameters(), new_grads, old_grads):
+        assert (a is None) == (b is None), label
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), label
+
+
+def test_the_dropout_equality_would_catch_a_first_layer_that_draws_other_bits():
+    """The negative case: with the values' candidate part added after attention (exact only
+    while attention rows sum to 1), training with dropout no longer matches."""
+    module = _dropout_transact("transact_v11", layers=1).train()
+    tokens, actions, action_ts, index, request_ts, candidate = shared_batch()
+    torch.manual_seed(11)
+    old = old_transact_forward(module, tokens[index], actions[index], action_ts[index], request_ts, candidate)
+    old_eval = old_transact_forward(module.eval(), tokens[index], actions[index], action_ts[index], request_ts, candidate)
+    module.train()
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def values_without_candidate(q, k, v, **kwargs):  # what A·vs + vc would give under dropout
+        return original(q, k, v - v.mean(dim=2, keepdim=True), **kwargs) + v.mean(dim=2, keepdim=True)
+
+    torch.nn.functional.scaled_dot_product_attention = values_without_candidate
+    try:
+        torch.manual_seed(11)
+        broken = module(tokens, actions, action_ts, index, request_ts, candidate)
+        module.eval()  # without dropout the rows sum to 1 and it is exact again
+        still_exact = torch.allclose(module(tokens, actions, action_ts, index, request_ts, candidate), old_eval, atol=1e-5)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+    assert not torch.allclose(broken, old, atol=1e-3) and still_exact
+
+
 def test_transact_candidate_changes_the_output_but_shares_the_sequence_projection():
     module = build_sequence_module("transact_v11", CFG).eval()
     tokens, actions, action_ts, index, request_ts, candidate = shared_batch()

@@ -1,0 +1,100 @@
+"""``torch.compile`` for a ranker's sequence module: warmed before use, cached, eager on failure.
+
+Measured (``benchmarks/serving.py --sections transact``): compiled by inductor, TransAct's
+per-sequence first layer fuses its bias, mask, softmax and matmuls; eager it does not. So the
+service (``serving.compile``), pool scoring and training (``train.compile``) can compile it.
+Compiling costs seconds (inductor writes C++ and builds it): done once at load, on synthetic
+inputs of two batch sizes so that the candidate count is dynamic from the first request, with
+inductor's cache under the storage root so that the next start reuses the kernels. Anything that
+fails while compiling (no C++ compiler, an unsupported op) leaves the module eager, and the
+outcome says why in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from homefeed import schema
+
+# Two request sizes at warm-up: the second marks the batch size dynamic, so a request of any
+# size reuses the same kernels (sizes 0 and 1 are special to the compiler; these are neither).
+WARM_BATCHES = (7, 9)
+
+
+@dataclass(frozen=True)
+class CompileOutcome:
+    compiled: bool
+    seconds: float
+    detail: str  # where the kernels are cached, or why the module stayed eager
+    attempted: bool = True
+
+    def describe(self, what: str) -> str:
+        if self.compiled:
+            return f"{what}: compiled in {self.seconds:.1f} s ({self.detail})"
+        if not self.attempted:
+            return f"{what}: eager ({self.detail})"
+        return f"{what}: running eager, compiling failed after {self.seconds:.1f} s: {self.detail}"
+
+
+def cache_dir_under(storage_root: str | Path) -> Path:
+    return Path(storage_root) / "compile-cache"
+
+
+def compile_sequence_module(ranker: torch.nn.Module, cache_dir: Path | None, training: bool = False) -> CompileOutcome:
+    """Compile ``ranker.sequence`` in place and run it on synthetic inputs (forward only for
+    inference; forward and backward for training, gradients cleared after). On any failure the
+    module's eager forward is restored."""
+    from models.sequence import TransAct
+
+    module = ranker.sequence
+    if not isinstance(module, TransAct):
+        return CompileOutcome(False, 0.0, f"nothing to compile: {type(module).__name__} encodes each sequence once", attempted=False)
+    started = time.monotonic()
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # Inductor reads its cache's place from here whenever it needs it (and, when unset, sets
+        # its own default in /tmp on first use): set it for this compilation.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
+    eager = module.forward
+    try:
+        module.forward = torch.compile(eager, dynamic=True)
+        for batch in WARM_BATCHES:
+            _warm(module, batch, training)
+    except Exception as exc:  # the service must keep serving: eager, and say why
+        module.forward = eager
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return CompileOutcome(False, time.monotonic() - started, f"{type(exc).__name__}: {first[:300]}")
+    finally:
+        if training:
+            ranker.zero_grad(set_to_none=True)
+    where = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "inductor's default cache")
+    return CompileOutcome(True, time.monotonic() - started, f"kernels cached in {where}")
+
+
+def _warm(module: torch.nn.Module, batch: int, training: bool) -> None:
+    """One call on a sequence shared by ``batch`` candidates, as a request is scored."""
+    cfg = module.cfg
+    parameter = next(module.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    tokens = torch.randn(1, cfg.seq_len, cfg.pin_dim, generator=generator).to(device)  # (U, L, P)
+    actions = torch.randint(1, schema.NUM_ACTION_CODES, (1, cfg.seq_len), generator=generator).to(device)  # (U, L)
+    action_ts = torch.arange(cfg.seq_len, 0, -1, device=device).unsqueeze(0) * 1000  # (U, L) newest first
+    index = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
+    request_ts = torch.full((batch,), cfg.seq_len * 1000 + 1, device=device)  # (B,)
+    candidate = torch.randn(batch, cfg.pin_dim, generator=generator).to(device)  # (B, P)
+    was_training = module.training
+    module.train(training)
+    try:
+        if training:
+            module(tokens, actions, action_ts, index, request_ts, candidate).sum().backward()
+        else:
+            with torch.inference_mode():
+                module(tokens, actions, action_ts, index, request_ts, candidate)
+    finally:
+        module.train(was_training)
