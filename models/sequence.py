@@ -197,6 +197,10 @@ class TransAct(SequenceModule):
         kept = cfg.seq_len if version == "v1.0" else cfg.kept_tokens + 1
         self.out_dim = kept * cfg.d_model
         self.first_layer_per_sequence = True  # not a parameter: checkpoints load either way
+        # How the first layer's attention is computed (both exact): "sdpa", torch's fused kernel over
+        # per-candidate queries; or "logits", qs·ksᵀ once per sequence plus a per-candidate bias,
+        # which wins only compiled and at wide heads. models.compilation chooses by measuring both.
+        self.attention_kernel = "sdpa"
 
     def time_window_mask(self, action_ts: torch.Tensor, request_ts: torch.Tensor) -> torch.Tensor:
         """Training only: hide actions within a random window before the request (True = hidden).
@@ -241,11 +245,14 @@ class TransAct(SequenceModule):
         def heads(t: torch.Tensor) -> torch.Tensor:  # (U, L, D) -> (U, H, L, dh)
             return t.view(t.shape[0], L, H, dh).transpose(1, 2)
 
-        q = heads(qs)[index] + qc.view(B, H, 1, dh)  # (B, H, L, dh)
         v = heads(vs)[index] + vc.view(B, H, 1, dh)  # (B, H, L, dh)
-        keep = None if mask is None else ~mask.view(B, 1, 1, L)  # True = attend
         dropout = attention.dropout if self.training else 0.0
-        out = nn.functional.scaled_dot_product_attention(q, heads(ks)[index], v, attn_mask=keep, dropout_p=dropout)  # (B, H, L, dh)
+        if self.attention_kernel == "logits":
+            out = _attention_from_sequence_logits(heads(qs), heads(ks), qc.view(B, H, dh), v, index, mask, dropout)
+        else:
+            q = heads(qs)[index] + qc.view(B, H, 1, dh)  # (B, H, L, dh)
+            keep = None if mask is None else ~mask.view(B, 1, 1, L)  # True = attend
+            out = nn.functional.scaled_dot_product_attention(q, heads(ks)[index], v, attn_mask=keep, dropout_p=dropout)  # (B, H, L, dh)
         # Laid out (L, B, D) in memory as nn.MultiheadAttention lays out its output, so that the
         # dropout after it draws the same bits for the same seed (dropout draws in memory order).
         out = out.permute(2, 0, 1, 3).reshape(L, B, D)  # (L, B, D)
@@ -279,6 +286,24 @@ class TransAct(SequenceModule):
         # L·D = 3,200 inputs swamped the ~100 others (validation repin AUC 0.63 vs 0.71 after one
         # epoch on 400k simulated impressions); v1.1 measured the same either way.
         return kept.flatten(1) * kept.shape[1] ** -0.5  # (B, L*D) for v1.0, (B, (K+1)*D) for v1.1
+
+
+def _attention_from_sequence_logits(qs, ks, qc, v, index, mask, dropout: float) -> torch.Tensor:
+    """softmax_j(qs_i·ks_j + qc·ks_j + mask_j) · v with ``qs·ksᵀ`` computed once per sequence and
+    ``qc·ksᵀ`` one (L,) bias per candidate: the first-layer algebra of issue 34, written so that
+    inductor fuses the gather, the bias, the mask, the softmax and the matmul.
+
+    qs, ks (U, H, L, dh) per sequence; qc (B, H, dh) per candidate; v (B, H, L, dh); index (B,);
+    mask (B, L) True where hidden, or None -> (B, H, L, dh)."""
+    scale = qs.shape[-1] ** -0.5
+    per_sequence = (qs * scale) @ ks.transpose(-1, -2)  # (U, H, L, L)
+    keys = ks[index]  # (B, H, L, dh)
+    bias = (keys @ (qc * scale).unsqueeze(-1)).squeeze(-1)  # (B, H, L): the candidate's term per key
+    logits = per_sequence[index] + bias.unsqueeze(2)  # (B, H, L, L)
+    if mask is not None:
+        logits = logits.masked_fill(mask[:, None, None, :], float("-inf"))
+    weights = nn.functional.dropout(logits.softmax(dim=-1), dropout, training=dropout > 0)  # (B, H, L, L)
+    return weights @ v  # (B, H, L, dh)
 
 
 def build_sequence_module(name: str, cfg: SequenceConfig) -> SequenceModule:

@@ -19,6 +19,7 @@ def test_a_compiled_transact_scores_as_eager_at_any_size_and_caches_its_kernels(
     outcome = compilation.compile_sequence_module(compiled, tmp_path / "cache")
     assert outcome.compiled, outcome.detail
     assert "compiled in" in outcome.describe("v1") and str(tmp_path / "cache") in outcome.detail
+    assert "attention kernel" in outcome.detail and compiled.sequence.attention_kernel in ("sdpa", "logits")
     assert any((tmp_path / "cache").rglob("*.py"))  # inductor's generated kernels
     with torch.inference_mode():
         for seed in (1, 2):  # another batch of another size than the warm-up's

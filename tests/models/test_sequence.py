@@ -134,14 +134,16 @@ def _dropout_transact(name, layers):
     return build_sequence_module(name, cfg)
 
 
+@pytest.mark.parametrize("kernel", ["sdpa", "logits"])
 @pytest.mark.parametrize("rows", ["shared (U < B)", "one per row (U = B)"])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("name", ["transact_v10", "transact_v11"])
-def test_transact_first_layer_per_sequence_equals_the_per_row_encoder_with_dropout(name, training, rows):
-    """Issue 34: the first layer's attention computed per sequence is today's per-row layer, to
-    fp32 rounding, in training too: with dropout 0.3 the same seed draws the same bits, and the
-    gradients of every parameter agree."""
+def test_transact_first_layer_per_sequence_equals_the_per_row_encoder_with_dropout(name, training, rows, kernel):
+    """Issue 34: the first layer's attention computed per sequence (either kernel) is today's
+    per-row layer, to fp32 rounding, in training too: with dropout 0.3 the same seed draws the
+    same bits, and the gradients of every parameter agree."""
     module = _dropout_transact(name, layers=2).train(training)
+    module.attention_kernel = kernel
     tokens, actions, action_ts, index, request_ts, candidate = shared_batch()
     if rows.startswith("one per row"):
         tokens, actions, action_ts, index = tokens[index], actions[index], action_ts[index], torch.arange(len(index))
