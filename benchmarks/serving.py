@@ -218,9 +218,14 @@ def transact_section(args, snapshot, workload, device, rng) -> None:
         ranker = model.scorer.ranker
         per_row_ranker = copy.deepcopy(ranker)
         per_row_ranker.sequence.first_layer_per_sequence = False
-        compiled_ranker = copy.deepcopy(ranker)
-        outcome = compile_sequence_module(compiled_ranker, None)
-        print(f"  ({sizes}) {outcome.describe('per-sequence first layer')}")
+        compiled = {}
+        for kernel in ("sdpa", "logits"):  # each forced, to show both; serving.compile measures and keeps the fastest
+            compiled[kernel] = copy.deepcopy(ranker)
+            compiled[kernel].sequence.attention_kernel = kernel
+            outcome = compile_sequence_module(compiled[kernel], None, measure=False)
+            print(f"  ({sizes}) {outcome.describe(f'per-sequence first layer, {kernel}')}")
+            if not outcome.compiled:
+                del compiled[kernel]
         reference = ReferenceTransAct(ranker.pins.content.cpu(), ranker.cfg.sequence, id_dim=ranker.cfg.id_dim).to(device).eval()
         seq_len = ranker.cfg.sequence.seq_len
 
@@ -231,9 +236,8 @@ def transact_section(args, snapshot, workload, device, rng) -> None:
             return run
 
         variants = {"per-row first layer (before)": call(per_row_ranker), "per-sequence first layer": call(ranker),
-                    "per-sequence, compiled": call(compiled_ranker) if outcome.compiled else None,
+                    **{f"per-sequence, compiled {kernel}": call(network) for kernel, network in compiled.items()},
                     "reference (plain, per row)": call(reference, per_row_batch=True)}
-        variants = {k: v for k, v in variants.items() if v is not None}
         latencies = {name: [] for name in variants}
         with torch.inference_mode():
             for name, run in variants.items():

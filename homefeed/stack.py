@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from homefeed import processes, storage
+from homefeed.airflow_setup import REPO_ROOT
 from homefeed.config import Config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "homefeed"
 USER = "homefeed"
 PORTS = ("postgres", "mlflow", "spark_master", "spark_master_ui", "spark_worker_1", "spark_worker_2", "airflow", "serve")

@@ -55,7 +55,7 @@ class BaselineScorer:
         return self.baseline.predict(table)
 
     def compile(self, cache_dir: Path | None) -> CompileOutcome:
-        return CompileOutcome(False, 0.0, "nothing to compile: a baseline has no sequence module", attempted=False)
+        return CompileOutcome(False, 0.0, "nothing to compile: a baseline has no sequence module")
 
 
 def write_model_info(directory: str | Path, name: str, extra: dict | None = None) -> None:

@@ -505,16 +505,17 @@ def test_the_docs_render_offline_in_a_browser(cfg, champion, tmp_path):
 
 @pytest.mark.slow  # inductor builds C++ (~20 s)
 def test_a_compiled_service_warms_before_serving_and_ranks_as_the_eager_one(cfg, champion, client, test_rows, caplog):
-    """Issue 34: with serving.compile the champion's TransAct is compiled at start (the log says
-    how long and where its kernels are cached) and scores as eager does."""
+    """Issue 34: with serving.compile the champion's TransAct is compiled at start, the fastest of
+    eager and the compiled kernels is kept (the log says which, with the timings), and it scores
+    as eager does."""
     import logging
 
     compiled_cfg = cfg.with_overrides({"serving": {"compile": True}})
     with caplog.at_level(logging.INFO, logger="homefeed.serving.service"):
         service = RankingService.from_registry(compiled_cfg)
-    said = [r.getMessage() for r in caplog.records if "compiled in" in r.getMessage()]
-    assert said and f"champion v{champion}: compiled in" in said[0] and "compile-cache" in said[0]
-    assert any((Path(cfg.storage.root) / "compile-cache").rglob("*.py"))
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"champion v{champion}: ")]
+    assert said and "first layer on 512 candidates: " in said[0] and " kept" in said[0], said
+    assert any((Path(cfg.storage.root) / "compile-cache").rglob("*.py"))  # inductor's kernels, under the root
     user = _users(test_rows, cfg, held_out=False)[0]
     request = _request(test_rows, user)
     candidates = [features.Candidate(c["pin_id"], c["ts"], c["source"]) for c in request["candidates"]]
