@@ -80,10 +80,8 @@ class InstancesBuilt(StageResult):
 
 
 @dataclass(frozen=True)
-class InstancesValidated(StageResult):
-    suites: list[str]
+class InstancesValidated(RawValidated):  # the instances' suites, and the drift check against the last run
     drift: str
-    data_docs: str
 
 
 @dataclass(frozen=True)
@@ -253,7 +251,7 @@ def validate_instances(ctx: RunContext) -> InstancesValidated:
     spark = _spark(ctx.cfg)
     reports = validation.validate(spark, "instances", instances, ctx.cfg, ctx.directory / "data_docs")
     shift = check_drift(ctx.cfg, spark, instances, ctx.directory)
-    return InstancesValidated([r.describe() for r in reports], shift, str(ctx.directory / "data_docs" / "index.html"))
+    return InstancesValidated([r.describe() for r in reports], str(ctx.directory / "data_docs" / "index.html"), shift)
 
 
 def check_drift(cfg: Config, spark, instances: str, directory: Path) -> str:
@@ -396,7 +394,7 @@ def report(ctx: RunContext) -> Reported:
     return Reported(str(path))
 
 
-def _suites_passed(result: RawValidated | InstancesValidated) -> str:
+def _suites_passed(result: RawValidated) -> str:
     return f"{len(result.suites)} suites passed"
 
 
