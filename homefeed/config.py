@@ -334,10 +334,25 @@ class ExperimentsConfig(_Section):
     decision: DecisionConfig = DecisionConfig()
 
 
+class EmbeddingsConfig(_Section):
+    """Learned pin embeddings (``homefeed embed-pins``, jobs/embed_pins.py): a PinSage stand-in."""
+
+    # none: the pins' content vectors as they are; word2vec: item2vec over each user's time-ordered
+    # engaged pins; als: implicit ALS on the user × pin engagement counts (both Spark MLlib).
+    method: Literal["none", "word2vec", "als"] = "none"
+    # The width of a learned vector; the content vectors' by default, so either can stand in.
+    dim: int = Field(schema.EMBEDDING_DIM, ge=2, le=512)
+    window: int = Field(5, ge=1)  # word2vec's context window, in engaged pins
+    min_engagements: int = Field(5, ge=1)  # fewer: the pin keeps its (projected) content vector
+    iterations: int = Field(1, ge=1)
+    seed: int = 7
+
+
 class Config(_Section):
     storage: StorageConfig = StorageConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     instances: InstancesConfig = InstancesConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
     spark: SparkConfig = SparkConfig()
     validation: ValidationConfig = ValidationConfig()
     train: TrainConfig = TrainConfig()

@@ -206,7 +206,7 @@ def test_the_command_names_are_unchanged():
     group = typer.main.get_command(app)
     names = {name: sorted(getattr(command, "commands", {}) or []) for name, command in group.commands.items()}
     assert names == {
-        "generate": [], "import-kuairand": [], "build-instances": [], "config": [], "validate": [], "instances": ["show"],
+        "generate": [], "import-kuairand": [], "build-instances": [], "embed-pins": [], "config": [], "validate": [], "instances": ["show"],
         "models": [], "train": [], "evaluate": [], "compare": [], "monitor": [], "simulate-loop": [], "score-pool": [],
         "promote": [], "rollback": [], "registry": ["history", "show"], "simulate-experiment": [],
         "experiment": ["readout", "start", "status", "stop"], "serve": [], "sequences": ["load", "show"],

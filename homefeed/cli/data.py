@@ -83,6 +83,36 @@ def build_instances(
                            "splits": {k: v["rows"] for k, v in manifest["splits"].items()}}))
 
 
+@commands.command("embed-pins")
+def embed_pins(
+    raw: Annotated[Path, typer.Option(help="Raw data root")],
+    end: Annotated[str, typer.Option(help="The last day whose engagement it may read, YYYY-MM-DD (inclusive)")],
+    out: Annotated[Path, typer.Option(help="Embedding table to publish (pin_id, embedding, source)")],
+    method: Annotated[Optional[str], typer.Option(help="word2vec | als; empty: the config's embeddings.method")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Learn pin embeddings from engagement up to --end (Spark MLlib), a PinSage stand-in."""
+    from homefeed.spark import session
+    from homefeed.storage import StorageError
+    from jobs import embed_pins as job
+
+    cfg = _config(config, {"embeddings": {"method": method}} if method else None)
+    try:
+        last_day = date.fromisoformat(end)
+    except ValueError:
+        typer.echo(f"error: --end {end!r} is not a date (YYYY-MM-DD)", err=True)
+        raise typer.Exit(2) from None
+    started = _step(f"learning {cfg.embeddings.method} pin embeddings from {raw} up to {last_day}")
+    try:
+        manifest = job.run(session(cfg, "embed-pins"), str(raw), str(out), cfg, last_day)
+    except (job.InputDataError, StorageError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _done(started)
+    typer.echo(json.dumps({"out": str(out), "method": manifest["method"], "learned": manifest["learned"],
+                           "content": manifest["content"], "coverage": manifest["coverage"]}))
+
+
 @instances_app.command("show")
 def instances_show(
     directory: Annotated[Path, typer.Argument(help="Published instance dataset")],

@@ -225,3 +225,12 @@ def test_a_failed_train_marks_its_mlflow_run_failed_with_the_reason(tmp_path, mo
     run_id = result.stderr.split("MLflow run ")[-1].split(" ")[0]
     status, tags = registry.run_state(load_config(), run_id)
     assert status == "FAILED" and "missing" in tags["homefeed.error"]
+
+
+def test_embed_pins_refuses_a_bad_day_and_an_end_without_engagement(raw_dir, tmp_path):
+    bad = runner.invoke(app, ["embed-pins", "--raw", str(raw_dir), "--end", "07/01/2026", "--out", str(tmp_path / "e")])
+    assert bad.exit_code == 2 and "is not a date" in bad.output
+    early = runner.invoke(app, ["embed-pins", "--raw", str(raw_dir), "--end", "2025-12-31", "--out", str(tmp_path / "e"),
+                                "--method", "word2vec"])
+    assert early.exit_code == 1 and "no positive actions up to 2025-12-31" in early.output
+    assert not (tmp_path / "e").exists()

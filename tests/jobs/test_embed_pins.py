@@ -1,0 +1,64 @@
+"""Learned pin embeddings (issue 35, first step): Spark MLlib over the engagement up to a day,
+leakage-safe, deterministic, every pin of the snapshot covered, bad input refused."""
+
+from datetime import date, datetime, timezone
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from homefeed import schema, storage
+from jobs import embed_pins
+from jobs.build_instances import InputDataError
+
+END = date(2026, 1, 7)  # the tiny log covers 2026-01-05 .. 01-09
+
+
+@pytest.fixture(scope="module")
+def cfg(base_config):
+    return base_config.with_overrides({"embeddings": {"method": "word2vec", "min_engagements": 2, "dim": 8}})
+
+
+def _engagements(raw_dir):
+    actions = pq.read_table(raw_dir / schema.ACTIONS).to_pandas()
+    return actions[actions["action"].isin(schema.POSITIVE_ACTIONS)]
+
+
+def test_a_pin_engaged_only_after_the_end_day_has_no_learned_vector(spark, raw_dir, cfg, tmp_path):
+    manifest = embed_pins.run(spark, str(raw_dir), str(tmp_path / "emb"), cfg, END)
+    table = embed_pins.read(tmp_path / "emb").to_pandas().set_index("pin_id")
+    end_ms = int(datetime(2026, 1, 8, tzinfo=timezone.utc).timestamp() * 1000)
+    engaged = _engagements(raw_dir)
+    before = engaged[engaged["ts"] < end_ms]["pin_id"].value_counts()
+    after_only = set(engaged[engaged["ts"] >= end_ms]["pin_id"]) - set(before.index)
+    assert after_only, "the tiny log should have pins first engaged after the end day"
+    assert (table.loc[sorted(after_only & set(table.index)), "source"] == embed_pins.CONTENT).all()
+    learned = set(table.index[table["source"] == embed_pins.LEARNED])
+    assert learned and learned <= set(before[before >= 2].index)  # only from engagement up to the end day
+    # Every pin of the snapshot is covered, at the configured width, finite.
+    pins = pq.read_table(raw_dir / schema.PINS).to_pandas()
+    assert set(table.index) == set(pins["pin_id"])
+    vectors = np.stack(table["embedding"].to_numpy())
+    assert vectors.shape[1] == 8 and np.isfinite(vectors).all()
+    assert manifest["window"]["end"] == END.isoformat() and manifest["learned"] == len(learned)
+    assert 0 < manifest["coverage"]["pins"] < 1 and storage.read_manifest(tmp_path / "emb")["method"] == "word2vec"
+
+
+def test_the_same_inputs_and_seed_give_the_same_vectors(spark, raw_dir, cfg, tmp_path):
+    first = embed_pins.run(spark, str(raw_dir), str(tmp_path / "a"), cfg, END)
+    second = embed_pins.run(spark, str(raw_dir), str(tmp_path / "b"), cfg, END)
+    assert first == second
+    assert embed_pins.read(tmp_path / "a").equals(embed_pins.read(tmp_path / "b"))
+
+
+def test_als_learns_vectors_too(spark, raw_dir, cfg, tmp_path):
+    manifest = embed_pins.run(spark, str(raw_dir), str(tmp_path / "als"), cfg.with_overrides({"embeddings": {"method": "als"}}), END)
+    assert manifest["method"] == "als" and manifest["learned"] > 0
+
+
+def test_no_engagement_up_to_the_end_day_is_refused_and_nothing_is_published(spark, raw_dir, cfg, tmp_path):
+    with pytest.raises(InputDataError, match="no positive actions up to 2025-12-31"):
+        embed_pins.run(spark, str(raw_dir), str(tmp_path / "none"), cfg, date(2025, 12, 31))
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(InputDataError, match="embeddings.method is none"):
+        embed_pins.run(spark, str(raw_dir), str(tmp_path / "off"), cfg.with_overrides({"embeddings": {"method": "none"}}), END)
