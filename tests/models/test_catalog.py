@@ -61,7 +61,20 @@ def test_no_code_outside_the_models_decides_by_a_model_name():
     for package in ("homefeed", "jobs", "benchmarks", "dags"):
         for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Compare) and any(
-                        isinstance(side, ast.Constant) and side.value in schema.MODEL_NAMES for side in (node.left, *node.comparators)):
+                if isinstance(node, ast.Compare) and _compares_a_model_with_its_name(node):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, offenders
+
+
+def _compares_a_model_with_its_name(node: ast.Compare) -> bool:
+    """``cfg.model == "transact_v11"``, not ``method == "none"`` (a name shared with other settings)."""
+    sides = (node.left, *node.comparators)
+    named = any(isinstance(side, ast.Constant) and side.value in schema.MODEL_NAMES for side in sides)
+    about_a_model = any("model" in ast.unparse(side) or "sequence_module" in ast.unparse(side)
+                        for side in sides if not isinstance(side, ast.Constant))
+    return named and about_a_model
+
+
+def test_the_name_check_catches_the_branch_it_was_written_for():
+    assert _compares_a_model_with_its_name(ast.parse('2 if cfg.model == "transact_v11" else 0').body[0].value.test)
+    assert not _compares_a_model_with_its_name(ast.parse('ecfg.method == "none"').body[0].value)
