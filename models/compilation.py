@@ -1,12 +1,14 @@
-"""``torch.compile`` for a ranker's sequence module: warmed before use, cached, eager on failure.
+"""``torch.compile`` for TransAct's first layer: measured before it is kept, warmed, cached, eager on failure.
 
-Measured (``benchmarks/serving.py --sections transact``): compiled by inductor, TransAct's
-per-sequence first layer fuses its bias, mask, softmax and matmuls; eager it does not. So the
-service (``serving.compile``), pool scoring and training (``train.compile``) can compile it.
-Compiling costs seconds (inductor writes C++ and builds it): done once at load, on synthetic
-inputs of two batch sizes so that the candidate count is dynamic from the first request, with
-inductor's cache under the storage root so that the next start reuses the kernels. Anything that
-fails while compiling (no C++ compiler, an unsupported op) leaves the module eager, and the
+Which first layer is fastest depends on the sizes and the machine (``benchmarks/serving.py
+--sections transact``: compiled "sdpa" at d_model 32; eager in the whole model at the paper's 96),
+so for inference the eager layer and both compiled exact attention kernels are timed on a
+512-candidate request at load and the fastest is kept; training compiles "sdpa". Compiling costs
+seconds (inductor writes C++ and builds it): done once at load, on synthetic inputs of two batch
+sizes (so the candidate count is dynamic from the first request) with full and short histories,
+with inductor's cache under the storage root so that the next start reuses the kernels. Used by
+the service (``serving.compile``), pool scoring and training (``train.compile``). Anything that
+fails while compiling (no C++ compiler, an unsupported op) leaves the layer eager, and the
 outcome says why in one line.
 """
 
