@@ -14,6 +14,9 @@ of the JVM (VmHWM) belongs to that measurement alone. Rows:
 - ``per-impression/job``: the same transforms written the way homefeed did before the
   request-level layout (kept here only, as the benchmark's variant): every row carries its own
   copy of the sequence and of the candidate's content embedding;
+- ``embed/word2vec``, ``embed/als``: the learned pin embeddings (``jobs/embed_pins.py``, the
+  pipeline's ``embed_pins`` stage before the instance job) on the same raw data, engagement up to
+  the day before the first validation day as the pipeline runs it; compare with ``homefeed/job``;
 - ``sequences``: the sequence stage alone, written to Spark's no-op sink, for both plans. The
   window-frame plan collects every earlier action of the user per impression over a
   ``rangeBetween(unbounded, -1)`` frame and keeps the last 100: quadratic for heavy users.
@@ -90,7 +93,6 @@ def jvm_peak_rss_mb(spark) -> float:
 
 def measure_one(raw: str, plan: str, stage: str, out: str) -> dict:
     """One measurement, in this (fresh) process."""
-    from pyspark.sql import functions as F
 
     from homefeed.config import load_config
     from homefeed.spark import session
@@ -99,7 +101,15 @@ def measure_one(raw: str, plan: str, stage: str, out: str) -> dict:
     cfg = load_config(environ={})
     spark = session(cfg, "benchmark")
     started = time.perf_counter()
-    if stage == "job" and plan == "per-impression":
+    if plan == "embed":
+        from datetime import timedelta
+
+        from homefeed import storage
+        from jobs import embed_pins
+
+        cutoff = job.validation_start(storage.landed_days(raw)[-1], cfg.instances) - timedelta(days=1)
+        embed_pins.run(spark, raw, out, cfg.with_overrides({"embeddings": {"method": stage}}), cutoff)
+    elif stage == "job" and plan == "per-impression":
         per_impression_job(spark, raw, out, cfg)
     elif stage == "job":
         job.run(spark, raw, out, cfg)
@@ -114,7 +124,10 @@ def measure_one(raw: str, plan: str, stage: str, out: str) -> dict:
     seconds = time.perf_counter() - started
     impressions = spark.read.parquet(f"{raw}/impressions").count()
     written = output_bytes(out) if stage == "job" else 0
-    return {"seconds": seconds, "impressions": impressions, "peak_jvm_mb": jvm_peak_rss_mb(spark), "bytes": written}
+    import resource
+
+    return {"seconds": seconds, "impressions": impressions, "peak_jvm_mb": jvm_peak_rss_mb(spark), "bytes": written,
+            "peak_python_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def run_measurement(raw: Path, plan: str, stage: str, timeout: float) -> dict:
@@ -136,6 +149,7 @@ def main() -> None:
     parser.add_argument("--window-timeout", type=float, default=900, help="seconds before the window-frame plan is called off")
     parser.add_argument("--plans", default="homefeed:job,per-impression:job,homefeed:sequences,window-frame:sequences",
                         help="comma-separated PLAN:STAGE pairs to measure")
+    parser.add_argument("--variants", default="uniform,skewed", help="comma-separated: uniform, skewed")
     parser.add_argument("--one", nargs=4, metavar=("RAW", "PLAN", "STAGE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -148,7 +162,7 @@ def main() -> None:
     cfg = load_config(environ={}).simulator.model_copy(update={"impressions": args.impressions})
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for variant, heavy in (("uniform", 0), ("skewed", args.heavy_users)):
+        for variant, heavy in [(v, 0 if v == "uniform" else args.heavy_users) for v in args.variants.split(",")]:
             raw = Path(scratch) / variant
             counts = simulate.generate(cfg, raw, heavy_users=heavy)
             print(f"{variant}: {counts}", file=sys.stderr)
@@ -162,6 +176,7 @@ def main() -> None:
                     "seconds": seconds, "timed_out": len(done) < len(results),
                     "peak_jvm_mb": statistics.median(r["peak_jvm_mb"] for r in done) if done else float("nan"),
                     "bytes": statistics.median(r["bytes"] for r in done) if done else 0,
+                    "peak_python_mb": statistics.median(r["peak_python_mb"] for r in done) if done else float("nan"),
                 })
                 print(f"  {plan}/{stage}: {seconds:.1f} s", file=sys.stderr)
     print_table(rows, args)
@@ -169,18 +184,23 @@ def main() -> None:
 
 def print_table(rows: list[dict], args) -> None:
     print(f"\nInstance generation, local[2], median of {args.repeats} (each in a fresh JVM)\n")
-    print("| variant | plan | stage | impressions | seconds | impressions/s | output bytes / impression | peak JVM RSS (MB) |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| variant | plan | stage | impressions | seconds | impressions/s | output bytes / impression | peak JVM RSS (MB) | peak driver RSS (MB) |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         seconds = f"> {args.window_timeout:.0f} (called off)" if r["timed_out"] else f"{r['seconds']:.1f}"
         rate = "-" if r["timed_out"] else f"{r['impressions'] / r['seconds']:,.0f}"
         size = f"{r['bytes'] / r['impressions']:.1f}" if r["bytes"] else "-"
-        print(f"| {r['variant']} | {r['plan']} | {r['stage']} | {r['impressions']:,} | {seconds} | {rate} | {size} | {r['peak_jvm_mb']:.0f} |")
+        print(f"| {r['variant']} | {r['plan']} | {r['stage']} | {r['impressions']:,} | {seconds} | {rate} | {size} | {r['peak_jvm_mb']:.0f} "
+              f"| {r['peak_python_mb']:.0f} |")
     by = {(r["variant"], r["plan"], r["stage"]): r["seconds"] for r in rows}
     size = {(r["variant"], r["plan"]): r["bytes"] for r in rows if r["stage"] == "job"}
     if ("uniform", "homefeed", "job") in by and ("skewed", "homefeed", "job") in by:
         print(f"\nskewed / uniform, whole job: {by[('skewed', 'homefeed', 'job')] / by[('uniform', 'homefeed', 'job')]:.2f}×")
     for variant in ("uniform", "skewed"):
+        for method in ("word2vec", "als"):
+            if (variant, "embed", method) in by and (variant, "homefeed", "job") in by:
+                print(f"{variant}: embed_pins ({method}) takes {by[(variant, 'embed', method)] / by[(variant, 'homefeed', 'job')]:.0%} "
+                      "of the instance job's time")
         if (variant, "per-impression", "job") in by and (variant, "homefeed", "job") in by:
             print(f"{variant}: request-level job {by[(variant, 'per-impression', 'job')] / by[(variant, 'homefeed', 'job')]:.2f}× "
                   f"the per-impression layout's speed, {size[(variant, 'homefeed')] / size[(variant, 'per-impression')]:.2f}× its bytes")

@@ -99,6 +99,10 @@ def _on_failure(context) -> None:
         "negative_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
                                description="Share of the other impressions kept for training (train split only; evaluation keeps all); "
                                            f"empty: the config's ({DEFAULTS.instances.negative_rate})"),
+        "embeddings_method": Param(None, type=["null", "string"], enum=[None, "none", "word2vec", "als"],
+                                   values_display={None: f"(the config's: {DEFAULTS.embeddings.method})"},
+                                   description="Pin vectors: none (content), word2vec or als (learned before the first validation day); "
+                                               f"empty: the config's ({DEFAULTS.embeddings.method})"),
         "min_auc_repin": Param(None, type=["null", "number"], minimum=0, maximum=1,
                                description=f"Gate: absolute repin AUC floor; empty: the config's ({DEFAULTS.gates.min_auc.get('repin')})"),
         "auto_promote": Param(True, type="boolean", description="Promote to champion when the gate passes"),

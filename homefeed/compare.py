@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -215,10 +215,22 @@ def _build(raw: str, out: Path, cfg: Config, split: str, sequence_at: str):
 
     days = raw_days(raw)
     out.mkdir(parents=True, exist_ok=True)
-    instances = out / "instances"
-    job.run(session(cfg, "compare"), raw, str(instances), cfg, days[0], days[-1])
+    instances, spark = out / "instances", session(cfg, "compare")
+    job.run(spark, raw, str(instances), cfg, days[0], days[-1], pin_embeddings=_pin_embeddings(spark, raw, out, cfg, days[-1]))
     scored = read_instances(str(instances), split)
     return instances, with_request_sequences(scored) if sequence_at == "request" else scored
+
+
+def _pin_embeddings(spark, raw: str, out: Path, cfg: Config, last_day: date) -> str | None:
+    """With ``embeddings.method`` set, the pins' embeddings learned before the first validation day
+    (as the pipeline's embed_pins stage learns them); None: the content vectors."""
+    if cfg.embeddings.method == "none":
+        return None
+    from jobs import build_instances, embed_pins
+
+    cutoff = build_instances.validation_start(last_day, cfg.instances) - timedelta(days=1)
+    embed_pins.run(spark, raw, str(out / "pin_embeddings"), cfg, cutoff)
+    return str(out / "pin_embeddings")
 
 
 def _train_and_score(model: str, seeds: int, instances: Path, test, out: Path, cfg: Config) -> tuple[list[dict[str, Any]], Any, Config]:

@@ -346,6 +346,9 @@ class EmbeddingsConfig(_Section):
     min_engagements: int = Field(5, ge=1)  # fewer: the pin keeps its (projected) content vector
     iterations: int = Field(1, ge=1)
     seed: int = 7
+    # The GX suite's bounds (expectations/pin_embeddings.py): the share of pins learned, the largest norm.
+    min_coverage: float = Field(0.05, ge=0.0, le=1.0)
+    max_norm: float = Field(100.0, gt=0.0)
 
 
 class Config(_Section):

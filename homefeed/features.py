@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from homefeed import schema, storage
+from homefeed.embeddings import PinVectors
 from homefeed.errors import PermanentError
 
 HOUR_MS = 3_600_000
@@ -280,6 +281,30 @@ def raw_rows(
     return rows
 
 
+def with_pin_vectors(rows: list[dict], vectors: PinVectors | None) -> None:
+    """Each row's candidate vector as the model was trained with it: the learned one, or the
+    snapshot's content vector projected for a pin the model's table lacks (a newer pin)."""
+    if vectors is None or not rows:
+        return
+    content = np.asarray([r[schema.PIN_EMBEDDING] for r in rows], dtype=np.float32)
+    for row, vector in zip(rows, vectors.lookup(np.array([r["pin_id"] for r in rows]), content)):
+        row[schema.PIN_EMBEDDING] = vector.tolist()
+
+
+def add_snapshot_pins(model: Any, snapshot: FeatureSnapshot) -> int:
+    """The snapshot's pins that ``model``'s pin table lacks (pins newer than its training), with the
+    vectors it reads: learned (its ``pin_vectors``, content projected for a pin they lack) or the
+    content vectors. Without this a neural model reads a newer pin as padding. Returns how many."""
+    add = getattr(model.scorer, "add_pins", None)
+    if add is None or not snapshot.pins:
+        return 0
+    pin_ids = np.fromiter(snapshot.pins, dtype=np.int64, count=len(snapshot.pins))
+    dim = next((len(p["embedding"]) for p in snapshot.pins.values() if p.get("embedding") is not None), schema.EMBEDDING_DIM)
+    content = np.asarray([snapshot.pins[int(i)].get("embedding") or [0.0] * dim for i in pin_ids], dtype=np.float32)
+    vectors = getattr(model, "pin_vectors", None)
+    return add(pin_ids, vectors.lookup(pin_ids, content) if vectors is not None else content)
+
+
 def transform_dense(rows: list[dict], feature_stats: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
     """log1p on counts, then standardisation: the job's ``log_transform`` + ``standardize``."""
     out = {}
@@ -316,10 +341,12 @@ def score_candidates(model: Any, snapshot: FeatureSnapshot, history: UserHistory
     the model's standardisation → per-head probabilities (N, H) → the feed utility (N,); and the rows.
 
     ``model``: what a served version carries (``scorer``, ``utility``, ``feature_stats``,
-    ``delay_ms``, ``seq_len``), e.g. :class:`homefeed.registry.ServedModel`."""
+    ``delay_ms``, ``seq_len``, and ``pin_vectors`` when it was trained on learned pin vectors),
+    e.g. :class:`homefeed.registry.ServedModel`."""
     from homefeed.metrics import ranking_utility
 
     rows = raw_rows(snapshot, history, user_id, request_ts, candidates, model.delay_ms, model.seq_len)
+    with_pin_vectors(rows, getattr(model, "pin_vectors", None))
     probs = model.scorer.predict(instance_table(rows, model.feature_stats))
     return probs, ranking_utility(probs, schema.HEADS, model.utility), rows
 

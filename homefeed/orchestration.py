@@ -59,6 +59,7 @@ PARAM_TO_CONFIG = {
     "epochs": ("train", "epochs"),
     "positive_rate": ("instances", "positive_rate"),
     "negative_rate": ("instances", "negative_rate"),
+    "embeddings_method": ("embeddings", "method"),
     "min_auc_repin": ("gates", "min_auc"),
 }
 

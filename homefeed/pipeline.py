@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -69,6 +69,16 @@ class RawChecked(StageResult):
 class RawValidated(StageResult):
     suites: list[str]
     data_docs: str
+
+
+@dataclass(frozen=True)
+class PinsEmbedded(StageResult):  # embeddings None: embeddings.method none, the pins' content vectors are used
+    embeddings: str | None
+    method: str
+    end: str | None = None
+    learned: int = 0
+    pins: int = 0
+    coverage: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -233,6 +243,22 @@ def validate_raw(ctx: RunContext) -> RawValidated:
     return RawValidated([r.describe() for r in reports], str(docs / "index.html"))
 
 
+def embed_pins(ctx: RunContext) -> PinsEmbedded:
+    """Learn the pins' embeddings from the engagement before the first validation day, and check
+    them (GX); with ``embeddings.method: none`` the instances keep the content vectors."""
+    if ctx.cfg.embeddings.method == "none":
+        return PinsEmbedded(None, "none")
+    from homefeed import validation
+    from jobs import build_instances as instances_job, embed_pins as job
+
+    last_day = ctx.end or storage.landed_days(ctx.raw)[-1]
+    cutoff = instances_job.validation_start(last_day, ctx.cfg.instances) - timedelta(days=1)
+    out, spark = ctx.directory / "pin_embeddings", _spark(ctx.cfg)
+    manifest = job.run(spark, ctx.raw, str(out), ctx.cfg, cutoff)
+    validation.validate(spark, "pin_embeddings", str(out), ctx.cfg, ctx.directory / "data_docs")
+    return PinsEmbedded(str(out), manifest["method"], cutoff.isoformat(), manifest["learned"], manifest["pins"], manifest["coverage"])
+
+
 def build_instances(ctx: RunContext) -> InstancesBuilt:
     from homefeed.event_log import log_root
     from jobs import build_instances as job
@@ -240,7 +266,8 @@ def build_instances(ctx: RunContext) -> InstancesBuilt:
     cfg, out = ctx.cfg, ctx.directory / "instances"
     # What users did on served feeds (homefeed serve's event log) joins the raw actions.
     events = job.event_log_roots([str(log_root(cfg.serving.event_log, cfg.storage.root))]) if cfg.instances.use_served_events else ()
-    manifest = job.run(_spark(cfg), ctx.raw, str(out), cfg, ctx.start, ctx.end, event_logs=events)
+    manifest = job.run(_spark(cfg), ctx.raw, str(out), cfg, ctx.start, ctx.end, event_logs=events,
+                       pin_embeddings=ctx.earlier(PinsEmbedded).embeddings)
     return InstancesBuilt(str(out), manifest["output_rows"], manifest["window"], manifest["splits"])
 
 
@@ -402,6 +429,12 @@ def _version(version: Any) -> str:
     return "none" if version is None else f"v{version}"
 
 
+def _embedding_figure(result: PinsEmbedded) -> str:
+    if result.embeddings is None:
+        return "content vectors (embeddings.method none)"
+    return f"{result.method}: {result.learned:,} of {result.pins:,} pins learned from engagement up to {result.end}"
+
+
 def _auc_figure(label: str, aucs: dict[str, float]) -> str:
     return label + " " + ", ".join(f"{h} {a:.4f}" for h, a in aucs.items() if a == a)
 
@@ -430,7 +463,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("check_raw", check_raw, RawChecked, ("raw/",), ("check_raw.json",),
           figure=lambda r: f"{len(r.tables)} tables at {r.raw}"),
     Stage("validate_raw", validate_raw, RawValidated, ("raw/",), ("validate_raw.json", "data_docs/"), figure=_suites_passed),
-    Stage("build_instances", build_instances, InstancesBuilt, ("raw/", "<storage root>/events/"), ("instances/", "build_instances.json"),
+    Stage("embed_pins", embed_pins, PinsEmbedded, ("raw/",), ("pin_embeddings/", "embed_pins.json", "data_docs/"),
+          figure=_embedding_figure),
+    Stage("build_instances", build_instances, InstancesBuilt, ("raw/", "<storage root>/events/", "pin_embeddings/"),
+          ("instances/", "build_instances.json"),
           figure=lambda r: f"{r.rows:,} rows, {r.window['start']}..{r.window['end']}"),
     Stage("validate_instances", validate_instances, InstancesValidated, ("instances/", "<storage root>/drift/"),
           ("validate_instances.json", "drift.json", "data_docs/"), figure=lambda r: f"{_suites_passed(r)}; drift: {r.drift}"),

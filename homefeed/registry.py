@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from homefeed import schema, storage
 from homefeed.config import Config
+from homefeed.embeddings import PinVectors
 from homefeed.errors import PermanentError
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
@@ -343,6 +344,9 @@ class HomefeedModel:
         # What serving needs to rebuild the training features (absent on models logged without it).
         features = context.artifacts.get("features")
         self.features = json.loads(Path(features).read_text()) if features else None
+        # The pin vectors it was trained with, when learned (homefeed embed-pins); None: content vectors.
+        vectors = context.artifacts.get("pin_vectors")
+        self.pin_vectors = PinVectors.read(vectors) if vectors else None
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from homefeed.metrics import ranking_utility
@@ -373,6 +377,8 @@ def serving_features(manifest: dict[str, Any]) -> dict[str, Any]:
         "delay_ms": manifest["config"]["delay_ms"],
         "seq_len": manifest["config"]["seq_len"],
         "raw_root": manifest["raw_root"],
+        # Learned pin vectors travel with the model (artifact pin_vectors); "none": the snapshot's content vectors.
+        "pin_embeddings": manifest.get("pin_embeddings") or {"method": "none"},
     }
 
 
@@ -394,6 +400,8 @@ def log_and_register(
         features_file = Path(model_dir).parent / "serving_features.json"
         storage.write_json(features_file, features)
         artifacts["features"] = str(features_file)
+        if (features.get("pin_embeddings") or {}).get("path"):
+            artifacts["pin_vectors"] = features["pin_embeddings"]["path"]
     # The input example's integer columns never hold missing values (the contract): MLflow's hint
     # about them is noise in every run's log.
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
@@ -445,6 +453,7 @@ class ServedModel:
     raw_root: str
     holdout_fraction: float
     holdout_salt: str
+    pin_vectors: PinVectors | None = None  # learned pin vectors it was trained with; None: the snapshot's content vectors
 
 
 def load_served_model(cfg: Config, alias: str) -> ServedModel:
@@ -479,6 +488,7 @@ def load_served_version(cfg: Config, version: str) -> ServedModel:
         version=version, scorer=python_model.scorer, utility=python_model.utility,
         feature_stats=spec["feature_stats"], delay_ms=int(spec["delay_ms"]), seq_len=int(spec["seq_len"]),
         raw_root=spec["raw_root"], holdout_fraction=float(tags["holdout.fraction"]), holdout_salt=tags["holdout.salt"],
+        pin_vectors=getattr(python_model, "pin_vectors", None),
     )
 
 

@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from homefeed.config import Config, TrainConfig
 from homefeed.data import InstanceDataset, labels_and_weights
 from homefeed.processes import free_port
 from models import BASELINE_NAMES, catalog
-from models.ranker import Ranker, RankerConfig, pin_content_table, weighted_bce
+from models.ranker import Ranker, RankerConfig, content_scaling, pin_content_table, weighted_bce
 from models.zoo import write_model_info
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,9 @@ class TrainResult:
 # --------------------------------------------------------------------------- model building
 def build_ranker(cfg: TrainConfig, instances: InstanceDataset | str) -> Ranker:
     dataset = InstanceDataset.of(instances)
-    model = Ranker(RankerConfig.from_train(cfg), pin_content_table(*dataset.pin_features()))
+    pin_ids, vectors = dataset.pin_features()
+    mean, std = content_scaling(vectors)
+    model = Ranker(replace(RankerConfig.from_train(cfg), content_mean=mean, content_std=std), pin_content_table(pin_ids, vectors))
     # The manifest's train rates are weighted by sample_weight, as the loss is.
     model.init_head_bias(dataset.label_rates("train"))
     return model
@@ -397,9 +399,9 @@ def train(instances_dir: str, out_dir: str, cfg: Config, tracking: tuple[str, st
     storage.require_published(instances_dir, "instances")
     tcfg = cfg.train
     if tcfg.compile:  # the workers (torchrun's too) inherit where inductor caches its kernels
-        from models.compilation import cache_dir_under
+        from models.compilation import compile_cache_dir
 
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir_under(storage.local_path(cfg.storage.root)))
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir(cfg.storage.root))
     if tcfg.model in BASELINE_NAMES:
         return train_baseline(instances_dir, out_dir, tcfg)
     if tcfg.num_processes == 1:

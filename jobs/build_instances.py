@@ -28,7 +28,8 @@ Output layout: two tables under one ``_manifest.json`` and one ``_SUCCESS``::
     sequences/split=S/bucket=B/*.parquet  one row per distinct (user_id, ts): ``sequence_key``,
                                           ``user_id``, ``ts``, ``seq_pin_id``, ``seq_action``,
                                           ``seq_ts`` (newest first, <= seq_len, before ts - delay)
-    _pin_features/*.parquet               pin_id → content embedding (the one copy of it)
+    _pin_features/*.parquet               pin_id → embedding (the one copy of it): the content vector,
+                                          or with ``--pin-embeddings`` the learned one
 
 A request's ~28 candidates share one sequence, so it is written once, not once per row (RecD's
 deduplication of request-level features). The key is ``xxhash64(user_id, ts)``; the job checks
@@ -50,12 +51,16 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from homefeed import contract, schema, segments, storage
 from homefeed.config import Config, InstancesConfig
+from homefeed.embeddings import PinVectors
 from homefeed.errors import PermanentError
 
 
@@ -405,10 +410,16 @@ def log_transform(frame: DataFrame) -> DataFrame:
     )
 
 
+def validation_start(end: date, cfg: InstancesConfig) -> date:
+    """The first validation day of a window ending on ``end``: anything learned for training (pin
+    embeddings) may read engagement only before it."""
+    return end - timedelta(days=cfg.test_days - 1 + cfg.validation_days)
+
+
 def assign_splits(frame: DataFrame, start: date, end: date, cfg: InstancesConfig) -> DataFrame:
     """Time split: the last ``test_days`` are test, the ``validation_days`` before them validation."""
     test_from = end - timedelta(days=cfg.test_days - 1)
-    validation_from = test_from - timedelta(days=cfg.validation_days)
+    validation_from = validation_start(end, cfg)
     if validation_from <= start:
         raise InputDataError(
             f"{schema.IMPRESSIONS}: window {start}..{end} is too short for {cfg.validation_days} validation "
@@ -579,20 +590,24 @@ def _label_rates(frame: DataFrame) -> dict[str, dict[str, Any]]:
 def run(
     spark: SparkSession, raw_root: str, out: str, cfg: Config, start: date | None = None, end: date | None = None,
     now_ms: int | None = None, feature_stats: dict[str, dict[str, float]] | None = None, event_logs: tuple[str, ...] = (),
+    pin_embeddings: str | None = None,
 ) -> dict[str, Any]:
     """Extract → transform → load. Returns the manifest. Skips work when ``out`` already holds
     the output of the same inputs and config. ``event_logs``: see :func:`extract`.
 
     With ``feature_stats`` (a served model's), the output is for scoring that model: every row in
     the unsampled ``test`` split, standardised with its statistics instead of fitted ones.
+    With ``pin_embeddings`` (``homefeed embed-pins``' output), the pin table holds those vectors
+    instead of the content ones; they must have read no engagement of the evaluated days.
     """
     import time as _time
 
     icfg = cfg.instances
     storage.require_published(raw_root, "raw data")
+    vectors = PinVectors.read(pin_embeddings) if pin_embeddings else None
     fingerprint = storage.fingerprint(
         {"inputs": _input_listing(raw_root, event_logs), "config": icfg.model_dump(mode="json"), "start": str(start), "end": str(end),
-         "feature_stats": feature_stats, "layout": LAYOUT_VERSION}
+         "feature_stats": feature_stats, "layout": LAYOUT_VERSION, "pin_embeddings": vectors and vectors.manifest.get("fingerprint")}
     )
     previous = _intact_previous(out)
     if previous is not None and previous.get("fingerprint") == fingerprint:
@@ -603,6 +618,8 @@ def run(
     if impression_rows == 0:
         raise InputDataError(f"{schema.IMPRESSIONS}: no rows between {start} and {end}")
     evaluation_only = feature_stats is not None
+    if vectors is not None:
+        check_embedding_window(vectors, start if evaluation_only else validation_start(end, icfg), pin_embeddings)
     frames = build_instance_frames(raw, start, end, icfg, evaluation_only)
     rows = frames.rows.persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -610,8 +627,8 @@ def run(
         with storage.publish_dataset(out) as staging:
             write_bucketed(standardize(rows, stats).select(*OUTPUT_COLUMNS), staging / schema.ROWS_DIR, icfg.buckets)
             write_bucketed(frames.sequences(), staging / schema.SEQUENCES_DIR, icfg.buckets)
-            # The pin content table: the candidate's and the engaged pins' content embeddings.
-            raw.pins.select("pin_id", "embedding").coalesce(1).write.parquet(str(staging / schema.PIN_FEATURES_DIR))
+            # The pin table: the candidate's and the engaged pins' vectors (content, or learned).
+            write_pin_table(raw.pins, vectors, staging / schema.PIN_FEATURES_DIR)
             sequences = spark.read.parquet(str(staging / schema.SEQUENCES_DIR))
             check_sequence_keys(sequences)
             splits = _label_rates(spark.read.parquet(str(staging / schema.ROWS_DIR)))
@@ -631,6 +648,7 @@ def run(
                 "config": icfg.model_dump(mode="json"),
                 "sampling": {"positive_rate": icfg.positive_rate, "negative_rate": icfg.negative_rate, "applies_to": "train"},
                 "feature_stats": stats,
+                "pin_embeddings": embedding_record(vectors, pin_embeddings),
                 "evaluation_only": evaluation_only,
                 "splits": splits,
                 "output_rows": sum(s["rows"] for s in splits.values()),
@@ -648,6 +666,39 @@ def run(
     finally:
         rows.unpersist()
     return manifest
+
+
+def check_embedding_window(vectors: PinVectors, first_evaluated_day: date, path: str) -> None:
+    """Refuse pin embeddings that read engagement of a day the instances evaluate on."""
+    if vectors.end >= first_evaluated_day:
+        raise InputDataError(
+            f"pin embeddings at {path} read engagement up to {vectors.end}, on or after the first evaluated day "
+            f"{first_evaluated_day}: its actions would leak into the features; rerun `homefeed embed-pins --end "
+            f"{first_evaluated_day - timedelta(days=1)}`"
+        )
+
+
+def write_pin_table(pins: DataFrame, vectors: PinVectors | None, path: Path) -> None:
+    """``pin_id, embedding`` for every pin of the snapshot: its content vector, or with ``vectors``
+    its learned one (the content vector projected where the table lacks the pin)."""
+    if vectors is None:
+        pins.select("pin_id", "embedding").coalesce(1).write.parquet(str(path))
+        return
+    snapshot = pins.select("pin_id", "embedding").toPandas()
+    content = np.stack(snapshot["embedding"].to_numpy()) if len(snapshot) else np.zeros((0, vectors.projection.shape[0] - 1))
+    chosen = vectors.lookup(snapshot["pin_id"].to_numpy(), content)
+    path.mkdir(parents=True)
+    pq.write_table(pa.table({"pin_id": pa.array(snapshot["pin_id"].to_numpy(), pa.int64()),
+                             "embedding": pa.array(list(chosen), pa.list_(pa.float32()))}), path / "part-00000.parquet")
+
+
+def embedding_record(vectors: PinVectors | None, path: str | None) -> dict[str, Any]:
+    """What the instance manifest says of its pin vectors (the serving model carries the same)."""
+    if vectors is None:
+        return {"method": "none"}
+    return {"method": vectors.manifest["method"], "path": str(storage.local_path(path)), "end": vectors.end.isoformat(),
+            "window": vectors.manifest["window"], "learned": vectors.manifest["learned"], "pins": vectors.manifest["pins"],
+            "coverage": vectors.manifest["coverage"], "fingerprint": vectors.manifest.get("fingerprint")}
 
 
 def _intact_previous(out: str) -> dict | None:
@@ -699,11 +750,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--start", type=date.fromisoformat)
     parser.add_argument("--end", type=date.fromisoformat)
+    parser.add_argument("--pin-embeddings", help="homefeed embed-pins output to use instead of the content vectors")
     parser.add_argument("--config", action="append", default=[])
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
     spark = session(cfg, "build-instances")
-    manifest = run(spark, args.raw, args.out, cfg, args.start, args.end)
+    manifest = run(spark, args.raw, args.out, cfg, args.start, args.end, pin_embeddings=args.pin_embeddings)
     print(f"wrote {manifest['output_rows']} instances to {args.out}")
 
 

@@ -13,7 +13,7 @@ vector only (random projections of metadata on KuaiRand). This job learns one fr
   content vector mapped into the learned space by a least-squares projection fitted on the
   learned pins (``content``), so unseen pins stay comparable with learned ones;
 - load: Parquet ``pin_id, embedding, source`` with a manifest (method, window, counts, coverage,
-  the projection's fit), published atomically.
+  the projection and its fit, how far learned neighbourhoods agree with content ones), published atomically (``homefeed.embeddings`` reads it).
 
 Deterministic for a seed: one partition for the model fit (MLlib's Word2Vec and ALS depend on the
 partitioning), pins sorted before the projection.
@@ -32,12 +32,10 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from homefeed import schema, storage
+from homefeed import embeddings, schema, storage
 from homefeed.config import Config, EmbeddingsConfig
-from jobs.build_instances import InputDataError, read_table
-
-LEARNED, CONTENT = "learned", "content"
-OUTPUT_FILE = "embeddings.parquet"
+from homefeed.embeddings import CONTENT, LEARNED
+from jobs.build_instances import InputDataError, _input_listing, read_table
 
 
 # --------------------------------------------------------------------------- extract
@@ -47,12 +45,12 @@ def _end_ms(end: date) -> int:
 
 
 def extract(spark: SparkSession, raw_root: str, end: date) -> tuple[DataFrame, DataFrame]:
-    """(pins: pin_id, embedding of the latest snapshot; engagements: user_id, pin_id, ts up to ``end``)."""
+    """(pins: pin_id, embedding, category of the latest snapshot; engagements: user_id, pin_id, ts up to ``end``)."""
     pins = read_table(spark, raw_root, schema.PINS)
     latest = pins.agg(F.max(schema.DT)).first()[0]
     if latest is None:
         raise InputDataError(f"{schema.PINS}: no snapshot under {raw_root}")
-    pins = pins.filter(F.col(schema.DT) == latest).select("pin_id", "embedding")
+    pins = pins.filter(F.col(schema.DT) == latest).select("pin_id", "embedding", "category")
     actions = read_table(spark, raw_root, schema.ACTIONS)
     engagements = actions.filter(F.col("action").isin(list(schema.POSITIVE_ACTIONS)) & (F.col("ts") < _end_ms(end)))
     return pins, engagements.select("user_id", "pin_id", "ts")
@@ -113,8 +111,9 @@ def content_projection(content: dict[int, np.ndarray], learned: dict[int, np.nda
     return weights.astype(np.float32), float(1.0 - residual / total) if total > 0 else 0.0
 
 
-def assemble(content: dict[int, np.ndarray], learned: dict[int, np.ndarray]) -> tuple[pa.Table, dict[str, Any]]:
-    """Every pin of the snapshot: its learned vector, or its content vector projected; and the fit."""
+def assemble(content: dict[int, np.ndarray], learned: dict[int, np.ndarray]) -> tuple[list[int], list[np.ndarray], list[str], dict[str, Any]]:
+    """Every pin of the snapshot (ids, vectors, sources): its learned vector, or its content vector
+    projected; and the fit (the projection itself, which readers apply to pins they meet later)."""
     weights, r2 = content_projection(content, learned)
     ids = sorted(content)
     vectors, sources = [], []
@@ -125,45 +124,63 @@ def assemble(content: dict[int, np.ndarray], learned: dict[int, np.ndarray]) -> 
         else:
             vectors.append(np.append(content[pin], 1.0).astype(np.float32) @ weights)
             sources.append(CONTENT)
-    table = pa.table({"pin_id": pa.array(ids, pa.int64()),
-                      "embedding": pa.array([v.tolist() for v in vectors], pa.list_(pa.float32())),
-                      "source": pa.array(sources, pa.string())})
-    return table, {"content_projection_r2": r2}
+    return ids, vectors, sources, {"content_projection_r2": r2, "projection": weights.tolist()}
+
+
+def _learned_and_content(learned: dict[int, np.ndarray], content: dict[int, np.ndarray],
+                         category: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The learned pins' learned vectors, content vectors and categories, in pin order."""
+    ids = sorted(learned)
+    if not ids:
+        return np.zeros((0, 1)), np.zeros((0, 1)), np.zeros(0, np.int64)
+    return (np.stack([learned[i] for i in ids]), np.stack([content[i] for i in ids]), np.array([category[i] for i in ids]))
 
 
 # --------------------------------------------------------------------------- load
 def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, end: date) -> dict[str, Any]:
-    """Learn, assemble and publish the pins' embeddings; the manifest."""
+    """Learn, assemble and publish the pins' embeddings; the manifest. Skips the work when ``out``
+    already holds the output of the same inputs, config and cut-off day."""
     ecfg = cfg.embeddings
     if ecfg.method == "none":
         raise InputDataError("embeddings.method is none: choose word2vec or als")
     storage.require_published(raw_root, "raw data")
+    fingerprint = storage.fingerprint({"inputs": _input_listing(raw_root), "config": ecfg.model_dump(mode="json"), "end": end.isoformat()})
+    if storage.is_published(out):
+        try:
+            previous = storage.read_manifest(out)
+        except storage.StorageError:
+            previous = {}
+        if previous.get("fingerprint") == fingerprint and (storage.local_path(out) / embeddings.TABLE_FILE).is_file():
+            return previous
     pins, engagements = extract(spark, raw_root, end)
     engagements = engagements.cache()
     window = engagements.agg(F.min("ts").alias("first"), F.count("*").alias("n")).first()
     if not window["n"]:
         raise InputDataError(f"no positive actions up to {end.isoformat()} under {raw_root}: nothing to learn from")
-    content = {int(r["pin_id"]): np.asarray(r["embedding"], dtype=np.float32) for r in pins.collect()}
+    snapshot = pins.collect()
+    content = {int(r["pin_id"]): np.asarray(r["embedding"], dtype=np.float32) for r in snapshot}
+    category = {int(r["pin_id"]): int(r["category"] or 0) for r in snapshot}
     learned = {pin: vector for pin, vector in learn(engagements, ecfg).items() if pin in content}
-    table, fit = assemble(content, learned)
+    ids, vectors, sources, fit = assemble(content, learned)
+    agreement = embeddings.neighbourhood_agreement(*_learned_and_content(learned, content, category), seed=ecfg.seed)
     engaged_in_window = engagements.join(spark.createDataFrame([(p,) for p in learned] or [(-1,)], "pin_id long"), "pin_id").count()
     manifest = {
-        "method": ecfg.method, "config": ecfg.model_dump(mode="json"),
+        "fingerprint": fingerprint, "method": ecfg.method, "config": ecfg.model_dump(mode="json"),
         "window": {"first_ts": int(window["first"]), "end": end.isoformat(), "end_exclusive_ms": _end_ms(end)},
         "raw_root": str(raw_root), "pins": len(content), "learned": len(learned), "content": len(content) - len(learned),
         "coverage": {"pins": len(learned) / len(content), "engagements": engaged_in_window / window["n"]},
-        "engagements": int(window["n"]), **fit,
+        "engagements": int(window["n"]), "neighbours": agreement, **fit,
     }
     engagements.unpersist()
     with storage.publish_dataset(out) as staging:
-        pq.write_table(table, staging / OUTPUT_FILE)
-        storage.write_json(staging / schema.MANIFEST, manifest)
+        embeddings.write(staging, ids, vectors, sources, manifest)
     return manifest
 
 
 def read(path: str | Path) -> pa.Table:
-    """A published embedding table (pin_id, embedding, source)."""
-    return pq.read_table(storage.require_published(str(path), "pin embeddings") / OUTPUT_FILE)
+    """A published embedding table as it is (pin_id, embedding, source); readers that score use
+    :class:`homefeed.embeddings.PinVectors`."""
+    return pq.read_table(storage.require_published(str(path), "pin embeddings") / embeddings.TABLE_FILE)
 
 
 def main(argv: list[str] | None = None) -> None:

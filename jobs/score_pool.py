@@ -31,7 +31,6 @@ from homefeed import schema, storage
 from homefeed.config import Config
 
 from jobs.build_instances import InputDataError, read_table
-from models.compilation import cache_dir_under
 
 _WORKER_CACHE: dict[tuple[str, str], Any] = {}
 
@@ -52,7 +51,9 @@ def _worker_state(model_dir: str, raw_root: str, compile_cache: str | None):
         if compile_cache:
             outcome = python_model.scorer.compile(Path(compile_cache))
             logging.getLogger("homefeed").info("score-pool worker: %s", outcome.describe("the pool's model"))
-        _WORKER_CACHE[key] = (python_model, features.FeatureSnapshot.load(raw_root))
+        snapshot = features.FeatureSnapshot.load(raw_root)
+        features.add_snapshot_pins(python_model, snapshot)
+        _WORKER_CACHE[key] = (python_model, snapshot)
     return _WORKER_CACHE[key]
 
 
@@ -63,7 +64,8 @@ def score_user(served: dict[str, Any], pin_ids: list[int], user_id: int, actions
 
     python_model, snapshot = _worker_state(served["model_dir"], served["raw_root"], served["compile_cache"])
     model = ServedModel(served["version"], python_model.scorer, python_model.utility, served["feature_stats"], served["delay_ms"],
-                        served["seq_len"], served["raw_root"], served["holdout_fraction"], served["holdout_salt"])
+                        served["seq_len"], served["raw_root"], served["holdout_fraction"], served["holdout_salt"],
+                        getattr(python_model, "pin_vectors", None))
     store = features.InMemorySequenceStore(snapshot, model.seq_len, margin=len(actions) + 1)
     for row in actions.itertuples(index=False):
         store.append(user_id, row.pin_id, row.action, row.ts)
@@ -88,6 +90,15 @@ def pool_scores(users: DataFrame, actions: DataFrame, pin_ids: list[int], served
     return users.groupBy("user_id").cogroup(actions.groupBy("user_id")).applyInPandas(score_group, output_schema())
 
 
+def _compile_cache(cfg: Config) -> str | None:
+    """Where the workers keep compiled kernels, with ``serving.compile``; None: they stay eager."""
+    if not cfg.serving.compile:
+        return None
+    from models.compilation import compile_cache_dir
+
+    return str(compile_cache_dir(cfg.storage.root))
+
+
 def run(spark: SparkSession, raw_root: str, pin_ids: list[int], out: str, cfg: Config,
         user_ids: list[int] | None = None, request_ts: int | None = None) -> dict[str, Any]:
     from homefeed import registry
@@ -110,7 +121,7 @@ def run(spark: SparkSession, raw_root: str, pin_ids: list[int], out: str, cfg: C
             "model_dir": model_dir, "raw_root": cfg.serving.features_root or raw_root, "version": model.version,
             "request_ts": request_ts, "delay_ms": model.delay_ms, "seq_len": model.seq_len, "position": cfg.serving.position,
             "feature_stats": model.feature_stats, "holdout_fraction": model.holdout_fraction, "holdout_salt": model.holdout_salt,
-            "compile_cache": str(cache_dir_under(storage.local_path(cfg.storage.root))) if cfg.serving.compile else None,
+            "compile_cache": _compile_cache(cfg),
         }
         scored = pool_scores(users, actions, sorted(set(pin_ids)), served)
         with storage.publish_dataset(out) as staging:

@@ -45,8 +45,12 @@ class CompileOutcome:
         return f"{what}: eager ({self.detail})"
 
 
-def cache_dir_under(storage_root: str | Path) -> Path:
-    return Path(storage_root) / "compile-cache"
+def compile_cache_dir(storage_root: str | Path) -> Path:
+    """Where inductor keeps its kernels: under the storage root (``storage.root``, a local path or
+    ``file://`` URI), not inductor's own ``/tmp/torchinductor_<user>``."""
+    from homefeed import storage
+
+    return storage.local_path(storage_root) / "compile-cache"
 
 
 def compile_sequence_module(ranker: torch.nn.Module, cache_dir: Path | None, training: bool = False,

@@ -27,27 +27,31 @@ from torch import nn
 from homefeed import schema
 from homefeed.config import TrainConfig
 from models import catalog
-from models.sequence import SequenceConfig, _train_default, build_sequence_module
+from models.sequence import SequenceConfig, train_default, build_sequence_module
 
 PIN_ID_BUCKETS = 1 << 16
 
 
 @dataclass(frozen=True)
 class RankerConfig:
-    sequence_module: str = _train_default("model")
+    sequence_module: str = train_default("model")
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
-    id_dim: int = _train_default("embedding_dim")
+    id_dim: int = train_default("embedding_dim")
     categorical_dim: int = 8
     # DCN v2 layers over the full feature vector; None: the model's own (models.catalog: TransAct v1.1's 2).
     cross_layers: int | None = None
     mlp_dims: tuple[int, ...] = (128, 64)
-    dropout: float = _train_default("dropout")
+    dropout: float = train_default("dropout")
     # Sequence tokens (and the candidate fused into them) with the learned id embedding beside the
     # content vector; off: content only, as TransAct uses PinSage (see PinEncoder).
-    id_tokens: bool = _train_default("id_tokens")
+    id_tokens: bool = train_default("id_tokens")
     # How many of each action type the request's sequence holds (log1p), among the flat features:
     # a user's propensity, readable without a sequence module (`none` included).
-    sequence_counts: bool = _train_default("sequence_counts")
+    sequence_counts: bool = train_default("sequence_counts")
+    # The pin table's per-dimension standardisation (pin_content_table), so pins met after training
+    # (a newer snapshot's) are scaled as the trained ones; None in models saved before it was kept.
+    content_mean: tuple[float, ...] | None = None
+    content_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.cross_layers is None:
@@ -67,6 +71,8 @@ class RankerConfig:
         data = json.loads(text)
         data["sequence"] = SequenceConfig(**data["sequence"])
         data["mlp_dims"] = tuple(data["mlp_dims"])
+        for key in ("content_mean", "content_std"):
+            data[key] = tuple(data[key]) if data.get(key) is not None else None
         return cls(**data)
 
 
@@ -174,6 +180,28 @@ class Ranker(nn.Module):
         x = torch.cat([batch["dense"], *cats, candidate, seq, *counts], dim=-1)  # (B, W)
         return self.heads(self.mlp(self.cross(x)))  # (B, H)
 
+    def add_pins(self, pin_ids: np.ndarray, vectors: np.ndarray) -> int:
+        """Give the pins the table lacks their vectors (raw, as the table was built from), scaled as
+        the trained ones; pins it has keep theirs. Returns how many were added; none for a model
+        saved without its scaling. The table is replaced whole, so a forward pass running meanwhile
+        reads the old or the new one, never half of each."""
+        if self.cfg.content_mean is None or not len(pin_ids):
+            return 0
+        table = self.pins.content
+        pin_ids = np.asarray(pin_ids, dtype=np.int64)
+        known = np.zeros(len(pin_ids), dtype=bool)
+        inside = (pin_ids > 0) & (pin_ids < table.shape[0])
+        known[inside] = table[torch.from_numpy(pin_ids[inside])].abs().sum(dim=1).numpy() > 0
+        new = (pin_ids > 0) & ~known
+        if not new.any():
+            return 0
+        scaled = (np.asarray(vectors, np.float64)[new] - np.asarray(self.cfg.content_mean)) / np.asarray(self.cfg.content_std)
+        grown = torch.zeros((max(table.shape[0], int(pin_ids.max()) + 1), table.shape[1]), dtype=table.dtype, device=table.device)
+        grown[: table.shape[0]] = table
+        grown[torch.from_numpy(pin_ids[new]).to(table.device)] = torch.from_numpy(scaled.astype(np.float32)).to(table.device)
+        self.pins.content = grown
+        return int(new.sum())
+
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -201,6 +229,12 @@ def weighted_bce(
     return per.sum() / (sample_weight.sum() * head_weights.sum()).clamp(min=1e-12)
 
 
+def content_scaling(embeddings: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Each dimension's mean and standard deviation (at least 1e-6) over the known pins."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    return tuple(embeddings.mean(axis=0).tolist()), tuple(np.maximum(embeddings.std(axis=0), 1e-6).tolist())
+
+
 def pin_content_table(pin_ids: np.ndarray, embeddings: np.ndarray) -> torch.Tensor:
     """A dense (max_id + 1, E) table of standardised content embeddings; row 0 and unknown ids are zeros.
 
@@ -210,7 +244,8 @@ def pin_content_table(pin_ids: np.ndarray, embeddings: np.ndarray) -> torch.Tens
     """
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if len(embeddings):
-        embeddings = (embeddings - embeddings.mean(axis=0)) / np.maximum(embeddings.std(axis=0), 1e-6)
+        mean, std = content_scaling(embeddings)
+        embeddings = (embeddings - np.asarray(mean)) / np.asarray(std)
     table = np.zeros((int(pin_ids.max(initial=0)) + 1, embeddings.shape[1]), dtype=np.float32)
     table[pin_ids] = embeddings
     return torch.from_numpy(table)

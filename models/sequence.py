@@ -31,7 +31,7 @@ from homefeed import schema
 from homefeed.config import TrainConfig
 
 
-def _train_default(knob: str):
+def train_default(knob: str):
     """A knob's default is stated once, in the training config."""
     return TrainConfig.model_fields[knob].default
 
@@ -40,14 +40,14 @@ def _train_default(knob: str):
 class SequenceConfig:
     seq_len: int = schema.SEQ_LEN
     pin_dim: int = 32  # P: width of a pin vector (content + id embedding); the ranker sets it
-    action_dim: int = _train_default("embedding_dim")
-    d_model: int = _train_default("d_model")
-    num_layers: int = _train_default("num_layers")
-    num_heads: int = _train_default("num_heads")
-    dim_feedforward: int = _train_default("dim_feedforward")
-    dropout: float = _train_default("dropout")
-    time_window_ms: int = _train_default("time_window_ms")
-    time_window_mask_prob: float = _train_default("time_window_mask_prob")
+    action_dim: int = train_default("embedding_dim")
+    d_model: int = train_default("d_model")
+    num_layers: int = train_default("num_layers")
+    num_heads: int = train_default("num_heads")
+    dim_feedforward: int = train_default("dim_feedforward")
+    dropout: float = train_default("dropout")
+    time_window_ms: int = train_default("time_window_ms")
+    time_window_mask_prob: float = train_default("time_window_mask_prob")
     kept_tokens: int = 10  # TransAct v1.1 keeps the first 10 output tokens + a max-pooled one
 
     @classmethod

@@ -34,6 +34,10 @@ class NeuralScorer:
         """Compile the ranker's sequence module and warm it for scoring (models.compilation)."""
         return compile_sequence_module(self.ranker, cache_dir)
 
+    def add_pins(self, pin_ids: np.ndarray, vectors: np.ndarray) -> int:
+        """Pins met after training (a newer snapshot's) into the ranker's table (Ranker.add_pins)."""
+        return self.ranker.add_pins(pin_ids, vectors)
+
     def predict(self, table: pa.Table) -> np.ndarray:
         from homefeed.data import to_tensors
 
@@ -56,6 +60,9 @@ class BaselineScorer:
 
     def compile(self, cache_dir: Path | None) -> CompileOutcome:
         return CompileOutcome(False, 0.0, "nothing to compile: a baseline has no sequence module")
+
+    def add_pins(self, pin_ids: np.ndarray, vectors: np.ndarray) -> int:
+        return 0  # a baseline reads each row's candidate vector, whatever the pin
 
 
 def write_model_info(directory: str | Path, name: str, extra: dict | None = None) -> None:

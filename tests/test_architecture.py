@@ -12,7 +12,7 @@ LAYERS = {
                    "homefeed.contract", "homefeed.metrics", "homefeed.holdout", "homefeed.segments", "homefeed.processes",
                    "homefeed.s3", "homefeed.local_s3", "homefeed.local_redis", "homefeed.spark", "homefeed.orchestration",
                    "homefeed.arms"],
-    "data": ["homefeed.data", "homefeed.features", "homefeed.simulate", "homefeed.kuairand", "homefeed.sequence_store",
+    "data": ["homefeed.data", "homefeed.embeddings", "homefeed.features", "homefeed.simulate", "homefeed.kuairand", "homefeed.sequence_store",
              "homefeed.event_log", "homefeed.monitor_records", "expectations"],
     "models": ["models"],
     "engines": ["jobs", "homefeed.validation", "homefeed.drift", "homefeed.train", "homefeed.evaluate", "homefeed.gates",

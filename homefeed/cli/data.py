@@ -63,6 +63,7 @@ def build_instances(
     out: Annotated[Path, typer.Option(help="Instance dataset to publish")],
     start: Annotated[Optional[str], typer.Option(help="First impression day, YYYY-MM-DD")] = None,
     end: Annotated[Optional[str], typer.Option(help="Last impression day, YYYY-MM-DD")] = None,
+    pin_embeddings: Annotated[Optional[Path], typer.Option(help="`homefeed embed-pins` output to use instead of the pins' content vectors")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Build labelled instances with realtime sequences (Spark)."""
@@ -74,7 +75,8 @@ def build_instances(
     started = _step(f"building instances from {raw}")
     try:
         manifest = job.run(session(cfg, "build-instances"), str(raw), str(out), cfg,
-                           date.fromisoformat(start) if start else None, date.fromisoformat(end) if end else None)
+                           date.fromisoformat(start) if start else None, date.fromisoformat(end) if end else None,
+                           pin_embeddings=str(pin_embeddings) if pin_embeddings else None)
     except (job.InputDataError, StorageError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from homefeed import arms, experiments, features, holdout, schema, sequence_store, storage
+from homefeed import arms, experiments, features, holdout, schema, sequence_store
 from homefeed.config import Config
 from homefeed.event_log import EventLog, ExposureLog, log_root
 from homefeed.registry import NoServableModel, ServedModel, load_served_model  # noqa: F401 - the service's model, re-exported for its users
@@ -83,10 +83,19 @@ def compiled(cfg: Config, model: ServedModel, role: str) -> ServedModel:
     """With ``serving.compile``, the model's TransAct compiled and warmed before it serves
     (seconds, said in the log with where its kernels are cached, or why it stays eager)."""
     if cfg.serving.compile:
-        from models.compilation import cache_dir_under
+        from models.compilation import compile_cache_dir
 
-        outcome = model.scorer.compile(cache_dir_under(storage.local_path(cfg.storage.root)))
+        outcome = model.scorer.compile(compile_cache_dir(cfg.storage.root))
         log.info("%s", outcome.describe(f"{role} v{model.version}"))
+    return model
+
+
+def with_snapshot_pins(model: ServedModel, snapshot: features.FeatureSnapshot, role: str) -> ServedModel:
+    """The model with the snapshot's pins newer than its training in its pin table (said in the log)."""
+    added = features.add_snapshot_pins(model, snapshot)
+    if added:
+        log.info("%s v%s: %d pins newer than its training read with their %s vectors", role, model.version, added,
+                 "projected content" if model.pin_vectors is not None else "content")
     return model
 
 
@@ -108,6 +117,7 @@ class RankingService:
     def __init__(self, model: ServedModel, snapshot: features.FeatureSnapshot, store, position: int = 0,
                  events: EventLog | None = None, exposures: ExposureLog | None = None):
         self.model, self.snapshot, self.store, self.position, self.events = model, snapshot, store, position, events
+        with_snapshot_pins(model, snapshot, "model")
         self.exposures = exposures
         self.experiment = ExperimentState()
         self.challenger_load_failures = 0
@@ -179,7 +189,8 @@ class RankingService:
         from homefeed import registry
 
         try:
-            challenger = compiled(cfg, registry.load_served_version(cfg, experiment.challenger_version), "challenger")
+            challenger = with_snapshot_pins(compiled(cfg, registry.load_served_version(cfg, experiment.challenger_version), "challenger"),
+                                            self.snapshot, "challenger")
         except Exception as exc:  # noqa: BLE001 - any failure: the champion serves everyone, said and counted
             self.challenger_load_failures += 1
             error = f"challenger v{experiment.challenger_version} of experiment {experiment.name} not loaded ({type(exc).__name__}: {exc})"
@@ -202,12 +213,16 @@ class RankingService:
         root = cfg.serving.features_root or model.raw_root
         if root != (cfg.serving.features_root or self.model.raw_root):
             self.use_snapshot(features.FeatureSnapshot.load(root))
+        with_snapshot_pins(model, self.snapshot, cfg.serving.alias)
         with self._lock:
             self.model = model
         return True
 
     def use_snapshot(self, snapshot: features.FeatureSnapshot) -> None:
         """Serve with a newer pins/users snapshot (a new day's pins); histories are kept."""
+        with_snapshot_pins(self.model, snapshot, "model")
+        if self.experiment.challenger is not None:
+            with_snapshot_pins(self.experiment.challenger, snapshot, "challenger")
         with self._lock:
             self.snapshot = snapshot
             self.store.snapshot = snapshot

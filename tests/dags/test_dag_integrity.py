@@ -61,7 +61,7 @@ def test_params_defaults_validate_and_bad_values_are_rejected(dagbag):
     dag = dagbag.dags["homefeed_retrain"]
     defaults = dag.params.validate()
     assert defaults["model"] is None and defaults["auto_promote"] is True  # None: the config's model
-    for bad in ({"model": "resnet"}, {"window_days": 1}, {"negative_rate": 0}, {"end_date": "next tuesday"}):
+    for bad in ({"model": "resnet"}, {"window_days": 1}, {"negative_rate": 0}, {"end_date": "next tuesday"}, {"embeddings_method": "pinsage"}):
         params = ParamsDict({k: v for k, v in dag.params.items()})
         with pytest.raises((ParamValidationError, ValueError)):
             params.update(bad)
@@ -129,3 +129,10 @@ def test_a_new_stage_in_the_list_is_a_new_task_in_its_place(monkeypatch):
     dag = DagBag(dag_folder=str(DAGS_FOLDER / "homefeed_retrain.py")).dags["homefeed_retrain"]
     order = [t.task_id for t in dag.topological_sort()]
     assert order.index("count_rows") == order.index("build_instances") + 1
+
+
+def test_the_embeddings_param_reaches_the_config():
+    from homefeed.orchestration import config_from_params
+
+    assert config_from_params({"embeddings_method": "als"}).embeddings.method == "als"
+    assert config_from_params({}).embeddings.method == "none"

@@ -56,7 +56,7 @@ def test_a_failed_gate_stops_the_run_and_a_failed_stage_is_recorded_and_reported
     _fake_stages(monkeypatch, calls, failing="build_instances")
     with pytest.raises(RuntimeError, match="build_instances broke"):
         pipeline.retrain_in_process(base_config, "raw", tmp_path / "failed", date(2026, 1, 1), date(2026, 1, 5))
-    assert calls == ["check_raw", "validate_raw", "build_instances", "report"]
+    assert calls == ["check_raw", "validate_raw", "embed_pins", "build_instances", "report"]
     failure = json.loads((tmp_path / "failed" / "build_instances.failed.json").read_text())
     assert failure == {"stage": "build_instances", "error": "build_instances broke", "type": "RuntimeError"}
     assert (tmp_path / "failed" / pipeline.TIMINGS_DIR / "build_instances.json").exists()
@@ -124,3 +124,22 @@ def test_a_new_stage_is_one_function_and_one_entry(monkeypatch, tmp_path, base_c
     assert (tmp_path / pipeline.TIMINGS_DIR / "count_rows.json").exists()
     assert seen == [RowsCounted(1234)]
     assert reported[0].index("count_rows") == reported[0].index("build_instances") + 1
+
+
+def test_embed_pins_learns_before_the_first_validation_day_and_build_instances_reads_it(tmp_path, base_config, raw_dir):
+    from homefeed import storage
+
+    cfg = base_config.with_overrides({"embeddings": {"method": "word2vec", "min_engagements": 2, "dim": 8}})
+    ctx = pipeline.RunContext(cfg, tmp_path, str(raw_dir), date(2026, 1, 5), date(2026, 1, 9))
+    embedded = pipeline.run_stage(pipeline.stage("embed_pins"), ctx)
+    assert embedded.end == "2026-01-07" and embedded.learned > 0  # validation is 01-08, test 01-09
+    assert json.loads((tmp_path / "embed_pins.json").read_text())["embeddings"] == str(tmp_path / "pin_embeddings")
+    assert "pin_embeddings" in (tmp_path / "data_docs" / "index.html").read_text()  # the GX suite ran
+    built = pipeline.run_stage(pipeline.stage("build_instances"), ctx)
+    assert storage.read_manifest(built.instances)["pin_embeddings"]["end"] == "2026-01-07"
+
+
+def test_embed_pins_with_method_none_learns_nothing(tmp_path, base_config):
+    ctx = pipeline.RunContext(base_config, tmp_path, "raw", date(2026, 1, 5), date(2026, 1, 9))
+    assert pipeline.run_stage(pipeline.stage("embed_pins"), ctx) == pipeline.PinsEmbedded(None, "none")
+    assert not (tmp_path / "pin_embeddings").exists()

@@ -1,6 +1,7 @@
 """Promotion, rollback, forced promotion and holdout refusal against a real MLflow server on SQLite."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -256,3 +257,26 @@ def test_the_printed_mlflow_ui_lands_a_fresh_browser_on_the_runs_table_without_t
     assert "run-first" in text and "0.7123" in text and "Token Usage" not in text
     assert outside == [], outside  # nothing asked beyond the machine
     assert processes <= 3, f"{processes} processes under `mlflow ui`: the job runner started"
+
+
+def test_a_version_trained_on_learned_pin_vectors_carries_them_and_one_on_content_vectors_does_not(cfg, trained_model, instances_dir, tmp_path):
+    import numpy as np
+
+    from homefeed import embeddings, storage
+
+    with storage.publish_dataset(tmp_path / "emb") as staging:
+        embeddings.write(staging, [5, 7], [np.ones(4), np.zeros(4)], ["learned", "content"],
+                         {"method": "als", "window": {"end": "2026-01-07"}, "projection": np.ones((17, 4)).tolist()})
+    client = registry.client(cfg)
+    example = registry.input_example(read_instances(str(instances_dir), "test"))
+    content = registry.serving_features(storage.read_manifest(instances_dir))
+    assert content["pin_embeddings"] == {"method": "none"}
+    plain = registry.log_and_register(cfg, client.create_run(registry.experiment_id(cfg)).info.run_id, trained_model, example, {},
+                                      features=content)
+    learned_features = {**content, "pin_embeddings": {"method": "als", "path": str(tmp_path / "emb"), "end": "2026-01-07"}}
+    learned = registry.log_and_register(cfg, client.create_run(registry.experiment_id(cfg)).info.run_id, trained_model, example, {},
+                                        features=learned_features)
+    shutil.rmtree(tmp_path / "emb")
+    assert registry.load_served_version(cfg, plain).pin_vectors is None
+    served = registry.load_served_version(cfg, learned).pin_vectors  # from the model's own artifacts, not the run's directory
+    assert served.ids.tolist() == [5, 7] and served.vectors[0].tolist() == [1, 1, 1, 1] and served.end.isoformat() == "2026-01-07"

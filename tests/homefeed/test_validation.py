@@ -172,3 +172,39 @@ def test_a_suites_count_names_homefeeds_own_checks_beside_gxs():
     passed = validation.SuiteReport("pins", True, 10, [gx_outcome, gx_outcome, own])
     assert "3 expectations: 2 in Data Docs + homefeed's partitions_not_empty" in passed.describe()
     assert "(2 expectations, 10 rows)" in validation.SuiteReport("pins", True, 10, [gx_outcome, gx_outcome]).describe()
+
+
+# --------------------------------------------------------------------------- learned pin embeddings
+def pin_embeddings(root: Path, vectors: np.ndarray, sources: list[str]) -> Path:
+    """A published embedding table of ``vectors`` (the default width: the suite reads the default config)."""
+    from homefeed import embeddings, storage
+
+    with storage.publish_dataset(root) as staging:
+        embeddings.write(staging, list(range(1, len(vectors) + 1)), list(vectors), sources,
+                         {"method": "word2vec", "window": {"end": "2026-01-07"}, "projection": np.zeros((17, 16)).tolist()})
+    return root
+
+
+EMBEDDING_CORRUPTIONS = {
+    "not-finite": (lambda v: v.__setitem__((0, 3), np.nan), ["learned"] * 20, r"embedding has 16 finite values"),
+    "zero-vector": (lambda v: v.__setitem__(1, 0.0), ["learned"] * 20, r"embedding norm in \(0, 100.0\]"),
+    "huge-norm": (lambda v: v.__setitem__(2, 1e3), ["learned"] * 20, r"embedding norm in \(0, 100.0\]"),
+    "too-few-learned": (lambda v: None, ["content"] * 20, r"at least 5% of pins learned"),
+    "unknown-source": (lambda v: None, ["learned"] * 19 + ["pinsage"], r"expect_column_values_to_be_in_set on column 'source'"),
+}
+
+
+def test_good_pin_embeddings_pass(tmp_path, spark):
+    vectors = np.random.default_rng(0).normal(size=(20, 16)).astype(np.float32)
+    result = validate("pin_embeddings", pin_embeddings(tmp_path / "emb", vectors, ["learned"] * 10 + ["content"] * 10))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("case", sorted(EMBEDDING_CORRUPTIONS))
+def test_bad_pin_embeddings_fail_naming_the_problem(tmp_path, case, spark):
+    corrupt, sources, message = EMBEDDING_CORRUPTIONS[case]
+    vectors = np.random.default_rng(0).normal(size=(20, 16)).astype(np.float32)
+    corrupt(vectors)
+    result = validate("pin_embeddings", pin_embeddings(tmp_path / "emb", vectors, sources))
+    assert result.exit_code == 1, result.output
+    assert "suite 'pin_embeddings' failed" in result.output and re.search(message, result.output), result.output

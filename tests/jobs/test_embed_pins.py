@@ -1,14 +1,15 @@
 """Learned pin embeddings (issue 35, first step): Spark MLlib over the engagement up to a day,
 leakage-safe, deterministic, every pin of the snapshot covered, bad input refused."""
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from homefeed import schema, storage
-from jobs import embed_pins
+from homefeed.data import read_pin_features
+from jobs import build_instances, embed_pins
 from jobs.build_instances import InputDataError
 
 END = date(2026, 1, 7)  # the tiny log covers 2026-01-05 .. 01-09
@@ -62,3 +63,62 @@ def test_no_engagement_up_to_the_end_day_is_refused_and_nothing_is_published(spa
     assert not (tmp_path / "none").exists()
     with pytest.raises(InputDataError, match="embeddings.method is none"):
         embed_pins.run(spark, str(raw_dir), str(tmp_path / "off"), cfg.with_overrides({"embeddings": {"method": "none"}}), END)
+
+
+def test_the_same_output_is_not_recomputed(spark, raw_dir, cfg, tmp_path):
+    first = embed_pins.run(spark, str(raw_dir), str(tmp_path / "e"), cfg, END)
+    written = (tmp_path / "e" / "embeddings.parquet").stat().st_mtime_ns
+    assert embed_pins.run(spark, str(raw_dir), str(tmp_path / "e"), cfg, END) == first
+    assert (tmp_path / "e" / "embeddings.parquet").stat().st_mtime_ns == written
+    changed = embed_pins.run(spark, str(raw_dir), str(tmp_path / "e"), cfg.with_overrides({"embeddings": {"seed": 8}}), END)
+    assert changed["fingerprint"] != first["fingerprint"]
+
+
+# --------------------------------------------------------------------------- the instance job reads them
+@pytest.fixture(scope="module")
+def learned(spark, raw_dir, cfg, tmp_path_factory):
+    """Embeddings up to the day before the tiny window's first validation day, and instances on them."""
+    root = tmp_path_factory.mktemp("learned")
+    last_day = storage.landed_days(raw_dir)[-1]
+    cutoff = build_instances.validation_start(last_day, cfg.instances) - timedelta(days=1)
+    embed_pins.run(spark, str(raw_dir), str(root / "emb"), cfg, cutoff)
+    manifest = build_instances.run(spark, str(raw_dir), str(root / "instances"), cfg, pin_embeddings=str(root / "emb"))
+    return root, cutoff, manifest
+
+
+def test_the_pipeline_cutoff_learns_nothing_from_validation_or_test_days(raw_dir, cfg, learned):
+    root, cutoff, _ = learned
+    assert cutoff == END
+    first_evaluated_ms = int(datetime(2026, 1, 8, tzinfo=timezone.utc).timestamp() * 1000)
+    engaged = _engagements(raw_dir)
+    evaluated_only = set(engaged[engaged["ts"] >= first_evaluated_ms]["pin_id"]) - set(engaged[engaged["ts"] < first_evaluated_ms]["pin_id"])
+    table = embed_pins.read(root / "emb").to_pandas().set_index("pin_id")
+    assert evaluated_only and (table.loc[sorted(evaluated_only & set(table.index)), "source"] == embed_pins.CONTENT).all()
+
+
+def test_instances_carry_the_learned_vectors_and_record_their_window(learned):
+    root, cutoff, manifest = learned
+    ids, vectors = read_pin_features(root / "instances")
+    table = embed_pins.read(root / "emb").to_pandas().set_index("pin_id")
+    expected = np.stack(table.loc[ids, "embedding"].to_numpy())
+    assert vectors.shape == (len(ids), 8) and np.allclose(vectors, expected)
+    record = manifest["pin_embeddings"]
+    assert record["method"] == "word2vec" and record["end"] == cutoff.isoformat() and record["learned"] > 0
+
+
+def test_content_instances_say_so(instances_dir):
+    assert storage.read_manifest(instances_dir)["pin_embeddings"] == {"method": "none"}
+
+
+def test_embeddings_that_read_a_validation_day_are_refused_and_nothing_is_published(spark, raw_dir, cfg, tmp_path):
+    embed_pins.run(spark, str(raw_dir), str(tmp_path / "emb"), cfg, END + timedelta(days=1))
+    with pytest.raises(InputDataError, match=r"up to 2026-01-08, on or after the first evaluated day 2026-01-08.*--end 2026-01-07"):
+        build_instances.run(spark, str(raw_dir), str(tmp_path / "instances"), cfg, pin_embeddings=str(tmp_path / "emb"))
+    assert not (tmp_path / "instances").exists()
+
+
+def test_instances_are_rebuilt_when_their_embeddings_change(spark, raw_dir, cfg, learned, tmp_path):
+    root, cutoff, manifest = learned
+    other = embed_pins.run(spark, str(raw_dir), str(tmp_path / "emb"), cfg.with_overrides({"embeddings": {"seed": 9}}), cutoff)
+    rebuilt = build_instances.run(spark, str(raw_dir), str(root / "instances"), cfg, pin_embeddings=str(tmp_path / "emb"))
+    assert rebuilt["fingerprint"] != manifest["fingerprint"] and rebuilt["pin_embeddings"]["fingerprint"] == other["fingerprint"]

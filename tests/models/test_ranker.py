@@ -186,3 +186,30 @@ def test_sequence_counts_let_the_control_read_how_often_each_action_occurs(tmp_p
     assert loaded.cfg.sequence_counts
     with torch.inference_mode():
         assert torch.equal(model(data), loaded(data))
+
+
+def test_pins_newer_than_training_are_added_scaled_as_the_trained_ones_and_known_ones_kept(tmp_path):
+    from dataclasses import replace
+
+    from models.ranker import content_scaling
+
+    raw = np.random.default_rng(0).normal(size=(39, 4)).astype(np.float32)
+    mean, std = content_scaling(raw)
+    base = ranker()
+    model = Ranker(replace(base.cfg, content_mean=mean, content_std=std), pin_content_table(np.arange(1, 40), raw))
+    before = model.pins.content.clone()
+    padded = model(batch() | {"pin_id": torch.full((B,), 45)})
+    new = np.array([3.0, -1.0, 0.5, 2.0], np.float32)
+    assert model.add_pins(np.array([5, 45]), np.stack([raw[0] * 0 + 9, new])) == 1  # 5 is known: kept
+    assert torch.equal(model.pins.content[:40], before)
+    np.testing.assert_allclose(model.pins.content[45].numpy(), (new - np.array(mean)) / np.array(std), rtol=1e-5)
+    assert not torch.equal(model(batch() | {"pin_id": torch.full((B,), 45)}), padded)  # no longer read as padding
+    assert model.add_pins(np.array([45]), new[None]) == 0  # idempotent
+    model.save(tmp_path)
+    assert Ranker.load(tmp_path).cfg.content_mean == mean  # the scaling travels with the model
+
+
+def test_a_model_saved_without_its_scaling_adds_no_pins():
+    model = ranker()
+    assert model.add_pins(np.array([45]), np.ones((1, 4), np.float32)) == 0
+    assert model.pins.content.shape[0] == 40
