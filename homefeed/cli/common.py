@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Annotated, Optional
 
 import typer
@@ -57,11 +58,11 @@ def refusals():
             raise typer.Exit(1) from None
 
 
-def step(message: str) -> float:
-    """``==> message`` on stderr; the start time for :func:`done`."""
+@contextlib.contextmanager
+def step(message: str) -> Iterator[None]:
+    """``==> message`` on stderr, and ``done in …`` when the block ends without an error (a
+    command that fails inside it has said why instead)."""
     typer.echo(f"==> {message}", err=True)
-    return time.perf_counter()
-
-
-def done(started: float) -> None:
+    started = time.perf_counter()
+    yield
     typer.echo(f"    done in {time.perf_counter() - started:.1f}s", err=True)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from homefeed.cli.common import ConfigOption, config as _config, done as _done, step as _step
+from homefeed.cli.common import ConfigOption, config as _config, step as _step
 
 commands = typer.Typer()
 instances_app = typer.Typer(help="Inspect a published instance dataset.", no_args_is_help=True)
@@ -29,9 +29,8 @@ def generate(
 
     overrides = {k: v for k, v in {"impressions": impressions, "seed": seed, "days": days}.items() if v is not None}
     cfg = _config(config, {"simulator": overrides})
-    started = _step(f"simulating {cfg.simulator.impressions} impressions over {cfg.simulator.days} days")
-    counts = simulate.generate(cfg.simulator, out)
-    _done(started)
+    with _step(f"simulating {cfg.simulator.impressions} impressions over {cfg.simulator.days} days"):
+        counts = simulate.generate(cfg.simulator, out)
     typer.echo(json.dumps({"out": str(out), **counts}))
 
 
@@ -47,13 +46,12 @@ def import_kuairand(
     from homefeed import kuairand
 
     cfg = _config(config)
-    started = _step(f"importing KuaiRand-Pure from {src} (requests: {request_window}, history before the log: {'on' if history else 'off'})")
-    try:
-        counts = kuairand.import_kuairand(src, out, request_window, history, cfg.train.time_window_ms + cfg.instances.delay_ms)
-    except (kuairand.KuaiRandFormatError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    _done(started)
+    with _step(f"importing KuaiRand-Pure from {src} (requests: {request_window}, history before the log: {'on' if history else 'off'})"):
+        try:
+            counts = kuairand.import_kuairand(src, out, request_window, history, cfg.train.time_window_ms + cfg.instances.delay_ms)
+        except (kuairand.KuaiRandFormatError, FileNotFoundError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
     typer.echo(json.dumps({"out": str(out), **counts}))
 
 
@@ -72,15 +70,14 @@ def build_instances(
     from jobs import build_instances as job
 
     cfg = _config(config)
-    started = _step(f"building instances from {raw}")
-    try:
-        manifest = job.run(session(cfg, "build-instances"), str(raw), str(out), cfg,
-                           date.fromisoformat(start) if start else None, date.fromisoformat(end) if end else None,
-                           pin_embeddings=str(pin_embeddings) if pin_embeddings else None)
-    except (job.InputDataError, StorageError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    _done(started)
+    with _step(f"building instances from {raw}"):
+        try:
+            manifest = job.run(session(cfg, "build-instances"), str(raw), str(out), cfg,
+                               date.fromisoformat(start) if start else None, date.fromisoformat(end) if end else None,
+                               pin_embeddings=str(pin_embeddings) if pin_embeddings else None)
+        except (job.InputDataError, StorageError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
     typer.echo(json.dumps({"out": str(out), "rows": manifest["output_rows"], "sequences": manifest["sequence_rows"],
                            "splits": {k: v["rows"] for k, v in manifest["splits"].items()}}))
 
@@ -104,13 +101,12 @@ def embed_pins(
     except ValueError:
         typer.echo(f"error: --end {end!r} is not a date (YYYY-MM-DD)", err=True)
         raise typer.Exit(2) from None
-    started = _step(f"learning {cfg.embeddings.method} pin embeddings from {raw} up to {last_day}")
-    try:
-        manifest = job.run(session(cfg, "embed-pins"), str(raw), str(out), cfg, last_day)
-    except (job.InputDataError, StorageError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    _done(started)
+    with _step(f"learning {cfg.embeddings.method} pin embeddings from {raw} up to {last_day}"):
+        try:
+            manifest = job.run(session(cfg, "embed-pins"), str(raw), str(out), cfg, last_day)
+        except (job.InputDataError, StorageError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
     typer.echo(json.dumps({"out": str(out), "method": manifest["method"], "learned": manifest["learned"],
                            "content": manifest["content"], "coverage": manifest["coverage"]}))
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from homefeed.cli.common import ConfigOption, config as _config, done as _done, registry_errors as _registry_errors, step as _step
+from homefeed.cli.common import ConfigOption, config as _config, registry_errors as _registry_errors, step as _step
 from homefeed.config import Config
 
 commands = typer.Typer()
@@ -109,13 +109,12 @@ def sequences_load(
             store = _sequence_store(cfg, raw, snapshot)
         if reset:
             store.reset()
-        started = _step(f"loading the actions of {raw} into {store.describe()}" + ("" if until_ms is None else f" (before {until})"))
-        totals = load_actions(store, raw, until_ms, progress=lambda line: typer.echo(f"    {line}", err=True))
-        store.close()
+        with _step(f"loading the actions of {raw} into {store.describe()}" + ("" if until_ms is None else f" (before {until})")):
+            totals = load_actions(store, raw, until_ms, progress=lambda line: typer.echo(f"    {line}", err=True))
+            store.close()
     except (PermanentError, SequenceStoreUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    _done(started)
     typer.echo(json.dumps({"store": store.describe(), **totals}))
 
 

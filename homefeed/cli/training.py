@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from homefeed.cli.common import ConfigOption, config as _config, done as _done, step as _step
+from homefeed.cli.common import ConfigOption, config as _config, step as _step
 
 commands = typer.Typer()
 
@@ -39,19 +39,18 @@ def train(
     overrides = {k: v for k, v in {"model": model, "epochs": epochs, "num_processes": num_processes}.items() if v is not None}
     cfg = _config(config, {"train": overrides})
     out = out or storage.local_path(cfg.storage.root) / "train" / cfg.train.model
-    started = _step(f"training {cfg.train.model} on {instances}")
-    run_id = registry.start_run(cfg, f"train-{cfg.train.model}")
-    try:
-        result = pipeline.train_tracked(cfg, str(instances), str(out), run_id)
-        registry.log_artifact(cfg, run_id, result.model_dir, "model_files")
-    except BaseException as exc:  # the MLflow run says FAILED and why, never RUNNING forever
-        registry.end_run(cfg, run_id, failed=True, error=f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, PermanentError):
-            typer.echo(f"error: {exc} (MLflow run {run_id} marked FAILED)", err=True)
-            raise typer.Exit(1) from None
-        raise
-    registry.end_run(cfg, run_id)
-    _done(started)
+    with _step(f"training {cfg.train.model} on {instances}"):
+        run_id = registry.start_run(cfg, f"train-{cfg.train.model}")
+        try:
+            result = pipeline.train_tracked(cfg, str(instances), str(out), run_id)
+            registry.log_artifact(cfg, run_id, result.model_dir, "model_files")
+        except BaseException as exc:  # the MLflow run says FAILED and why, never RUNNING forever
+            registry.end_run(cfg, run_id, failed=True, error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, PermanentError):
+                typer.echo(f"error: {exc} (MLflow run {run_id} marked FAILED)", err=True)
+                raise typer.Exit(1) from None
+            raise
+        registry.end_run(cfg, run_id)
     typer.echo(json.dumps({"run_id": run_id, "model_dir": result.model_dir,
                            "validation_auc": {h: m["auc"] for h, m in result.validation.items()}}))
 
@@ -102,14 +101,13 @@ def compare(
         typer.echo(f"error: --test-from must be YYYY-MM-DD, got {test_from!r}", err=True)
         raise typer.Exit(2) from None
     names = [m.strip() for m in models.split(",") if m.strip()]
-    started = _step(f"comparing {', '.join(names)} on {raw}")
-    try:
-        references = [m.strip() for m in paired_against.split(",") if m.strip()] if paired_against is not None else None
-        rows = comparison.compare(str(raw), names, first_test_day, out, cfg, seeds, split, sequence_at, references)
-    except (ValueError, PermanentError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    _done(started)
+    with _step(f"comparing {', '.join(names)} on {raw}"):
+        try:
+            references = [m.strip() for m in paired_against.split(",") if m.strip()] if paired_against is not None else None
+            rows = comparison.compare(str(raw), names, first_test_day, out, cfg, seeds, split, sequence_at, references)
+        except (ValueError, PermanentError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     typer.echo((out / "comparison.md").read_text())
     typer.echo(f"wrote {out / 'comparison.csv'} ({len(rows)} models), comparison.md, comparison.png")
 
@@ -161,10 +159,9 @@ def simulate_loop(
         typer.echo(f"error: --retrain-every takes comma-separated integers, got {retrain_every!r}", err=True)
         raise typer.Exit(2) from None
     names = [m.strip() for m in models.split(",") if m.strip()]
-    started = _step(f"closed loop: {days} days, models {names}, retraining every {cadences} days")
-    loop.compare_loops(cfg, out, days, cadences, names, warmup_days=warmup_days, window_days=warmup_days,
-                       holdout_fraction=holdout_fraction, impressions_per_day=impressions_per_day, users=users)
-    _done(started)
+    with _step(f"closed loop: {days} days, models {names}, retraining every {cadences} days"):
+        loop.compare_loops(cfg, out, days, cadences, names, warmup_days=warmup_days, window_days=warmup_days,
+                           holdout_fraction=holdout_fraction, impressions_per_day=impressions_per_day, users=users)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"wrote {out / 'summary.csv'}, {out / 'lift.png'} and one days.csv per loop")
 
@@ -190,14 +187,13 @@ def score_pool(
     except ValueError:
         typer.echo("error: --pins and --users take comma-separated integers", err=True)
         raise typer.Exit(2) from None
-    started = _step(f"scoring {len(pin_ids)} pins against {'all' if user_ids is None else len(user_ids)} users")
-    try:
-        manifest = job.run(session(cfg, "score-pool"),
-                           str(raw), pin_ids, str(out), cfg, user_ids, request_ts)
-    except PermanentError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    _done(started)
+    with _step(f"scoring {len(pin_ids)} pins against {'all' if user_ids is None else len(user_ids)} users"):
+        try:
+            manifest = job.run(session(cfg, "score-pool"),
+                               str(raw), pin_ids, str(out), cfg, user_ids, request_ts)
+        except PermanentError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     typer.echo(json.dumps(manifest))
 
 

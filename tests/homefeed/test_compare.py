@@ -105,3 +105,14 @@ def test_knobs_can_be_chosen_on_the_validation_day_without_touching_the_test_day
     validation_requests = len(set(read_rows(out / "instances", "validation", ("request_id",)).column("request_id").to_pylist()))
     assert storage.read_manifest(out / "instances")["splits"]["validation"]["rows"] > 0 and validation_requests > 0
     assert rows[0]["auc_repin"] == rows[0]["auc_repin"]  # scored: a number, not NaN
+
+
+def test_with_an_embedding_method_the_models_read_vectors_learned_before_the_validation_day(cfg, raw_dir, tmp_path):
+    from homefeed import storage
+
+    learned = cfg.with_overrides({"embeddings": {"method": "als", "min_engagements": 2, "dim": 8}})
+    out = tmp_path / "learned"
+    rows = compare.compare(str(raw_dir), ["lr"], date(2026, 1, 9), out, learned, split="validation")
+    record = storage.read_manifest(out / "instances")["pin_embeddings"]
+    assert record["method"] == "als" and record["end"] == "2026-01-07" and record["path"] == str(out / "pin_embeddings")
+    assert rows[0]["auc_repin"] == rows[0]["auc_repin"]
