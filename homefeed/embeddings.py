@@ -31,6 +31,7 @@ class PinVectors:
     vectors: np.ndarray  # (N, D) float32
     projection: np.ndarray  # (C + 1, D) float32: [content, 1] @ projection is a content vector in this space
     manifest: dict[str, Any]
+    directory: str = ""  # where it was read from (a registered model's copy, for a job that rebuilds its features)
 
     @classmethod
     def read(cls, directory: str | Path) -> "PinVectors":
@@ -41,7 +42,7 @@ class PinVectors:
         vectors = np.asarray(flat, dtype=np.float32).reshape(len(ids), -1)
         order = np.argsort(ids, kind="stable")
         manifest = storage.read_manifest(str(root))
-        return cls(ids[order], vectors[order], np.asarray(manifest["projection"], dtype=np.float32), manifest)
+        return cls(ids[order], vectors[order], np.asarray(manifest["projection"], dtype=np.float32), manifest, str(root))
 
     @property
     def end(self) -> date:

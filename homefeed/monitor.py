@@ -87,7 +87,8 @@ def score_day(spark, cfg: Config, raw_root: str, day: date, model, window_end: d
     from jobs import build_instances as job
 
     out = monitor_root(cfg) / f"v{model.version}" / "instances" / day.isoformat()
-    job.run(spark, raw_root, str(out), cfg, day, day, feature_stats=model.feature_stats)
+    vectors = model.pin_vectors.directory if model.pin_vectors is not None else None  # the pin vectors it was trained with
+    job.run(spark, raw_root, str(out), cfg, day, day, feature_stats=model.feature_stats, pin_embeddings=vectors)
     record = day_record(model.version, day, window_end, evaluate_scorer(model.scorer, read_instances(out, "test"), cfg))
     storage.write_json(monitor_root(cfg) / f"v{model.version}" / f"{day.isoformat()}.json", record)
     return record

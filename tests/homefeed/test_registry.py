@@ -280,3 +280,4 @@ def test_a_version_trained_on_learned_pin_vectors_carries_them_and_one_on_conten
     assert registry.load_served_version(cfg, plain).pin_vectors is None
     served = registry.load_served_version(cfg, learned).pin_vectors  # from the model's own artifacts, not the run's directory
     assert served.ids.tolist() == [5, 7] and served.vectors[0].tolist() == [1, 1, 1, 1] and served.end.isoformat() == "2026-01-07"
+    assert embeddings.PinVectors.read(served.directory).ids.tolist() == [5, 7]  # what the monitor's instance job reads
