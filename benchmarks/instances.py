@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -83,12 +84,17 @@ def output_bytes(out: str) -> int:
     return sum(p.stat().st_size for p in Path(out).rglob("*.parquet") if "_pin_features" not in p.parts)
 
 
-def jvm_peak_rss_mb(spark) -> float:
-    pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory (VmHWM: since its exec, unlike getrusage's ru_maxrss, which
+    a child inherits from the parent that forked it)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def jvm_peak_rss_mb(spark) -> float:
+    return peak_rss_mb(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
 
 
 def measure_one(raw: str, plan: str, stage: str, out: str) -> dict:
@@ -124,10 +130,8 @@ def measure_one(raw: str, plan: str, stage: str, out: str) -> dict:
     seconds = time.perf_counter() - started
     impressions = spark.read.parquet(f"{raw}/impressions").count()
     written = output_bytes(out) if stage == "job" else 0
-    import resource
-
     return {"seconds": seconds, "impressions": impressions, "peak_jvm_mb": jvm_peak_rss_mb(spark), "bytes": written,
-            "peak_python_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_python_mb": peak_rss_mb(os.getpid())}
 
 
 def run_measurement(raw: Path, plan: str, stage: str, timeout: float) -> dict:
