@@ -243,6 +243,14 @@ def validate_raw(ctx: RunContext) -> RawValidated:
     return RawValidated([r.describe() for r in reports], str(docs / "index.html"))
 
 
+def _served_events(cfg: Config) -> tuple[str, ...]:
+    """What users did on served feeds (homefeed serve's event log), read beside the raw actions."""
+    from homefeed.event_log import log_root
+    from jobs import build_instances as job
+
+    return job.event_log_roots([str(log_root(cfg.serving.event_log, cfg.storage.root))]) if cfg.instances.use_served_events else ()
+
+
 def embed_pins(ctx: RunContext) -> PinsEmbedded:
     """Learn the pins' embeddings from the engagement before the first validation day, and check
     them (GX); with ``embeddings.method: none`` the instances keep the content vectors."""
@@ -254,19 +262,16 @@ def embed_pins(ctx: RunContext) -> PinsEmbedded:
     last_day = ctx.end or storage.landed_days(ctx.raw)[-1]
     cutoff = instances_job.validation_start(last_day, ctx.cfg.instances) - timedelta(days=1)
     out, spark = ctx.directory / "pin_embeddings", _spark(ctx.cfg)
-    manifest = job.run(spark, ctx.raw, str(out), ctx.cfg, cutoff)
+    manifest = job.run(spark, ctx.raw, str(out), ctx.cfg, cutoff, event_logs=_served_events(ctx.cfg))
     validation.validate(spark, "pin_embeddings", str(out), ctx.cfg, ctx.directory / "data_docs")
     return PinsEmbedded(str(out), manifest["method"], cutoff.isoformat(), manifest["learned"], manifest["pins"], manifest["coverage"])
 
 
 def build_instances(ctx: RunContext) -> InstancesBuilt:
-    from homefeed.event_log import log_root
     from jobs import build_instances as job
 
     cfg, out = ctx.cfg, ctx.directory / "instances"
-    # What users did on served feeds (homefeed serve's event log) joins the raw actions.
-    events = job.event_log_roots([str(log_root(cfg.serving.event_log, cfg.storage.root))]) if cfg.instances.use_served_events else ()
-    manifest = job.run(_spark(cfg), ctx.raw, str(out), cfg, ctx.start, ctx.end, event_logs=events,
+    manifest = job.run(_spark(cfg), ctx.raw, str(out), cfg, ctx.start, ctx.end, event_logs=_served_events(cfg),
                        pin_embeddings=ctx.earlier(PinsEmbedded).embeddings)
     return InstancesBuilt(str(out), manifest["output_rows"], manifest["window"], manifest["splits"])
 
@@ -463,7 +468,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("check_raw", check_raw, RawChecked, ("raw/",), ("check_raw.json",),
           figure=lambda r: f"{len(r.tables)} tables at {r.raw}"),
     Stage("validate_raw", validate_raw, RawValidated, ("raw/",), ("validate_raw.json", "data_docs/"), figure=_suites_passed),
-    Stage("embed_pins", embed_pins, PinsEmbedded, ("raw/",), ("pin_embeddings/", "embed_pins.json", "data_docs/"),
+    Stage("embed_pins", embed_pins, PinsEmbedded, ("raw/", "<storage root>/events/"), ("pin_embeddings/", "embed_pins.json", "data_docs/"),
           figure=_embedding_figure),
     Stage("build_instances", build_instances, InstancesBuilt, ("raw/", "<storage root>/events/", "pin_embeddings/"),
           ("instances/", "build_instances.json"),

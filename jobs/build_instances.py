@@ -203,6 +203,17 @@ def check_window(impressions: DataFrame, pins: DataFrame, start: date, end: date
         )
 
 
+def with_event_logs(spark: SparkSession, actions: DataFrame, event_logs: tuple[str, ...]) -> DataFrame:
+    """The raw actions and those of the ``event_logs`` (same contract), an action in both once."""
+    if not event_logs:
+        return actions
+    columns = [*schema.columns(schema.ACTIONS), schema.DT]
+    union = actions.select(*columns)
+    for root in event_logs:
+        union = union.unionByName(read_table(spark, root, schema.ACTIONS).select(*columns))
+    return union.dropDuplicates(list(schema.RAW_KEYS[schema.ACTIONS]))
+
+
 def extract(spark: SparkSession, raw_root: str, start: date | None, end: date | None, now_ms: int,
             max_unknown_pin_rate: float = 0.01, event_logs: tuple[str, ...] = ()) -> tuple[RawTables, date, date]:
     """Read and check the raw tables (all of them: a bad row outside the window is still a bad
@@ -212,13 +223,7 @@ def extract(spark: SparkSession, raw_root: str, start: date | None, end: date | 
     service's log of acknowledged events): their actions join the raw ones, an action in both
     counted once (the contract's key), so a retraining sees what users did on served feeds."""
     tables = {t: read_table(spark, raw_root, t) for t in schema.RAW_TABLES}
-    if event_logs:
-        served = [read_table(spark, root, schema.ACTIONS) for root in event_logs]
-        columns = [*schema.columns(schema.ACTIONS), schema.DT]
-        union = tables[schema.ACTIONS].select(*columns)
-        for frame in served:
-            union = union.unionByName(frame.select(*columns))
-        tables[schema.ACTIONS] = union.dropDuplicates(list(schema.RAW_KEYS[schema.ACTIONS]))
+    tables[schema.ACTIONS] = with_event_logs(spark, tables[schema.ACTIONS], event_logs)
     check_rows(tables, now_ms)
     impressions = tables[schema.IMPRESSIONS]
     if start is None or end is None:

@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 from homefeed import embeddings, schema, storage
 from homefeed.config import Config, EmbeddingsConfig
 from homefeed.embeddings import CONTENT, LEARNED
-from jobs.build_instances import InputDataError, _input_listing, read_table
+from jobs.build_instances import InputDataError, _input_listing, read_table, with_event_logs
 
 
 # --------------------------------------------------------------------------- extract
@@ -44,14 +44,15 @@ def _end_ms(end: date) -> int:
     return int(datetime(end.year, end.month, end.day, tzinfo=timezone.utc).timestamp() * 1000) + 86_400_000
 
 
-def extract(spark: SparkSession, raw_root: str, end: date) -> tuple[DataFrame, DataFrame]:
-    """(pins: pin_id, embedding, category of the latest snapshot; engagements: user_id, pin_id, ts up to ``end``)."""
+def extract(spark: SparkSession, raw_root: str, end: date, event_logs: tuple[str, ...] = ()) -> tuple[DataFrame, DataFrame]:
+    """(pins: pin_id, embedding, category of the latest snapshot; engagements: user_id, pin_id, ts
+    up to ``end``, from the raw actions and the ``event_logs``' as the instance job reads them)."""
     pins = read_table(spark, raw_root, schema.PINS)
     latest = pins.agg(F.max(schema.DT)).first()[0]
     if latest is None:
         raise InputDataError(f"{schema.PINS}: no snapshot under {raw_root}")
     pins = pins.filter(F.col(schema.DT) == latest).select("pin_id", "embedding", "category")
-    actions = read_table(spark, raw_root, schema.ACTIONS)
+    actions = with_event_logs(spark, read_table(spark, raw_root, schema.ACTIONS), event_logs)
     engagements = actions.filter(F.col("action").isin(list(schema.POSITIVE_ACTIONS)) & (F.col("ts") < _end_ms(end)))
     return pins, engagements.select("user_id", "pin_id", "ts")
 
@@ -137,14 +138,14 @@ def _learned_and_content(learned: dict[int, np.ndarray], content: dict[int, np.n
 
 
 # --------------------------------------------------------------------------- load
-def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, end: date) -> dict[str, Any]:
+def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, end: date, event_logs: tuple[str, ...] = ()) -> dict[str, Any]:
     """Learn, assemble and publish the pins' embeddings; the manifest. Skips the work when ``out``
     already holds the output of the same inputs, config and cut-off day."""
     ecfg = cfg.embeddings
     if ecfg.method == "none":
         raise InputDataError("embeddings.method is none: choose word2vec or als")
     storage.require_published(raw_root, "raw data")
-    fingerprint = storage.fingerprint({"inputs": _input_listing(raw_root), "config": ecfg.model_dump(mode="json"), "end": end.isoformat()})
+    fingerprint = storage.fingerprint({"inputs": _input_listing(raw_root, event_logs), "config": ecfg.model_dump(mode="json"), "end": end.isoformat()})
     if storage.is_published(out):
         try:
             previous = storage.read_manifest(out)
@@ -152,7 +153,7 @@ def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, end: date) ->
             previous = {}
         if previous.get("fingerprint") == fingerprint and (storage.local_path(out) / embeddings.TABLE_FILE).is_file():
             return previous
-    pins, engagements = extract(spark, raw_root, end)
+    pins, engagements = extract(spark, raw_root, end, event_logs)
     engagements = engagements.cache()
     window = engagements.agg(F.min("ts").alias("first"), F.count("*").alias("n")).first()
     if not window["n"]:
@@ -167,7 +168,7 @@ def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, end: date) ->
     manifest = {
         "fingerprint": fingerprint, "method": ecfg.method, "config": ecfg.model_dump(mode="json"),
         "window": {"first_ts": int(window["first"]), "end": end.isoformat(), "end_exclusive_ms": _end_ms(end)},
-        "raw_root": str(raw_root), "pins": len(content), "learned": len(learned), "content": len(content) - len(learned),
+        "raw_root": str(raw_root), "event_logs": list(event_logs), "pins": len(content), "learned": len(learned), "content": len(content) - len(learned),
         "coverage": {"pins": len(learned) / len(content), "engagements": engaged_in_window / window["n"]},
         "engagements": int(window["n"]), "neighbours": agreement, **fit,
     }

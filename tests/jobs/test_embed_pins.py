@@ -122,3 +122,23 @@ def test_instances_are_rebuilt_when_their_embeddings_change(spark, raw_dir, cfg,
     other = embed_pins.run(spark, str(raw_dir), str(tmp_path / "emb"), cfg.with_overrides({"embeddings": {"seed": 9}}), cutoff)
     rebuilt = build_instances.run(spark, str(raw_dir), str(root / "instances"), cfg, pin_embeddings=str(tmp_path / "emb"))
     assert rebuilt["fingerprint"] != manifest["fingerprint"] and rebuilt["pin_embeddings"]["fingerprint"] == other["fingerprint"]
+
+
+def test_engagement_on_served_feeds_counts_as_the_instance_job_counts_it(spark, raw_dir, cfg, tmp_path):
+    import pyarrow as pa
+
+    pins = pq.read_table(raw_dir / schema.PINS).to_pandas()
+    never = sorted(set(pins["pin_id"]) - set(_engagements(raw_dir)["pin_id"]))[0]  # a pin nobody engaged in the raw log
+    day_ms = int(datetime(2026, 1, 6, 12, tzinfo=timezone.utc).timestamp() * 1000)
+    served = tmp_path / "events" / schema.ACTIONS / "dt=2026-01-06"
+    served.mkdir(parents=True)
+    rows = [{"user_id": u, "pin_id": int(p), "ts": day_ms + 1000 * i + u, "action": "repin"}
+            for u in range(1, 9) for i, p in enumerate([never, *pins["pin_id"].iloc[:3]])]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("user_id", pa.int64(), False), ("pin_id", pa.int64(), False),
+                                                                 ("ts", pa.int64(), False), ("action", pa.string(), False)])),
+                   served / "part-0.parquet")
+    with_log = embed_pins.run(spark, str(raw_dir), str(tmp_path / "with"), cfg, END, event_logs=(str(tmp_path / "events"),))
+    table = embed_pins.read(tmp_path / "with").to_pandas().set_index("pin_id")
+    assert table.loc[never, "source"] == embed_pins.LEARNED and with_log["event_logs"] == [str(tmp_path / "events")]
+    embed_pins.run(spark, str(raw_dir), str(tmp_path / "without"), cfg, END)
+    assert embed_pins.read(tmp_path / "without").to_pandas().set_index("pin_id").loc[never, "source"] == embed_pins.CONTENT
