@@ -26,9 +26,10 @@ $(STAMP): setup.cfg pyproject.toml scripts/check_prereqs.sh scripts/install_torc
 run: $(STAMP)
 	$(BIN)/homefeed run $(if $(filter 1,$(S3)),--s3,)
 
+# The 20 slowest tests are listed at the end: the suite's time budget is kept by reading them.
 test: $(STAMP)
 	@bash scripts/install_test_servers.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
