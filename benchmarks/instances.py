@@ -108,12 +108,10 @@ def measure_one(raw: str, plan: str, stage: str, out: str) -> dict:
     spark = session(cfg, "benchmark")
     started = time.perf_counter()
     if plan == "embed":
-        from datetime import timedelta
-
         from homefeed import storage
         from jobs import embed_pins
 
-        cutoff = job.validation_start(storage.landed_days(raw)[-1], cfg.instances) - timedelta(days=1)
+        cutoff = job.last_training_day(storage.landed_days(raw)[-1], cfg.instances)
         embed_pins.run(spark, raw, out, cfg.with_overrides({"embeddings": {"method": stage}}), cutoff)
     elif stage == "job" and plan == "per-impression":
         per_impression_job(spark, raw, out, cfg)

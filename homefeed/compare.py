@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,7 @@ def _pin_embeddings(spark, raw: str, out: Path, cfg: Config, last_day: date) -> 
         return None
     from jobs import build_instances, embed_pins
 
-    cutoff = build_instances.validation_start(last_day, cfg.instances) - timedelta(days=1)
+    cutoff = build_instances.last_training_day(last_day, cfg.instances)
     embed_pins.run(spark, raw, str(out / "pin_embeddings"), cfg, cutoff)
     return str(out / "pin_embeddings")
 

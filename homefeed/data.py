@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from homefeed import schema, storage
+from homefeed.embeddings import vector_column
 
 ROW_INPUT_COLUMNS = (
     "request_id", "user_id", "pin_id", "ts", "source", "position", schema.SEGMENT,
@@ -98,9 +99,7 @@ def read_pin_features(instances_dir: str | Path) -> tuple[np.ndarray, np.ndarray
         raise storage.StorageError(f"instances at {storage.local_path(instances_dir)} have no {schema.PIN_FEATURES_DIR}/ table; "
                                    "rebuild them with `homefeed build-instances` (the job rebuilds a damaged dataset)")
     table = pq.read_table(directory)
-    ids = table.column("pin_id").to_numpy()
-    emb = np.asarray(table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-    return ids, emb.reshape(len(ids), -1)
+    return table.column("pin_id").to_numpy(), vector_column(table)
 
 
 # --------------------------------------------------------------------------- sequences of one bucket

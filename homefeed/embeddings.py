@@ -37,9 +37,7 @@ class PinVectors:
     def read(cls, directory: str | Path) -> "PinVectors":
         root = storage.require_published(str(directory), "pin embeddings")
         table = pq.read_table(root / TABLE_FILE, columns=["pin_id", "embedding"])
-        ids = table.column("pin_id").to_numpy()
-        flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        vectors = np.asarray(flat, dtype=np.float32).reshape(len(ids), -1)
+        ids, vectors = table.column("pin_id").to_numpy(), vector_column(table)
         order = np.argsort(ids, kind="stable")
         manifest = storage.read_manifest(str(root))
         return cls(ids[order], vectors[order], np.asarray(manifest["projection"], dtype=np.float32), manifest, str(root))
@@ -64,15 +62,25 @@ class PinVectors:
         return out.astype(np.float32)
 
 
-def write(directory: Path, ids: list[int], vectors: list[np.ndarray], sources: list[str], manifest: dict[str, Any]) -> None:
-    """The table and its manifest (which must hold ``projection``) into a staging directory."""
+def vector_column(table: pa.Table, name: str = "embedding") -> np.ndarray:
+    """A list column of equal-length vectors as an (N, D) float32 array."""
+    flat = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(table.num_rows, -1)
+
+
+def write(directory: Path, ids: list[int], vectors: list[np.ndarray], sources: list[str], manifest: dict[str, Any]) -> dict[str, Any]:
+    """The table and its manifest (which must hold ``projection``) into a staging directory; the
+    manifest as written."""
     if "projection" not in manifest:
         raise ValueError("a pin embedding manifest needs its content projection")
     table = pa.table({"pin_id": pa.array(ids, pa.int64()),
                       "embedding": pa.array([np.asarray(v, np.float32).tolist() for v in vectors], pa.list_(pa.float32())),
                       "source": pa.array(sources, pa.string())})
     pq.write_table(table, directory / TABLE_FILE)
-    storage.write_json(directory / schema.MANIFEST, manifest)
+    # What "same inputs, skip" checks is still there (storage.intact_dataset).
+    written = {**manifest, "files": storage.file_sizes(directory)}
+    storage.write_json(directory / schema.MANIFEST, written)
+    return written
 
 
 def neighbourhoods(vectors: np.ndarray, k: int, queries: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from homefeed import features, schema, simulate, storage
+from homefeed import features, schema, simulate
 from homefeed.config import Config
 from homefeed.errors import PermanentError
 
@@ -195,7 +195,6 @@ def loop_config(cfg: Config, root: Path, settings: LoopSettings) -> Config:
 def run_loop(cfg: Config, out: Path, settings: LoopSettings) -> list[DayRecord]:
     """One loop from scratch under ``out`` (replaced): warm-up, first champion, then the days."""
     from homefeed import pipeline, registry
-    from homefeed.holdout import is_holdout
     from homefeed.serving.service import RankingService
 
     if out.exists():

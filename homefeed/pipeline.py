@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -260,7 +260,7 @@ def embed_pins(ctx: RunContext) -> PinsEmbedded:
     from jobs import build_instances as instances_job, embed_pins as job
 
     last_day = ctx.end or storage.landed_days(ctx.raw)[-1]
-    cutoff = instances_job.validation_start(last_day, ctx.cfg.instances) - timedelta(days=1)
+    cutoff = instances_job.last_training_day(last_day, ctx.cfg.instances)
     out, spark = ctx.directory / "pin_embeddings", _spark(ctx.cfg)
     manifest = job.run(spark, ctx.raw, str(out), ctx.cfg, cutoff, event_logs=_served_events(ctx.cfg))
     validation.validate(spark, "pin_embeddings", str(out), ctx.cfg, ctx.directory / "data_docs")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -21,6 +22,8 @@ from typing import Any
 
 from homefeed.errors import PermanentError
 from homefeed.schema import DT, IMPRESSIONS, LEGACY_MANIFEST, MANIFEST, SUCCESS_MARKER
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(PermanentError, RuntimeError):
@@ -71,6 +74,25 @@ def file_sizes(directory: Path) -> dict[str, int]:
 def missing_files(directory: Path, listed: dict[str, int]) -> list[str]:
     """The listed files absent from ``directory`` or of another size (a damaged dataset)."""
     return [name for name, size in listed.items() if not (directory / name).is_file() or (directory / name).stat().st_size != size]
+
+
+def intact_dataset(path: str | Path, what: str) -> dict[str, Any] | None:
+    """A published dataset's manifest when every file it lists (``files``) is there with its size;
+    None, said in a line, when the manifest is damaged or lists nothing, or a file is missing or cut:
+    what a job checks before it skips rebuilding the same inputs."""
+    if not is_published(path):
+        return None
+    try:
+        manifest = read_manifest(path)
+    except StorageError as exc:
+        log.warning("%s at %s: %s; rebuilding", what, local_path(path), exc)
+        return None
+    listed = manifest.get("files")
+    gone = missing_files(local_path(path), listed) if listed else ["(the manifest lists no files)"]
+    if gone:
+        log.warning("%s at %s: %d file(s) missing or changed (e.g. %s); rebuilding", what, local_path(path), len(gone), gone[0])
+        return None
+    return manifest
 
 
 def write_text(path: Path, text: str) -> None:

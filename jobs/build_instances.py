@@ -421,6 +421,11 @@ def validation_start(end: date, cfg: InstancesConfig) -> date:
     return end - timedelta(days=cfg.test_days - 1 + cfg.validation_days)
 
 
+def last_training_day(end: date, cfg: InstancesConfig) -> date:
+    """The last day a window ending on ``end`` trains on: the cut-off of what the pin embeddings may read."""
+    return validation_start(end, cfg) - timedelta(days=1)
+
+
 def assign_splits(frame: DataFrame, start: date, end: date, cfg: InstancesConfig) -> DataFrame:
     """Time split: the last ``test_days`` are test, the ``validation_days`` before them validation."""
     test_from = end - timedelta(days=cfg.test_days - 1)
@@ -614,7 +619,7 @@ def run(
         {"inputs": _input_listing(raw_root, event_logs), "config": icfg.model_dump(mode="json"), "start": str(start), "end": str(end),
          "feature_stats": feature_stats, "layout": LAYOUT_VERSION, "pin_embeddings": vectors and vectors.manifest.get("fingerprint")}
     )
-    previous = _intact_previous(out)
+    previous = storage.intact_dataset(out, "instances")
     if previous is not None and previous.get("fingerprint") == fingerprint:
         return previous
     raw, start, end = extract(spark, raw_root, start, end, now_ms if now_ms is not None else int(_time.time() * 1000),
@@ -704,26 +709,6 @@ def embedding_record(vectors: PinVectors | None, path: str | None) -> dict[str, 
     return {"method": vectors.manifest["method"], "path": str(storage.local_path(path)), "end": vectors.end.isoformat(),
             "window": vectors.manifest["window"], "learned": vectors.manifest["learned"], "pins": vectors.manifest["pins"],
             "coverage": vectors.manifest["coverage"], "fingerprint": vectors.manifest.get("fingerprint")}
-
-
-def _intact_previous(out: str) -> dict | None:
-    """The published dataset's manifest when every file it lists is there with its size; None
-    (rebuild, said in a line) when the manifest is damaged or a file is missing or cut."""
-    if not storage.is_published(out):
-        return None
-    root = storage.local_path(out)
-    try:
-        manifest = storage.read_manifest(out)
-    except storage.StorageError as exc:
-        log.warning("instances at %s: %s; rebuilding", root, exc)
-        return None
-    listed = manifest.get("files") or {}
-    gone = storage.missing_files(root, listed) if listed else [d for d in (schema.ROWS_DIR, schema.SEQUENCES_DIR, schema.PIN_FEATURES_DIR)
-                                                               if not (root / d).is_dir()]
-    if gone:
-        log.warning("instances at %s: %d file(s) missing or changed (e.g. %s); rebuilding", root, len(gone), gone[0])
-        return None
-    return manifest
 
 
 def write_bucketed(frame: DataFrame, path: Path, buckets: int) -> None:

@@ -146,13 +146,9 @@ def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, end: date, ev
         raise InputDataError("embeddings.method is none: choose word2vec or als")
     storage.require_published(raw_root, "raw data")
     fingerprint = storage.fingerprint({"inputs": _input_listing(raw_root, event_logs), "config": ecfg.model_dump(mode="json"), "end": end.isoformat()})
-    if storage.is_published(out):
-        try:
-            previous = storage.read_manifest(out)
-        except storage.StorageError:
-            previous = {}
-        if previous.get("fingerprint") == fingerprint and (storage.local_path(out) / embeddings.TABLE_FILE).is_file():
-            return previous
+    previous = storage.intact_dataset(out, "pin embeddings")
+    if previous is not None and previous.get("fingerprint") == fingerprint:
+        return previous
     pins, engagements = extract(spark, raw_root, end, event_logs)
     engagements = engagements.cache()
     window = engagements.agg(F.min("ts").alias("first"), F.count("*").alias("n")).first()
@@ -174,8 +170,7 @@ def run(spark: SparkSession, raw_root: str, out: str, cfg: Config, end: date, ev
     }
     engagements.unpersist()
     with storage.publish_dataset(out) as staging:
-        embeddings.write(staging, ids, vectors, sources, manifest)
-    return manifest
+        return embeddings.write(staging, ids, vectors, sources, manifest)
 
 
 def read(path: str | Path) -> pa.Table:

@@ -3,7 +3,6 @@ of KuaiRand's files (the real data is not needed; tests/homefeed/test_kuairand.p
 
 from datetime import datetime, timezone
 
-import numpy as np
 import pandas as pd
 import pytest
 

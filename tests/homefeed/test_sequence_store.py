@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from homefeed import features, schema, storage
+from homefeed import features, schema
 from homefeed.sequence_store import (
     RedisSequenceStore, SequenceLoadError, SequenceStoreUnavailable, SqliteSequenceStore, load_actions, open_store,
     store_location,

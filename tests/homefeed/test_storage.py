@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from homefeed import storage
+from homefeed import schema, storage
 
 
 def _staging_killed_mid_write(tmp_path, target):
@@ -66,3 +66,18 @@ def test_a_failed_writer_removes_its_own_staging_and_keeps_the_old_dataset(tmp_p
             raise RuntimeError("boom")
     assert (target / "v1").exists() and not (target / "v2").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["instances"]
+
+
+def test_an_intact_dataset_is_one_whose_listed_files_are_all_there_with_their_sizes(tmp_path):
+    with storage.publish_dataset(tmp_path / "d") as staging:
+        (staging / "rows").mkdir()
+        (staging / "rows" / "part-0.parquet").write_bytes(b"x" * 10)
+        storage.write_json(staging / schema.MANIFEST, {"fingerprint": "f", "files": storage.file_sizes(staging)})
+    assert storage.intact_dataset(tmp_path / "d", "rows")["fingerprint"] == "f"
+    (tmp_path / "d" / "rows" / "part-0.parquet").write_bytes(b"x" * 9)  # cut
+    assert storage.intact_dataset(tmp_path / "d", "rows") is None
+    storage.write_json(tmp_path / "d" / schema.MANIFEST, {"fingerprint": "f"})  # lists nothing: cannot be checked
+    assert storage.intact_dataset(tmp_path / "d", "rows") is None
+    (tmp_path / "d" / schema.MANIFEST).write_text("{not json")
+    assert storage.intact_dataset(tmp_path / "d", "rows") is None
+    assert storage.intact_dataset(tmp_path / "absent", "rows") is None

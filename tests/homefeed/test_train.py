@@ -31,7 +31,6 @@ def test_each_kind_trains_saves_and_scores(instances_dir, tmp_path, base_config,
     cfg = base_config.with_overrides({"train": {"model": model}})
     result = trainer.train(str(instances_dir), str(tmp_path), cfg)
     assert 0.0 <= result.validation["repin"]["auc"] <= 1.0
-    from homefeed.data import read_instances
 
     test = read_instances(str(instances_dir), "test")
     probs = load_scorer(result.model_dir).predict(test)

@@ -72,6 +72,10 @@ def test_the_same_output_is_not_recomputed(spark, raw_dir, cfg, tmp_path):
     assert (tmp_path / "e" / "embeddings.parquet").stat().st_mtime_ns == written
     changed = embed_pins.run(spark, str(raw_dir), str(tmp_path / "e"), cfg.with_overrides({"embeddings": {"seed": 8}}), END)
     assert changed["fingerprint"] != first["fingerprint"]
+    table = tmp_path / "e" / "embeddings.parquet"
+    table.write_bytes(table.read_bytes()[:-100])  # cut: the same inputs, but the table is damaged
+    rebuilt = embed_pins.run(spark, str(raw_dir), str(tmp_path / "e"), cfg.with_overrides({"embeddings": {"seed": 8}}), END)
+    assert rebuilt == changed and storage.missing_files(tmp_path / "e", rebuilt["files"]) == []
 
 
 # --------------------------------------------------------------------------- the instance job reads them
@@ -80,7 +84,7 @@ def learned(spark, raw_dir, cfg, tmp_path_factory):
     """Embeddings up to the day before the tiny window's first validation day, and instances on them."""
     root = tmp_path_factory.mktemp("learned")
     last_day = storage.landed_days(raw_dir)[-1]
-    cutoff = build_instances.validation_start(last_day, cfg.instances) - timedelta(days=1)
+    cutoff = build_instances.last_training_day(last_day, cfg.instances)
     embed_pins.run(spark, str(raw_dir), str(root / "emb"), cfg, cutoff)
     manifest = build_instances.run(spark, str(raw_dir), str(root / "instances"), cfg, pin_embeddings=str(root / "emb"))
     return root, cutoff, manifest

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from homefeed import features, holdout, registry, schema
+from homefeed import features, holdout, registry
 from homefeed.data import read_instances
 from homefeed.serving import service as service_module
 from homefeed.serving.app import create_app
