@@ -92,7 +92,8 @@ def _left_behind(recorded: dict[int, str]) -> list[str]:
 @pytest.mark.slow
 def test_the_stack_retrains_on_its_spark_cluster_and_mlflow_server_then_serves_the_champion(raw_dir):
     """stack up → two homefeed_retrain runs triggered at once through the REST API (they run one
-    after the other: max_active_runs=1) → the champion served by the stack's homefeed serve →
+    after the other: max_active_runs=1; the second, on raw data that is not there, fails on its
+    first stage) → the champion served by the stack's homefeed serve →
     stack down leaves no process behind."""
     try:
         postgres_bin("pg_ctl")
@@ -130,8 +131,10 @@ def test_the_stack_retrains_on_its_spark_cluster_and_mlflow_server_then_serves_t
                 time.sleep(2)
         _call(base, "/api/v2/dags/homefeed_retrain", token, "PATCH", {"is_paused": False})
         conf = {"raw": str(raw_dir), "end_date": "2026-01-09", "window_days": 5, "model": "avgpool", "epochs": 1, "min_auc_repin": 0.0}
-        runs = [_call(base, "/api/v2/dags/homefeed_retrain/dagRuns", token, "POST", {"logical_date": None, "conf": {**conf, "run_label": label}})
-                for label in ("first", "second")]
+        # The second run names raw data that is not there: it must wait for the first (one run at
+        # a time), then fail on its first stage, cheaply, leaving the first run's champion alone.
+        runs = [_call(base, "/api/v2/dags/homefeed_retrain/dagRuns", token, "POST", {"logical_date": None, "conf": {**conf, "run_label": label, **extra}})
+                for label, extra in (("first", {}), ("second", {"raw": str(home / "no-such-raw")}))]
         deadline, finished = time.monotonic() + 900, {}
         while len(finished) < 2 and time.monotonic() < deadline:
             for run in runs:
@@ -141,7 +144,9 @@ def test_the_stack_retrains_on_its_spark_cluster_and_mlflow_server_then_serves_t
             time.sleep(5)
         assert len(finished) == 2, f"runs still going after 15 min: {finished}"
         first, second = (finished[r["dag_run_id"]] for r in runs)
-        assert first["state"] == second["state"] == "success", (first, second)
+        assert first["state"] == "success" and second["state"] == "failed", (first, second)
+        second_tasks = _call(base, f"/api/v2/dags/homefeed_retrain/dagRuns/{second['dag_run_id']}/taskInstances", token)["task_instances"]
+        assert {t["task_id"]: t["state"] for t in second_tasks}["check_raw"] == "failed"
         ordered = sorted((first, second), key=lambda r: r["start_date"])
         assert ordered[1]["start_date"] >= ordered[0]["end_date"]  # one after the other, never interleaved
 
