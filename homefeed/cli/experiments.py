@@ -120,8 +120,9 @@ def readout(
 def simulate_experiment(
     out: Annotated[Path, typer.Option(help="Output directory (replaced): the world, the registry, the logs, the readout")],
     challenger: Annotated[str, typer.Option(help="same (an A/A test), worse (the ranker serving worst first) or better (the ranker against a champion serving worst first)")],
-    users: Annotated[int, typer.Option(help="Simulated users (7,000: ~2,400 per arm, what a 10% loss of treatment users needs for SRM p < 0.001)")] = 7000,
-    days: Annotated[int, typer.Option(help="Days the experiment runs")] = 7,
+    users: Annotated[Optional[int], typer.Option(min=1, help="Simulated users; default 7,000 (~2,400 per arm in 7 days), 14,000 with "
+                                                      "--drop-treatment-users (~4,900 per arm: a 10% loss then reaches SRM p < 0.001 reliably)")] = None,
+    days: Annotated[int, typer.Option(min=1, help="Days the experiment runs")] = 7,
     traffic: Annotated[float, typer.Option(help="Share of the non-holdout users in the experiment")] = 1.0,
     requests_per_user_day: Annotated[float, typer.Option(help="Feed requests per user and day (they come in sessions of ~4)")] = 1.5,
     aa_repeats: Annotated[int, typer.Option(help="Re-randomise the same users this many times and report the A/A false-positive rate")] = 0,
@@ -138,6 +139,7 @@ def simulate_experiment(
         typer.echo("error: --traffic must be in (0, 1] and --drop-treatment-users in [0, 1)", err=True)
         raise typer.Exit(2)
     cfg = _config(config)
+    users = users if users is not None else experiment_sim.default_users(drop_treatment_users)
     settings = experiment_sim.SimSettings(challenger=challenger, users=users, days=days, traffic=traffic,
                                           requests_per_user_day=requests_per_user_day, aa_repeats=aa_repeats,
                                           drop_treatment_users=drop_treatment_users)

@@ -234,3 +234,17 @@ def test_embed_pins_refuses_a_bad_day_and_an_end_without_engagement(raw_dir, tmp
                                 "--method", "word2vec"])
     assert early.exit_code == 1 and "no positive actions up to 2025-12-31" in early.output
     assert not (tmp_path / "e").exists()
+
+
+def test_simulate_experiment_sizes_the_users_for_the_case_and_refuses_bad_input(tmp_path, monkeypatch):
+    from homefeed import experiment_sim
+
+    seen = []
+    monkeypatch.setattr(experiment_sim, "run", lambda cfg, out, settings, say: seen.append(settings) or {"decision": {"verdict": "continue", "reasons": []}})
+    for extra in ([], ["--drop-treatment-users", "0.1"], ["--drop-treatment-users", "0.1", "--users", "500"]):
+        assert runner.invoke(app, ["simulate-experiment", "--out", str(tmp_path / "x"), "--challenger", "same", *extra]).exit_code == 0
+    assert [s.users for s in seen] == [7000, 14000, 500]  # a logging loss needs twice the users for its SRM alarm
+    for bad in (["--challenger", "nope"], ["--challenger", "same", "--users", "0"], ["--challenger", "same", "--traffic", "1.5"],
+                ["--challenger", "same", "--drop-treatment-users", "1"]):
+        assert runner.invoke(app, ["simulate-experiment", "--out", str(tmp_path / "x"), *bad]).exit_code == 2
+    assert len(seen) == 3 and not (tmp_path / "x").exists()
