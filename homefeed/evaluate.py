@@ -177,15 +177,17 @@ def headline(result: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def challenger_and_champion(challenger_scorer, champion_scorer, table: pa.Table, cfg: Config) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+def challenger_and_champion(challenger_scorer, champion_scorer, table: pa.Table, cfg: Config,
+                            champion_table: pa.Table | None = None) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
     """Both models on the same test rows, and the challenger's change against the champion with a
     paired 95% interval per head (``{head: {"auc"|"hit"|"gauc": [difference, lo, hi]}}``; None without a
-    champion or without bootstrap samples)."""
+    champion or without bootstrap samples). ``champion_table``: the same rows with the features the
+    champion reads, where they differ (its own pin vectors)."""
     challenger_probs = challenger_scorer.predict(table)
     challenger = {"model": challenger_scorer.name, **evaluate_probabilities(table, challenger_probs, cfg)}
     if champion_scorer is None:
         return challenger, None, None
-    champion_probs = champion_scorer.predict(table)
+    champion_probs = champion_scorer.predict(table if champion_table is None else champion_table)
     champion = {"model": champion_scorer.name, **evaluate_probabilities(table, champion_probs, cfg)}
     if not table.num_rows or not cfg.evaluation.bootstrap_samples:
         return challenger, champion, None

@@ -291,6 +291,20 @@ def with_pin_vectors(rows: list[dict], vectors: PinVectors | None) -> None:
         row[schema.PIN_EMBEDDING] = vector.tolist()
 
 
+def with_vectors_trained_on(table: pa.Table, vectors: PinVectors | None, snapshot: FeatureSnapshot) -> pa.Table:
+    """``table``'s candidate vectors (``pin_embedding``) replaced by those a model trained with
+    ``vectors`` reads: its learned ones (the snapshot's content vector projected for a pin they
+    lack), or with None the snapshot's content vectors; zeros for a pin the snapshot lacks, as the
+    job's left join gives. Rows built with another model's vectors are otherwise read in the wrong space."""
+    pin_ids = table.column("pin_id").to_numpy().astype(np.int64)
+    dim = next((len(p["embedding"]) for p in snapshot.pins.values() if p.get("embedding") is not None), schema.EMBEDDING_DIM)
+    content = np.asarray([(snapshot.pins.get(int(i)) or {}).get("embedding") or [0.0] * dim for i in pin_ids], dtype=np.float32).reshape(len(pin_ids), dim)
+    rows = np.asarray(vectors.lookup(pin_ids, content) if vectors is not None else content, np.float32)  # (N, D)
+    offsets = pa.array(np.arange(len(pin_ids) + 1, dtype=np.int32) * rows.shape[1])
+    column = pa.ListArray.from_arrays(offsets, pa.array(rows.ravel()))
+    return table.set_column(table.schema.get_field_index(schema.PIN_EMBEDDING), schema.PIN_EMBEDDING, column)
+
+
 def add_snapshot_pins(model: Any, snapshot: FeatureSnapshot) -> int:
     """The snapshot's pins that ``model``'s pin table lacks (pins newer than its training), with the
     vectors it reads: learned (its ``pin_vectors``, content projected for a pin they lack) or the

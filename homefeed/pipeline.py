@@ -24,10 +24,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from homefeed import progress, schema, storage
 from homefeed.config import Config
+
+if TYPE_CHECKING:  # heavy imports stay out of the DAG files' import
+    import pyarrow as pa
+
+    from homefeed.data import InstanceDataset
+    from homefeed.registry import HomefeedModel
 
 
 class GateFailed(RuntimeError):
@@ -338,10 +344,28 @@ def evaluate_against_champion(cfg: Config, instances, model_dir: str) -> dict[st
     from homefeed.data import InstanceDataset
     from models.zoo import load_scorer
 
-    test = InstanceDataset.of(instances).read("test")
-    champion_version, champion_scorer = registry.load_scorer_for(cfg, registry.CHAMPION)
-    challenger, champion, paired = ev.challenger_and_champion(load_scorer(model_dir), champion_scorer, test, cfg)
-    return {"challenger": challenger, "champion": champion, "champion_version": champion_version, "paired_vs_champion": paired}
+    dataset = InstanceDataset.of(instances)
+    test = dataset.read("test")
+    champion_version, champion = registry.load_model_for(cfg, registry.CHAMPION)
+    champion_test = test if champion is None else champion_view(test, dataset, champion)
+    champion_scorer = None if champion is None else champion.scorer
+    challenger, champion_metrics, paired = ev.challenger_and_champion(load_scorer(model_dir), champion_scorer, test, cfg,
+                                                                      champion_table=champion_test)
+    return {"challenger": challenger, "champion": champion_metrics, "champion_version": champion_version, "paired_vs_champion": paired}
+
+
+def champion_view(test: pa.Table, dataset: InstanceDataset, champion: HomefeedModel) -> pa.Table:
+    """The test rows with the pin vectors the champion was trained with, when they are not the
+    instances' own (learned vectors of another window, or content vectors against learned ones):
+    as serving gives them, newer pins included (features.add_snapshot_pins)."""
+    from homefeed import features
+
+    own = champion.pin_vectors.manifest.get("fingerprint") if champion.pin_vectors is not None else None
+    if own == (dataset.manifest.get("pin_embeddings") or {}).get("fingerprint"):
+        return test
+    snapshot = features.FeatureSnapshot.load(dataset.manifest["raw_root"])
+    features.add_snapshot_pins(champion, snapshot)
+    return features.with_vectors_trained_on(test, champion.pin_vectors, snapshot)
 
 
 def evaluate(ctx: RunContext) -> Evaluated:

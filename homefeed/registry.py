@@ -521,15 +521,21 @@ def alias_version(cfg: Config, alias: str) -> str | None:
         raise RegistryUnreachable(f"MLflow at {tracking_uri(cfg)} failed to answer for alias {alias!r}: {exc}") from None
 
 
-def load_scorer_for(cfg: Config, alias: str = CHAMPION):
-    """The scorer behind ``models:/<name>@alias`` and its version, or (None, None) if unset."""
+def load_model_for(cfg: Config, alias: str = CHAMPION) -> tuple[str | None, "HomefeedModel | None"]:
+    """The model behind ``models:/<name>@alias`` (its scorer, utility and pin vectors) and its
+    version, or (None, None) if unset."""
     import mlflow.pyfunc
 
     version = alias_version(cfg, alias)
     if version is None:
         return None, None
-    model = mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}@{alias}")
-    return version, model.unwrap_python_model().scorer
+    return version, mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}@{alias}").unwrap_python_model()
+
+
+def load_scorer_for(cfg: Config, alias: str = CHAMPION):
+    """The scorer behind ``models:/<name>@alias`` and its version, or (None, None) if unset."""
+    version, model = load_model_for(cfg, alias)
+    return version, None if model is None else model.scorer
 
 
 @dataclass(frozen=True)

@@ -135,3 +135,17 @@ def test_a_store_bootstrapped_from_the_log_gives_the_spark_job_rows(raw_dir, ins
         _assert_same_features(row, features.instance_table(rows, manifest["feature_stats"]).to_pylist()[0])
     assert sum(bool(r[schema.SEQ_PIN_ID]) for r in picked) > 10 and loaded > 1000
     assert load_actions(store, raw_dir, until=picked[-1]["ts"], progress=lambda _: None)["events_added"] == 0
+
+
+def test_rows_get_the_vectors_a_model_was_trained_with():
+    from homefeed.embeddings import PinVectors, vector_column
+
+    snapshot = features.FeatureSnapshot(pins={1: {"embedding": [1.0, 0.0]}, 2: {"embedding": [0.0, 2.0]}}, users={})
+    rows = pa.table({"pin_id": pa.array([1, 2, 3], pa.int64()), schema.PIN_EMBEDDING: pa.array([[9.0, 9.0]] * 3, pa.list_(pa.float32()))})
+    content = features.with_vectors_trained_on(rows, None, snapshot)
+    assert vector_column(content, schema.PIN_EMBEDDING).tolist() == [[1, 0], [0, 2], [0, 0]]  # pin 3: not in the snapshot
+    projection = np.array([[1, 1, 1], [1, 1, 1], [0, 0, 5]], np.float32)  # [content, 1] → 3 learned dimensions
+    learned = PinVectors(np.array([2]), np.array([[7, 7, 7]], np.float32), projection, {"fingerprint": "f"})
+    read = vector_column(features.with_vectors_trained_on(rows, learned, snapshot), schema.PIN_EMBEDDING)
+    assert read.tolist() == [[1, 1, 6], [7, 7, 7], [0, 0, 5]]  # learned where the table has the pin, projected elsewhere
+    assert content.column("pin_id").to_pylist() == [1, 2, 3] and rows.column(schema.PIN_EMBEDDING).to_pylist()[0] == [9.0, 9.0]

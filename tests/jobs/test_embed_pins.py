@@ -110,6 +110,26 @@ def test_instances_carry_the_learned_vectors_and_record_their_window(learned):
     assert record["method"] == "word2vec" and record["end"] == cutoff.isoformat() and record["learned"] > 0
 
 
+def test_a_champion_is_evaluated_on_the_pin_vectors_it_was_trained_with(learned, instances_dir):
+    """Learned instances, a champion trained on content vectors: the evaluate stage scores it on
+    the content vectors of the same rows; a champion trained on these very vectors reads them as is."""
+    from types import SimpleNamespace
+
+    from homefeed import pipeline
+    from homefeed.data import InstanceDataset, read_instances
+    from homefeed.embeddings import PinVectors, vector_column
+
+    root, _, _ = learned
+    dataset = InstanceDataset.open(root / "instances")
+    test, content = dataset.read("test"), read_instances(instances_dir, "test")
+    assert test.column("pin_id").equals(content.column("pin_id"))  # the same rows, built with other vectors
+    assert vector_column(test, schema.PIN_EMBEDDING).shape[1] == 8 != vector_column(content, schema.PIN_EMBEDDING).shape[1]
+    on_content = pipeline.champion_view(test, dataset, SimpleNamespace(pin_vectors=None, scorer=None))
+    assert np.allclose(vector_column(on_content, schema.PIN_EMBEDDING), vector_column(content, schema.PIN_EMBEDDING))
+    same = PinVectors.read(dataset.manifest["pin_embeddings"]["path"])
+    assert pipeline.champion_view(test, dataset, SimpleNamespace(pin_vectors=same, scorer=None)) is test
+
+
 def test_content_instances_say_so(instances_dir):
     assert storage.read_manifest(instances_dir)["pin_embeddings"] == {"method": "none"}
 
