@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from homefeed import schema, storage
-from homefeed.embeddings import vector_column
+from homefeed.embeddings import list_column, vector_column
 
 ROW_INPUT_COLUMNS = (
     "request_id", "user_id", "pin_id", "ts", "source", "position", schema.SEGMENT,
@@ -162,8 +162,7 @@ def _pin_embedding_column(pin_id: np.ndarray, pin_ids: np.ndarray, embeddings: n
         at = np.minimum(np.searchsorted(pin_ids[order], pin_id), len(pin_ids) - 1)
         known = pin_ids[order][at] == pin_id
         values[known] = embeddings[order[at[known]]]
-    width = values.shape[1]
-    return pa.ListArray.from_arrays(pa.array(np.arange(len(pin_id) + 1, dtype=np.int32) * width), pa.array(values.ravel()))
+    return list_column(values)
 
 
 def read_instances(

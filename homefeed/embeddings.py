@@ -68,6 +68,13 @@ def vector_column(table: pa.Table, name: str = "embedding") -> np.ndarray:
     return np.asarray(flat, dtype=np.float32).reshape(table.num_rows, -1)
 
 
+def list_column(vectors: np.ndarray) -> pa.ListArray:
+    """An (N, D) array as a list column of N float32 vectors (what ``vector_column`` reads back)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    offsets = pa.array(np.arange(len(vectors) + 1, dtype=np.int32) * vectors.shape[1])
+    return pa.ListArray.from_arrays(offsets, pa.array(vectors.ravel()))
+
+
 def write(directory: Path, ids: list[int], vectors: list[np.ndarray], sources: list[str], manifest: dict[str, Any]) -> dict[str, Any]:
     """The table and its manifest (which must hold ``projection``) into a staging directory; the
     manifest as written."""

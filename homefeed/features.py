@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from homefeed import schema, storage
-from homefeed.embeddings import PinVectors
+from homefeed.embeddings import PinVectors, list_column
 from homefeed.errors import PermanentError
 
 HOUR_MS = 3_600_000
@@ -77,6 +77,13 @@ class FeatureSnapshot:
             pin_snapshot_dt=pins_dir.name.split("=", 1)[1],
             user_snapshot_dt=users_dir.name.split("=", 1)[1],
         )
+
+    def content_vectors(self, pin_ids: np.ndarray) -> np.ndarray:
+        """(N, D) float32: each pin's content vector, zeros for a pin the snapshot lacks (as the
+        job's left join gives)."""
+        dim = next((len(p["embedding"]) for p in self.pins.values() if p.get("embedding") is not None), schema.EMBEDDING_DIM)
+        vectors = [(self.pins.get(int(i)) or {}).get("embedding") or [0.0] * dim for i in pin_ids]
+        return np.asarray(vectors, dtype=np.float32).reshape(len(vectors), dim)
 
     def pin_keys(self, pin_id: int) -> tuple[int | None, int | None]:
         """(category, owner_id) of a pin; (None, None) when unknown, as the job's left join gives."""
@@ -297,12 +304,9 @@ def with_vectors_trained_on(table: pa.Table, vectors: PinVectors | None, snapsho
     lack), or with None the snapshot's content vectors; zeros for a pin the snapshot lacks, as the
     job's left join gives. Rows built with another model's vectors are otherwise read in the wrong space."""
     pin_ids = table.column("pin_id").to_numpy().astype(np.int64)
-    dim = next((len(p["embedding"]) for p in snapshot.pins.values() if p.get("embedding") is not None), schema.EMBEDDING_DIM)
-    content = np.asarray([(snapshot.pins.get(int(i)) or {}).get("embedding") or [0.0] * dim for i in pin_ids], dtype=np.float32).reshape(len(pin_ids), dim)
-    rows = np.asarray(vectors.lookup(pin_ids, content) if vectors is not None else content, np.float32)  # (N, D)
-    offsets = pa.array(np.arange(len(pin_ids) + 1, dtype=np.int32) * rows.shape[1])
-    column = pa.ListArray.from_arrays(offsets, pa.array(rows.ravel()))
-    return table.set_column(table.schema.get_field_index(schema.PIN_EMBEDDING), schema.PIN_EMBEDDING, column)
+    content = snapshot.content_vectors(pin_ids)  # (N, C)
+    rows = vectors.lookup(pin_ids, content) if vectors is not None else content  # (N, D)
+    return table.set_column(table.schema.get_field_index(schema.PIN_EMBEDDING), schema.PIN_EMBEDDING, list_column(rows))
 
 
 def add_snapshot_pins(model: Any, snapshot: FeatureSnapshot) -> int:
@@ -313,8 +317,7 @@ def add_snapshot_pins(model: Any, snapshot: FeatureSnapshot) -> int:
     if add is None or not snapshot.pins:
         return 0
     pin_ids = np.fromiter(snapshot.pins, dtype=np.int64, count=len(snapshot.pins))
-    dim = next((len(p["embedding"]) for p in snapshot.pins.values() if p.get("embedding") is not None), schema.EMBEDDING_DIM)
-    content = np.asarray([snapshot.pins[int(i)].get("embedding") or [0.0] * dim for i in pin_ids], dtype=np.float32)
+    content = snapshot.content_vectors(pin_ids)
     vectors = getattr(model, "pin_vectors", None)
     return add(pin_ids, vectors.lookup(pin_ids, content) if vectors is not None else content)
 

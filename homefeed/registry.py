@@ -532,12 +532,6 @@ def load_model_for(cfg: Config, alias: str = CHAMPION) -> tuple[str | None, "Hom
     return version, mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}@{alias}").unwrap_python_model()
 
 
-def load_scorer_for(cfg: Config, alias: str = CHAMPION):
-    """The scorer behind ``models:/<name>@alias`` and its version, or (None, None) if unset."""
-    version, model = load_model_for(cfg, alias)
-    return version, None if model is None else model.scorer
-
-
 @dataclass(frozen=True)
 class RegistryState:
     champion: str | None

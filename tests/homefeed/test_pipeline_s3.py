@@ -42,8 +42,8 @@ def test_a_run_reads_raw_data_from_s3_and_publishes_every_stage_there(server, ba
     # MLflow's artifacts live on S3, and the champion loads from there.
     mlflow_keys = s3.list_keys(client, f"s3://{BUCKET}/mlflow")
     assert any(k.endswith("/MLmodel") for k in mlflow_keys)
-    version, scorer = registry.load_scorer_for(cfg, registry.CHAMPION)
-    assert version == "1" and scorer.name == "lr"
+    version, model = registry.load_model_for(cfg, registry.CHAMPION)
+    assert version == "1" and model.scorer.name == "lr"
     # A second read of the same raw data is served from the cache.
     assert orchestration.raw_root(cfg, {"raw": raw_uri}) == local_raw
 

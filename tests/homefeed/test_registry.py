@@ -87,7 +87,8 @@ def test_promote_then_rollback_moves_aliases_and_audits(cfg, trained_model, inst
 def test_champion_loads_and_scores_through_the_registry(cfg, trained_model, instances_dir):
     version = register(cfg, trained_model, instances_dir)
     registry.promote(cfg, version, reason="serve it")
-    loaded_version, scorer = registry.load_scorer_for(cfg, registry.CHAMPION)
+    loaded_version, model = registry.load_model_for(cfg, registry.CHAMPION)
+    scorer = model.scorer
     assert loaded_version == version
     test = read_instances(str(instances_dir), "test")
     assert scorer.predict(test).shape == (test.num_rows, 4)
