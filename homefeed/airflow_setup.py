@@ -66,6 +66,58 @@ def run_airflow(env: dict[str, str], *args: str) -> None:
         raise PlatformError(f"airflow {' '.join(args[:2])} failed (exit {completed.returncode})", completed.returncode)
 
 
+# `airflow backfill create` creates each run inside a SAVEPOINT: on SQLite a deferred transaction
+# that reads before it writes. When the scheduler commits in between, SQLite answers "database is
+# locked" at once (no busy timeout helps a stale read), after the backfill's own row was committed.
+# Airflow removes such a half-made backfill itself only on Postgres/MySQL lock errors; on SQLite its
+# scheduler marks it complete after 2 minutes, until when a new one is refused as "Another backfill
+# is running". So a lock is retried for a little longer than that, and that refusal only after one.
+BACKFILL_LOCKED = "database is locked"
+BACKFILL_RUNNING = "Another backfill is running"
+BACKFILL_RETRY_S = 240.0
+BACKFILL_WAIT_S = 10.0
+
+
+def create_backfill(env: dict[str, str], dag_id: str, from_date: str, to_date: str, conf: str, say,
+                    retry_for_s: float = BACKFILL_RETRY_S, wait_s: float = BACKFILL_WAIT_S) -> None:
+    """``airflow backfill create`` (one run at a time) that outlasts a busy embedded SQLite: retried
+    with tenacity while Airflow says the database is locked (then also while the half-made backfill
+    of that failure blocks a new one); any other failure, or a lock for ``retry_for_s``, raises
+    PlatformError with Airflow's last lines."""
+    import tenacity
+
+    args = ["backfill", "create", "--dag-id", dag_id, "--from-date", from_date, "--to-date", to_date,
+            "--dag-run-conf", conf, "--max-active-runs", "1"]
+    locked_before = False
+
+    def attempt() -> subprocess.CompletedProcess:
+        return subprocess.run([airflow_bin(), *args], env=env, stdout=None, stderr=subprocess.PIPE, text=True)
+
+    def transient(done: subprocess.CompletedProcess) -> bool:
+        nonlocal locked_before
+        if done.returncode == 0:
+            return False
+        if BACKFILL_LOCKED in done.stderr:
+            locked_before = True
+            return True
+        return locked_before and BACKFILL_RUNNING in done.stderr
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        why = "locked by the scheduler" if BACKFILL_LOCKED in state.outcome.result().stderr else "still holding the half-made backfill"
+        say(f"Airflow's SQLite database was {why}; retrying in {wait_s:.0f} s (attempt {state.attempt_number + 1})")
+
+    done = tenacity.Retrying(
+        retry=tenacity.retry_if_result(transient),
+        stop=tenacity.stop_after_delay(retry_for_s),
+        wait=tenacity.wait_fixed(wait_s),
+        before_sleep=before_sleep,
+        retry_error_callback=lambda state: state.outcome.result(),
+    )(attempt)
+    if done.returncode != 0:
+        last_lines = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise PlatformError(f"airflow backfill create failed (exit {done.returncode}):\n{last_lines}", done.returncode)
+
+
 def migrate_airflow_db(env: dict[str, str]) -> None:
     """``airflow db migrate`` under an exclusive lock in AIRFLOW_HOME: two runs started together on
     a fresh root otherwise both create the tables, and one dies ("table … already exists")."""

@@ -59,8 +59,8 @@ def backfill(
 ) -> None:
     """Backfill homefeed_retrain on the embedded Airflow: one run per scheduled date in the range.
 
-    `airflow backfill create` with the embedded Airflow's environment; the scheduler of
-    `homefeed airflow` runs the runs, one at a time.
+    `airflow backfill create` with the embedded Airflow's environment (retried while its SQLite is
+    locked); the scheduler of `homefeed airflow` runs the runs, one at a time.
     """
     cfg = _config(config)
     try:
@@ -73,8 +73,7 @@ def backfill(
     from homefeed import airflow_setup
 
     with _platform_errors():
-        airflow_setup.run_airflow(airflow_setup.airflow_env(cfg, config), "backfill", "create", "--dag-id", "homefeed_retrain",
-                                  "--from-date", from_date, "--to-date", to_date, "--dag-run-conf", conf, "--max-active-runs", "1")
+        airflow_setup.create_backfill(airflow_setup.airflow_env(cfg, config), "homefeed_retrain", from_date, to_date, conf, _say)
 
 
 @commands.command()
