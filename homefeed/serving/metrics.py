@@ -8,6 +8,7 @@ either (a client that stopped sending hides, a store that lost clicks) shows as 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import time
 from collections.abc import Iterator
@@ -26,6 +27,26 @@ MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 def multiprocess_mode() -> bool:
     return bool(os.environ.get(MULTIPROCESS_DIR))
+
+
+class WorkerFilesCollector(multiprocess.MultiProcessCollector):
+    """Every worker's values, leaving out a file another worker is still creating.
+
+    prometheus_client creates a worker's file and sizes it a moment later; a scrape that read it in
+    between failed whole (struct.error → a 500 from /metrics), and for good if that worker died
+    there (prometheus/client_python#1199; 0.26 has no fix). Once sized, a file reads as empty until
+    its first value is written, so leaving out the 0-byte ones loses nothing.
+    """
+
+    def collect(self):
+        return self.merge([path for path in glob.glob(os.path.join(self._path, "*.db")) if _sized(path)], accumulate=True)
+
+
+def _sized(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:  # a dead worker's live gauge, removed since the glob
+        return False
 
 
 class ServiceMetrics:
@@ -57,6 +78,8 @@ class ServiceMetrics:
         self.store_rebuilds = Gauge("homefeed_store_rebuilds", "Times the sequence store was found lost while serving (its "
                                     "file deleted or replaced, its Redis server restarted empty) and refilled from the logs", registry=self.registry,
                                     multiprocess_mode="sum")
+        for loaded in ("true", "false"):  # its file exists before the first scrape, as every other metric's does
+            self.experiment_running.labels(loaded)
         for arm in ("holdout", "control", "treatment", "none"):
             self.arms.labels(arm)
         for action in schema.ACTION_NAMES:  # every series exists from the start, at 0
@@ -99,7 +122,7 @@ class ServiceMetrics:
         if not multiprocess_mode():
             return generate_latest(self.registry)
         everyone = CollectorRegistry()
-        multiprocess.MultiProcessCollector(everyone)
+        WorkerFilesCollector(everyone)
         return generate_latest(everyone)
 
     @staticmethod
