@@ -303,10 +303,15 @@ def with_vectors_trained_on(table: pa.Table, vectors: PinVectors | None, snapsho
     ``vectors`` reads: its learned ones (the snapshot's content vector projected for a pin they
     lack), or with None the snapshot's content vectors; zeros for a pin the snapshot lacks, as the
     job's left join gives. Rows built with another model's vectors are otherwise read in the wrong space."""
-    pin_ids = table.column("pin_id").to_numpy().astype(np.int64)
-    content = snapshot.content_vectors(pin_ids)  # (N, C)
-    rows = vectors.lookup(pin_ids, content) if vectors is not None else content  # (N, D)
+    rows = vectors_read_by(vectors, table.column("pin_id").to_numpy().astype(np.int64), snapshot)
     return table.set_column(table.schema.get_field_index(schema.PIN_EMBEDDING), schema.PIN_EMBEDDING, list_column(rows))
+
+
+def vectors_read_by(vectors: PinVectors | None, pin_ids: np.ndarray, snapshot: FeatureSnapshot) -> np.ndarray:
+    """(N, D): the vectors a model trained with ``vectors`` reads for ``pin_ids``: its learned ones
+    (the snapshot's content vector projected for a pin they lack), or with None the content vectors."""
+    content = snapshot.content_vectors(pin_ids)  # (N, C)
+    return vectors.lookup(pin_ids, content) if vectors is not None else content
 
 
 def add_snapshot_pins(model: Any, snapshot: FeatureSnapshot) -> int:
@@ -317,9 +322,7 @@ def add_snapshot_pins(model: Any, snapshot: FeatureSnapshot) -> int:
     if add is None or not snapshot.pins:
         return 0
     pin_ids = np.fromiter(snapshot.pins, dtype=np.int64, count=len(snapshot.pins))
-    content = snapshot.content_vectors(pin_ids)
-    vectors = getattr(model, "pin_vectors", None)
-    return add(pin_ids, vectors.lookup(pin_ids, content) if vectors is not None else content)
+    return add(pin_ids, vectors_read_by(getattr(model, "pin_vectors", None), pin_ids, snapshot))
 
 
 def transform_dense(rows: list[dict], feature_stats: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
