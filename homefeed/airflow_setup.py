@@ -88,26 +88,24 @@ def create_backfill(env: dict[str, str], dag_id: str, from_date: str, to_date: s
 
     args = ["backfill", "create", "--dag-id", dag_id, "--from-date", from_date, "--to-date", to_date,
             "--dag-run-conf", conf, "--max-active-runs", "1"]
-    locked_before = False
 
     def attempt() -> subprocess.CompletedProcess:
-        return subprocess.run([airflow_bin(), *args], env=env, stdout=None, stderr=subprocess.PIPE, text=True)
+        return subprocess.run([airflow_bin(), *args], env=env, stderr=subprocess.PIPE, text=True)
 
-    def transient(done: subprocess.CompletedProcess) -> bool:
-        nonlocal locked_before
+    def transient(state: tenacity.RetryCallState) -> bool:
+        done = state.outcome.result()
         if done.returncode == 0:
             return False
-        if BACKFILL_LOCKED in done.stderr:
-            locked_before = True
-            return True
-        return locked_before and BACKFILL_RUNNING in done.stderr
+        # Only a lock is retried first, so any later attempt follows one: its half-made backfill may
+        # be what still blocks this one.
+        return BACKFILL_LOCKED in done.stderr or (state.attempt_number > 1 and BACKFILL_RUNNING in done.stderr)
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         why = "locked by the scheduler" if BACKFILL_LOCKED in state.outcome.result().stderr else "still holding the half-made backfill"
         say(f"Airflow's SQLite database was {why}; retrying in {wait_s:.0f} s (attempt {state.attempt_number + 1})")
 
     done = tenacity.Retrying(
-        retry=tenacity.retry_if_result(transient),
+        retry=transient,
         stop=tenacity.stop_after_delay(retry_for_s),
         wait=tenacity.wait_fixed(wait_s),
         before_sleep=before_sleep,
